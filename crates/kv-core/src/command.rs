@@ -1,0 +1,364 @@
+//! Commands replicated through the log, and what applying them means.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Entry, Overlay, StateView};
+
+/// The most keys one `Expire` command removes, so one log entry stays small.
+pub const EXPIRE_LIMIT: usize = 1000;
+
+/// One log entry's payload: a command and the time stamp of the node that proposed it.
+/// Wire and on-disk type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Proposer's wall clock, milliseconds since the Unix epoch.
+    pub stamp_ms: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A state-machine command. Wire and on-disk type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Write `value` (JSON text) to `key`; with `ttl_ms` it expires that long after the
+    /// write's time, without it any earlier expiry is cleared.
+    Set { key: String, value: Vec<u8>, ttl_ms: Option<u64> },
+    /// Remove `key`.
+    Delete { key: String },
+    /// Physically remove keys whose expiry is at or before `up_to_ms`, at most
+    /// [`EXPIRE_LIMIT`], in expiry-index order.
+    Expire { up_to_ms: u64 },
+    /// Several commands in one log entry, applied in order.
+    Batch(Vec<Command>),
+}
+
+/// What applying one command answered. Wire and on-disk type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpResult {
+    /// The key now holds an entry with this metadata.
+    Written { revision: u64, create_revision: u64, version: u64, expires_at_ms: Option<u64> },
+    /// `deleted` tells whether a live entry was there; `revision` is the command's.
+    Deleted { deleted: bool, revision: u64 },
+    /// How many expired keys were removed.
+    Expired { removed: u64 },
+    /// One result per command of a batch, in order.
+    Batch(Vec<OpResult>),
+}
+
+/// What applying one log entry answered. Wire type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// A membership change or a blank entry: nothing for a client.
+    None,
+    /// The result of a [`Request`].
+    Applied(OpResult),
+}
+
+/// Applies one request at log index `revision`. Pure: reads go through `overlay` over
+/// `view`, writes go into `overlay`, and the result depends only on the inputs.
+pub fn apply_request<V: StateView>(
+    view: &V,
+    overlay: &mut Overlay,
+    request: &Request,
+    revision: u64,
+) -> Result<OpResult, V::Error> {
+    overlay.clock_ms = overlay.clock_ms.max(request.stamp_ms);
+    apply_command(view, overlay, &request.command, revision)
+}
+
+fn apply_command<V: StateView>(
+    view: &V,
+    overlay: &mut Overlay,
+    command: &Command,
+    revision: u64,
+) -> Result<OpResult, V::Error> {
+    let now = overlay.clock_ms;
+    Ok(match command {
+        Command::Set { key, value, ttl_ms } => {
+            let stored = overlay.get(view, key)?;
+            let live = stored.as_ref().filter(|e| e.is_live_at(now));
+            let entry = Entry {
+                value: value.clone(),
+                revision,
+                create_revision: live.map_or(revision, |e| e.create_revision),
+                version: live.map_or(1, |e| e.version + 1),
+                expires_at_ms: ttl_ms.map(|ttl| now.saturating_add(ttl)),
+            };
+            let result = OpResult::Written {
+                revision,
+                create_revision: entry.create_revision,
+                version: entry.version,
+                expires_at_ms: entry.expires_at_ms,
+            };
+            overlay.put(key, entry, stored.as_ref());
+            result
+        }
+        Command::Delete { key } => {
+            let stored = overlay.get(view, key)?;
+            let deleted = stored.as_ref().is_some_and(|e| e.is_live_at(now));
+            if stored.is_some() {
+                overlay.delete(key, stored.as_ref());
+            }
+            OpResult::Deleted { deleted, revision }
+        }
+        Command::Expire { up_to_ms } => {
+            let up_to = (*up_to_ms).min(now);
+            let mut removed = 0;
+            for (at, key) in overlay.due(view, up_to, EXPIRE_LIMIT)? {
+                // Re-check: the key may have been rewritten with another expiry since
+                // the index entry was made.
+                let stored = overlay.get(view, &key)?;
+                if stored.as_ref().is_some_and(|e| e.expires_at_ms == Some(at)) {
+                    overlay.delete(&key, stored.as_ref());
+                    removed += 1;
+                }
+            }
+            OpResult::Expired { removed }
+        }
+        Command::Batch(commands) => OpResult::Batch(
+            commands
+                .iter()
+                .map(|c| apply_command(view, overlay, c, revision))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::convert::Infallible;
+
+    use super::*;
+
+    /// A persisted state machine in memory, as kv-store keeps it in RocksDB.
+    #[derive(Default, Debug, PartialEq)]
+    struct Mem {
+        clock_ms: u64,
+        data: BTreeMap<String, Entry>,
+        index: BTreeMap<(u64, String), ()>,
+    }
+
+    impl StateView for Mem {
+        type Error = Infallible;
+        fn get(&self, key: &str) -> Result<Option<Entry>, Infallible> {
+            Ok(self.data.get(key).cloned())
+        }
+        fn due(
+            &self,
+            up_to_ms: u64,
+            limit: usize,
+            skip: &mut dyn FnMut(u64, &str) -> bool,
+        ) -> Result<Vec<(u64, String)>, Infallible> {
+            Ok(self
+                .index
+                .keys()
+                .take_while(|(at, _)| *at <= up_to_ms)
+                .filter(|(at, k)| !skip(*at, k))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+    }
+
+    impl Mem {
+        fn persist(&mut self, overlay: Overlay) {
+            self.clock_ms = overlay.clock_ms;
+            for (k, e) in overlay.data {
+                match e {
+                    Some(e) => self.data.insert(k, e),
+                    None => self.data.remove(&k),
+                };
+            }
+            for (k, added) in overlay.index {
+                if added {
+                    self.index.insert(k, ());
+                } else {
+                    self.index.remove(&k);
+                }
+            }
+        }
+
+        /// Applies `requests` (log indexes from 1) in apply calls of `group` entries.
+        fn apply_grouped(requests: &[Request], group: usize) -> (Mem, Vec<OpResult>) {
+            let mut mem = Mem::default();
+            let mut results = vec![];
+            for (n, chunk) in requests.chunks(group).enumerate() {
+                let mut overlay = Overlay::new(mem.clock_ms);
+                for (i, r) in chunk.iter().enumerate() {
+                    let index = (n * group + i + 1) as u64;
+                    results.push(apply_request(&mem, &mut overlay, r, index).unwrap_or_else(|e| match e {}));
+                }
+                mem.persist(overlay);
+            }
+            (mem, results)
+        }
+
+        fn run(requests: &[Request]) -> (Mem, Vec<OpResult>) {
+            Self::apply_grouped(requests, 1)
+        }
+    }
+
+    fn set(at: u64, key: &str, value: &str, ttl_ms: Option<u64>) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::Set { key: key.into(), value: value.as_bytes().to_vec(), ttl_ms },
+        }
+    }
+    fn del(at: u64, key: &str) -> Request {
+        Request { stamp_ms: at, command: Command::Delete { key: key.into() } }
+    }
+    fn expire(at: u64) -> Request {
+        Request { stamp_ms: at, command: Command::Expire { up_to_ms: at } }
+    }
+    fn written(revision: u64, create_revision: u64, version: u64, expires_at_ms: Option<u64>) -> OpResult {
+        OpResult::Written { revision, create_revision, version, expires_at_ms }
+    }
+
+    #[test]
+    fn set_creates_then_updates_with_revision_and_version() {
+        let (mem, results) = Mem::run(&[set(10, "a", "1", None), set(11, "b", "2", None), set(12, "a", "3", None)]);
+        assert_eq!(results, vec![written(1, 1, 1, None), written(2, 2, 1, None), written(3, 1, 2, None)]);
+        let a = &mem.data["a"];
+        assert_eq!((a.value.as_slice(), a.revision, a.create_revision, a.version), (&b"3"[..], 3, 1, 2));
+    }
+
+    #[test]
+    fn delete_reports_whether_a_live_key_was_there() {
+        let (mem, results) = Mem::run(&[set(10, "a", "1", None), del(11, "a"), del(12, "a")]);
+        assert_eq!(
+            results[1..],
+            [OpResult::Deleted { deleted: true, revision: 2 }, OpResult::Deleted { deleted: false, revision: 3 }]
+        );
+        assert!(mem.data.is_empty());
+    }
+
+    #[test]
+    fn recreating_a_deleted_key_restarts_version_and_create_revision() {
+        let (_, results) = Mem::run(&[set(10, "a", "1", None), del(11, "a"), set(12, "a", "2", None)]);
+        assert_eq!(results[2], written(3, 3, 1, None));
+    }
+
+    #[test]
+    fn ttl_counts_from_the_state_machine_clock() {
+        let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(500))]);
+        assert_eq!(results[0], written(1, 1, 1, Some(1500)));
+        assert_eq!(mem.index.keys().collect::<Vec<_>>(), vec![&(1500, "a".to_string())]);
+    }
+
+    #[test]
+    fn clock_never_goes_backwards_when_a_stamp_is_behind() {
+        // A new leader whose clock is 400 ms behind must not extend anybody's TTL.
+        let (mem, results) = Mem::run(&[set(1000, "a", "1", None), set(600, "b", "2", Some(100))]);
+        assert_eq!(results[1], written(2, 2, 1, Some(1100)));
+        assert_eq!(mem.clock_ms, 1000);
+    }
+
+    #[test]
+    fn expired_key_is_absent_at_its_expiry_stamp_and_present_just_before() {
+        // Written at 1000 with ttl 100: expires_at = 1100.
+        let before = Mem::run(&[set(1000, "a", "1", Some(100)), set(1099, "a", "2", None)]).1;
+        assert_eq!(before[1], written(2, 1, 2, None), "at 1099 the key is live: an update");
+        let at = Mem::run(&[set(1000, "a", "1", Some(100)), set(1100, "a", "2", None)]).1;
+        assert_eq!(at[1], written(2, 2, 1, None), "at 1100 the key is absent: a fresh create");
+    }
+
+    #[test]
+    fn deleting_an_expired_key_reports_not_deleted_and_drops_it() {
+        let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(100)), del(1100, "a")]);
+        assert_eq!(results[1], OpResult::Deleted { deleted: false, revision: 2 });
+        assert!(mem.data.is_empty() && mem.index.is_empty());
+    }
+
+    #[test]
+    fn set_without_ttl_clears_an_earlier_expiry() {
+        let (mem, _) = Mem::run(&[set(1000, "a", "1", Some(100)), set(1001, "a", "2", None), expire(5000)]);
+        assert_eq!(mem.data["a"].expires_at_ms, None);
+        assert!(mem.index.is_empty());
+    }
+
+    #[test]
+    fn expire_removes_only_due_keys_in_index_order() {
+        let (mem, results) = Mem::run(&[
+            set(1000, "late", "1", Some(900)),
+            set(1000, "b", "1", Some(100)),
+            set(1000, "a", "1", Some(100)),
+            set(1000, "forever", "1", None),
+            expire(1100),
+        ]);
+        assert_eq!(results[4], OpResult::Expired { removed: 2 });
+        assert_eq!(mem.data.keys().collect::<Vec<_>>(), vec!["forever", "late"]);
+        assert_eq!(mem.index.keys().collect::<Vec<_>>(), vec![&(1900, "late".to_string())]);
+    }
+
+    #[test]
+    fn expire_keeps_a_key_refreshed_with_a_later_expiry() {
+        let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(100)), set(1050, "a", "2", Some(1000)), expire(1200)]);
+        assert_eq!(results[2], OpResult::Expired { removed: 0 });
+        assert_eq!(mem.data["a"].expires_at_ms, Some(2050));
+    }
+
+    #[test]
+    fn expire_never_looks_past_its_own_time() {
+        // The stamp says 1100 but the command asks only up to 1050.
+        let request = Request { stamp_ms: 1100, command: Command::Expire { up_to_ms: 1050 } };
+        let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(60)), request]);
+        assert_eq!(results[1], OpResult::Expired { removed: 0 });
+        assert!(mem.data.contains_key("a"));
+    }
+
+    #[test]
+    fn expire_removes_at_most_the_limit_per_command() {
+        let mut requests: Vec<Request> =
+            (0..EXPIRE_LIMIT + 5).map(|i| set(1000, &format!("k{i:05}"), "1", Some(1))).collect();
+        requests.push(expire(2000));
+        requests.push(expire(2001));
+        let (mem, results) = Mem::run(&requests);
+        assert_eq!(results[EXPIRE_LIMIT + 5], OpResult::Expired { removed: EXPIRE_LIMIT as u64 });
+        assert_eq!(results[EXPIRE_LIMIT + 6], OpResult::Expired { removed: 5 });
+        assert!(mem.data.is_empty());
+    }
+
+    #[test]
+    fn batch_applies_in_order_at_one_revision() {
+        let batch = Request {
+            stamp_ms: 10,
+            command: Command::Batch(vec![
+                Command::Set { key: "a".into(), value: b"1".to_vec(), ttl_ms: None },
+                Command::Delete { key: "b".into() },
+                Command::Set { key: "b".into(), value: b"2".to_vec(), ttl_ms: Some(5) },
+            ]),
+        };
+        let (_, results) = Mem::run(&[batch]);
+        assert_eq!(
+            results[0],
+            OpResult::Batch(vec![
+                written(1, 1, 1, None),
+                OpResult::Deleted { deleted: false, revision: 1 },
+                written(1, 1, 1, Some(15)),
+            ])
+        );
+    }
+
+    #[test]
+    fn grouping_of_apply_calls_does_not_change_results_or_state() {
+        // Writes, rewrites with other expiries, deletes and expiries interleaved: every
+        // grouping into apply calls must give the same answers and the same state.
+        let mut requests = vec![];
+        for i in 0..60u64 {
+            let key = format!("k{}", i % 7);
+            let at = 1000 + i * 10;
+            requests.push(match i % 5 {
+                0 => set(at, &key, &i.to_string(), Some(25)),
+                1 => set(at, &key, &i.to_string(), None),
+                2 => del(at, &key),
+                3 => expire(at),
+                _ => set(at, &key, &i.to_string(), Some(5 + i % 3)),
+            });
+        }
+        let reference = Mem::apply_grouped(&requests, 1);
+        for group in [2, 3, 7, 60] {
+            assert_eq!(Mem::apply_grouped(&requests, group), reference, "grouping by {group}");
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Wire types and command semantics of quorum-kv, as pure functions over plain data.
+//!
+//! Invariants this crate keeps, so the rest of the system can rely on them:
+//! - No I/O, no async, no openraft: everything here is synchronous and deterministic.
+//! - Applying a command never reads a clock, a random number or local configuration.
+//!   Time arrives as the stamp inside [`Request`]; the state machine's clock only moves
+//!   forward (`clock = max(clock, stamp)`).
+//! - The result of applying a sequence of commands does not depend on how a caller
+//!   groups them into apply calls: every read made while applying goes through an
+//!   [`Overlay`] that shows the writes of earlier commands not yet persisted.
+
+pub mod command;
+pub mod entry;
+pub mod overlay;
+pub mod validate;
+
+pub use command::{apply_request, Command, OpResult, Request, Response, EXPIRE_LIMIT};
+pub use entry::Entry;
+pub use overlay::{Overlay, StateView};

@@ -1,0 +1,69 @@
+//! Checks on client input shared by the server and the client.
+
+use thiserror::Error;
+
+/// The longest key, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+/// Why a key or a TTL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InputError {
+    #[error("the key is empty")]
+    EmptyKey,
+    #[error("the key is {0} bytes long; at most {MAX_KEY_BYTES} are allowed")]
+    KeyTooLong(usize),
+    #[error("ttl must be a positive whole number of seconds, got {0:?}")]
+    BadTtl(String),
+}
+
+impl InputError {
+    /// The stable snake_case code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::EmptyKey | Self::KeyTooLong(_) => "invalid_key",
+            Self::BadTtl(_) => "invalid_ttl",
+        }
+    }
+}
+
+/// Checks a decoded key: non-empty and at most [`MAX_KEY_BYTES`].
+pub fn check_key(key: &str) -> Result<(), InputError> {
+    match key.len() {
+        0 => Err(InputError::EmptyKey),
+        n if n > MAX_KEY_BYTES => Err(InputError::KeyTooLong(n)),
+        _ => Ok(()),
+    }
+}
+
+/// The longest TTL we accept: ten years, far below where milliseconds could overflow.
+pub const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// Parses a `ttl` query value (seconds, a positive integer) into milliseconds.
+pub fn parse_ttl_seconds(raw: &str) -> Result<u64, InputError> {
+    match raw.parse::<u64>() {
+        Ok(s) if (1..=MAX_TTL_SECONDS).contains(&s) && !raw.starts_with('+') => Ok(s * 1000),
+        _ => Err(InputError::BadTtl(raw.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_may_hold_slashes_and_colons_up_to_the_limit() {
+        assert_eq!(check_key("users/1:profile"), Ok(()));
+        assert_eq!(check_key(&"k".repeat(MAX_KEY_BYTES)), Ok(()));
+        assert_eq!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)), Err(InputError::KeyTooLong(4097)));
+        assert_eq!(check_key(""), Err(InputError::EmptyKey));
+    }
+
+    #[test]
+    fn ttl_must_be_a_positive_integer_of_seconds() {
+        assert_eq!(parse_ttl_seconds("3600"), Ok(3_600_000));
+        for bad in ["0", "-1", "abc", "", "1.5", "+5", " 5", "99999999999999999999"] {
+            assert!(parse_ttl_seconds(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(parse_ttl_seconds("0").map_err(|e| e.code()), Err("invalid_ttl"));
+    }
+}
