@@ -1,1 +1,328 @@
-//! placeholder
+//! The cluster harness: real `kv-server` processes on free loopback ports, each with
+//! its own data directory, stopped when the cluster is dropped.
+//!
+//! Tests read like scenarios:
+//! `let mut c = TestCluster::start(3).await?; let l = c.leader().await?; c.kill(l); …`.
+//! Nothing here sleeps for a fixed time: every wait polls with a deadline.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+/// How long a cluster may take to elect a leader or catch up.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// Extra TOML lines for every node's `[raft]` and `[limits]` sections.
+#[derive(Default, Clone)]
+pub struct Tuning {
+    /// Lines appended under `[raft]`.
+    pub raft: Vec<String>,
+    /// Lines appended under `[limits]`.
+    pub limits: Vec<String>,
+}
+
+/// One node process.
+pub struct TestNode {
+    pub id: u64,
+    pub client_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running cluster.
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub http: reqwest::Client,
+    dir: Option<tempfile::TempDir>,
+    passed: bool,
+}
+
+/// The kv-server binary: `KV_SERVER_BIN`, or beside the test executable's folder
+/// (cargo puts test binaries in target/<profile>/deps and binaries in target/<profile>).
+pub fn server_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("KV_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no grandparent folder")?;
+    let bin = profile_dir.join("kv-server");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build -p kv-server` or run `cargo test --workspace`", bin.display());
+    }
+    Ok(bin)
+}
+
+fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+    // Hold every listener until all are chosen, so no port is handed out twice.
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map_err(Into::into))
+        .collect()
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with default tuning and waits until every node is ready.
+    pub async fn start(n: usize) -> Result<Self> {
+        Self::start_tuned(n, Tuning::default()).await
+    }
+
+    /// Starts `n` nodes with extra configuration and waits until every node is ready.
+    pub async fn start_tuned(n: usize, tuning: Tuning) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("quorum-kv-test-")
+            .tempdir()?;
+        let addrs = free_addrs(2 * n)?;
+        let mut members = String::from("members = [\n");
+        for i in 0..n {
+            writeln!(
+                members,
+                "  {{ id = {}, client_addr = \"{}\", raft_addr = \"{}\" }},",
+                i + 1,
+                addrs[2 * i],
+                addrs[2 * i + 1]
+            )?;
+        }
+        members.push_str("]\n");
+        let mut nodes = vec![];
+        for i in 0..n {
+            let id = i as u64 + 1;
+            let config = dir.path().join(format!("node{id}.toml"));
+            let data = dir.path().join(format!("node{id}"));
+            let text = format!(
+                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\n{}\n[limits]\n{}\n",
+                addrs[2 * i],
+                addrs[2 * i + 1],
+                data.display(),
+                tuning.raft.join("\n"),
+                tuning.limits.join("\n"),
+            );
+            std::fs::write(&config, text)?;
+            nodes.push(TestNode {
+                id,
+                client_addr: addrs[2 * i],
+                raft_addr: addrs[2 * i + 1],
+                config,
+                log: dir.path().join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()?;
+        let mut cluster = Self {
+            nodes,
+            http,
+            dir: Some(dir),
+            passed: false,
+        };
+        for id in 1..=n as u64 {
+            cluster.spawn(id)?;
+        }
+        cluster.wait_ready_all().await?;
+        Ok(cluster)
+    }
+
+    fn node(&self, id: u64) -> &TestNode {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut TestNode {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    fn spawn(&mut self, id: u64) -> Result<()> {
+        let bin = server_binary()?;
+        let node = self.node_mut(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&node.config)
+            .env(
+                "RUST_LOG",
+                std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// The ids of nodes whose process is running.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// kill -9 node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `id` again on the same data directory.
+    pub fn restart(&mut self, id: u64) -> Result<()> {
+        self.kill(id);
+        self.spawn(id)
+    }
+
+    /// `http://client_addr{path}` of node `id`.
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{}", self.node(id).client_addr, path)
+    }
+
+    /// GET a JSON document; returns status and body (Null when the body is empty).
+    pub async fn get_json(&self, id: u64, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.get(self.url(id, path)).send().await?;
+        Self::json(r).await
+    }
+
+    /// PUT a JSON value.
+    pub async fn put_json(&self, id: u64, path: &str, body: &str) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .put(self.url(id, path))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await?;
+        Self::json(r).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, id: u64, path: &str) -> Result<(u16, Value)> {
+        let r = self.http.delete(self.url(id, path)).send().await?;
+        Self::json(r).await
+    }
+
+    /// Status and JSON body of a response; a non-JSON body is an error (every answer of
+    /// the API, errors included, is JSON).
+    pub async fn json(r: reqwest::Response) -> Result<(u16, Value)> {
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await?;
+        let body = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "status {status}: body is not JSON: {:?}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })?;
+        Ok((status, body))
+    }
+
+    /// Waits until every live node reports ready.
+    pub async fn wait_ready_all(&self) -> Result<()> {
+        for id in self.live() {
+            self.wait_ready(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until node `id` knows a leader and has applied what it knows committed.
+    pub async fn wait_ready(&self, id: u64) -> Result<()> {
+        self.poll(&format!("node {id} ready"), || async move {
+            Ok(matches!(self.get_json(id, "/readyz").await, Ok((200, _))))
+        })
+        .await
+    }
+
+    /// The leader the live nodes agree on (waits until they do).
+    pub async fn leader(&self) -> Result<u64> {
+        let found = std::cell::Cell::new(0);
+        self.poll("the live nodes agree on a leader", || async {
+            let mut seen = vec![];
+            for id in self.live() {
+                match self.get_json(id, "/v1/cluster").await {
+                    Ok((200, v)) => seen.push(v["leader_id"].as_u64()),
+                    _ => return Ok(false),
+                }
+            }
+            match seen.first() {
+                Some(Some(l)) if seen.iter().all(|s| *s == Some(*l)) && self.live().contains(l) => {
+                    found.set(*l);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await?;
+        Ok(found.get())
+    }
+
+    /// A live node other than `not`.
+    pub fn other_than(&self, not: u64) -> u64 {
+        self.live()
+            .into_iter()
+            .find(|id| *id != not)
+            .expect("another live node")
+    }
+
+    /// Polls `check` every 50 ms until it returns true, failing after [`SETTLE`].
+    pub async fn poll<F, Fut>(&self, what: &str, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool>>,
+    {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            if check().await? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!(
+                    "timed out after {SETTLE:?} waiting for {what}; logs in {}",
+                    self.log_dir()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Marks the scenario as passed: its logs and data are removed on drop. A cluster
+    /// dropped without this (a failed `?`, a panic) keeps them for inspection.
+    pub fn pass(mut self) {
+        self.passed = true;
+    }
+
+    fn log_dir(&self) -> String {
+        self.dir
+            .as_ref()
+            .map_or_else(|| "(gone)".into(), |d| d.path().display().to_string())
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for id in self.live() {
+            self.kill(id);
+        }
+        if !self.passed || std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let kept = dir.keep();
+                eprintln!("test failed: node logs and data kept in {}", kept.display());
+            }
+        }
+    }
+}

@@ -22,7 +22,11 @@ pub struct Request {
 pub enum Command {
     /// Write `value` (JSON text) to `key`; with `ttl_ms` it expires that long after the
     /// write's time, without it any earlier expiry is cleared.
-    Set { key: String, value: Vec<u8>, ttl_ms: Option<u64> },
+    Set {
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    },
     /// Remove `key`.
     Delete { key: String },
     /// Physically remove keys whose expiry is at or before `up_to_ms`, at most
@@ -36,7 +40,12 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResult {
     /// The key now holds an entry with this metadata.
-    Written { revision: u64, create_revision: u64, version: u64, expires_at_ms: Option<u64> },
+    Written {
+        revision: u64,
+        create_revision: u64,
+        version: u64,
+        expires_at_ms: Option<u64>,
+    },
     /// `deleted` tells whether a live entry was there; `revision` is the command's.
     Deleted { deleted: bool, revision: u64 },
     /// How many expired keys were removed.
@@ -187,7 +196,9 @@ mod tests {
                 let mut overlay = Overlay::new(mem.clock_ms);
                 for (i, r) in chunk.iter().enumerate() {
                     let index = (n * group + i + 1) as u64;
-                    results.push(apply_request(&mem, &mut overlay, r, index).unwrap_or_else(|e| match e {}));
+                    results.push(
+                        apply_request(&mem, &mut overlay, r, index).unwrap_or_else(|e| match e {}),
+                    );
                 }
                 mem.persist(overlay);
             }
@@ -202,25 +213,59 @@ mod tests {
     fn set(at: u64, key: &str, value: &str, ttl_ms: Option<u64>) -> Request {
         Request {
             stamp_ms: at,
-            command: Command::Set { key: key.into(), value: value.as_bytes().to_vec(), ttl_ms },
+            command: Command::Set {
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+                ttl_ms,
+            },
         }
     }
     fn del(at: u64, key: &str) -> Request {
-        Request { stamp_ms: at, command: Command::Delete { key: key.into() } }
+        Request {
+            stamp_ms: at,
+            command: Command::Delete { key: key.into() },
+        }
     }
     fn expire(at: u64) -> Request {
-        Request { stamp_ms: at, command: Command::Expire { up_to_ms: at } }
+        Request {
+            stamp_ms: at,
+            command: Command::Expire { up_to_ms: at },
+        }
     }
-    fn written(revision: u64, create_revision: u64, version: u64, expires_at_ms: Option<u64>) -> OpResult {
-        OpResult::Written { revision, create_revision, version, expires_at_ms }
+    fn written(
+        revision: u64,
+        create_revision: u64,
+        version: u64,
+        expires_at_ms: Option<u64>,
+    ) -> OpResult {
+        OpResult::Written {
+            revision,
+            create_revision,
+            version,
+            expires_at_ms,
+        }
     }
 
     #[test]
     fn set_creates_then_updates_with_revision_and_version() {
-        let (mem, results) = Mem::run(&[set(10, "a", "1", None), set(11, "b", "2", None), set(12, "a", "3", None)]);
-        assert_eq!(results, vec![written(1, 1, 1, None), written(2, 2, 1, None), written(3, 1, 2, None)]);
+        let (mem, results) = Mem::run(&[
+            set(10, "a", "1", None),
+            set(11, "b", "2", None),
+            set(12, "a", "3", None),
+        ]);
+        assert_eq!(
+            results,
+            vec![
+                written(1, 1, 1, None),
+                written(2, 2, 1, None),
+                written(3, 1, 2, None)
+            ]
+        );
         let a = &mem.data["a"];
-        assert_eq!((a.value.as_slice(), a.revision, a.create_revision, a.version), (&b"3"[..], 3, 1, 2));
+        assert_eq!(
+            (a.value.as_slice(), a.revision, a.create_revision, a.version),
+            (&b"3"[..], 3, 1, 2)
+        );
     }
 
     #[test]
@@ -228,14 +273,27 @@ mod tests {
         let (mem, results) = Mem::run(&[set(10, "a", "1", None), del(11, "a"), del(12, "a")]);
         assert_eq!(
             results[1..],
-            [OpResult::Deleted { deleted: true, revision: 2 }, OpResult::Deleted { deleted: false, revision: 3 }]
+            [
+                OpResult::Deleted {
+                    deleted: true,
+                    revision: 2
+                },
+                OpResult::Deleted {
+                    deleted: false,
+                    revision: 3
+                }
+            ]
         );
         assert!(mem.data.is_empty());
     }
 
     #[test]
     fn recreating_a_deleted_key_restarts_version_and_create_revision() {
-        let (_, results) = Mem::run(&[set(10, "a", "1", None), del(11, "a"), set(12, "a", "2", None)]);
+        let (_, results) = Mem::run(&[
+            set(10, "a", "1", None),
+            del(11, "a"),
+            set(12, "a", "2", None),
+        ]);
         assert_eq!(results[2], written(3, 3, 1, None));
     }
 
@@ -243,7 +301,10 @@ mod tests {
     fn ttl_counts_from_the_state_machine_clock() {
         let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(500))]);
         assert_eq!(results[0], written(1, 1, 1, Some(1500)));
-        assert_eq!(mem.index.keys().collect::<Vec<_>>(), vec![&(1500, "a".to_string())]);
+        assert_eq!(
+            mem.index.keys().collect::<Vec<_>>(),
+            vec![&(1500, "a".to_string())]
+        );
     }
 
     #[test]
@@ -258,21 +319,39 @@ mod tests {
     fn expired_key_is_absent_at_its_expiry_stamp_and_present_just_before() {
         // Written at 1000 with ttl 100: expires_at = 1100.
         let before = Mem::run(&[set(1000, "a", "1", Some(100)), set(1099, "a", "2", None)]).1;
-        assert_eq!(before[1], written(2, 1, 2, None), "at 1099 the key is live: an update");
+        assert_eq!(
+            before[1],
+            written(2, 1, 2, None),
+            "at 1099 the key is live: an update"
+        );
         let at = Mem::run(&[set(1000, "a", "1", Some(100)), set(1100, "a", "2", None)]).1;
-        assert_eq!(at[1], written(2, 2, 1, None), "at 1100 the key is absent: a fresh create");
+        assert_eq!(
+            at[1],
+            written(2, 2, 1, None),
+            "at 1100 the key is absent: a fresh create"
+        );
     }
 
     #[test]
     fn deleting_an_expired_key_reports_not_deleted_and_drops_it() {
         let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(100)), del(1100, "a")]);
-        assert_eq!(results[1], OpResult::Deleted { deleted: false, revision: 2 });
+        assert_eq!(
+            results[1],
+            OpResult::Deleted {
+                deleted: false,
+                revision: 2
+            }
+        );
         assert!(mem.data.is_empty() && mem.index.is_empty());
     }
 
     #[test]
     fn set_without_ttl_clears_an_earlier_expiry() {
-        let (mem, _) = Mem::run(&[set(1000, "a", "1", Some(100)), set(1001, "a", "2", None), expire(5000)]);
+        let (mem, _) = Mem::run(&[
+            set(1000, "a", "1", Some(100)),
+            set(1001, "a", "2", None),
+            expire(5000),
+        ]);
         assert_eq!(mem.data["a"].expires_at_ms, None);
         assert!(mem.index.is_empty());
     }
@@ -288,12 +367,19 @@ mod tests {
         ]);
         assert_eq!(results[4], OpResult::Expired { removed: 2 });
         assert_eq!(mem.data.keys().collect::<Vec<_>>(), vec!["forever", "late"]);
-        assert_eq!(mem.index.keys().collect::<Vec<_>>(), vec![&(1900, "late".to_string())]);
+        assert_eq!(
+            mem.index.keys().collect::<Vec<_>>(),
+            vec![&(1900, "late".to_string())]
+        );
     }
 
     #[test]
     fn expire_keeps_a_key_refreshed_with_a_later_expiry() {
-        let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(100)), set(1050, "a", "2", Some(1000)), expire(1200)]);
+        let (mem, results) = Mem::run(&[
+            set(1000, "a", "1", Some(100)),
+            set(1050, "a", "2", Some(1000)),
+            expire(1200),
+        ]);
         assert_eq!(results[2], OpResult::Expired { removed: 0 });
         assert_eq!(mem.data["a"].expires_at_ms, Some(2050));
     }
@@ -301,7 +387,10 @@ mod tests {
     #[test]
     fn expire_never_looks_past_its_own_time() {
         // The stamp says 1100 but the command asks only up to 1050.
-        let request = Request { stamp_ms: 1100, command: Command::Expire { up_to_ms: 1050 } };
+        let request = Request {
+            stamp_ms: 1100,
+            command: Command::Expire { up_to_ms: 1050 },
+        };
         let (mem, results) = Mem::run(&[set(1000, "a", "1", Some(60)), request]);
         assert_eq!(results[1], OpResult::Expired { removed: 0 });
         assert!(mem.data.contains_key("a"));
@@ -309,12 +398,18 @@ mod tests {
 
     #[test]
     fn expire_removes_at_most_the_limit_per_command() {
-        let mut requests: Vec<Request> =
-            (0..EXPIRE_LIMIT + 5).map(|i| set(1000, &format!("k{i:05}"), "1", Some(1))).collect();
+        let mut requests: Vec<Request> = (0..EXPIRE_LIMIT + 5)
+            .map(|i| set(1000, &format!("k{i:05}"), "1", Some(1)))
+            .collect();
         requests.push(expire(2000));
         requests.push(expire(2001));
         let (mem, results) = Mem::run(&requests);
-        assert_eq!(results[EXPIRE_LIMIT + 5], OpResult::Expired { removed: EXPIRE_LIMIT as u64 });
+        assert_eq!(
+            results[EXPIRE_LIMIT + 5],
+            OpResult::Expired {
+                removed: EXPIRE_LIMIT as u64
+            }
+        );
         assert_eq!(results[EXPIRE_LIMIT + 6], OpResult::Expired { removed: 5 });
         assert!(mem.data.is_empty());
     }
@@ -324,9 +419,17 @@ mod tests {
         let batch = Request {
             stamp_ms: 10,
             command: Command::Batch(vec![
-                Command::Set { key: "a".into(), value: b"1".to_vec(), ttl_ms: None },
+                Command::Set {
+                    key: "a".into(),
+                    value: b"1".to_vec(),
+                    ttl_ms: None,
+                },
                 Command::Delete { key: "b".into() },
-                Command::Set { key: "b".into(), value: b"2".to_vec(), ttl_ms: Some(5) },
+                Command::Set {
+                    key: "b".into(),
+                    value: b"2".to_vec(),
+                    ttl_ms: Some(5),
+                },
             ]),
         };
         let (_, results) = Mem::run(&[batch]);
@@ -334,7 +437,10 @@ mod tests {
             results[0],
             OpResult::Batch(vec![
                 written(1, 1, 1, None),
-                OpResult::Deleted { deleted: false, revision: 1 },
+                OpResult::Deleted {
+                    deleted: false,
+                    revision: 1
+                },
                 written(1, 1, 1, Some(15)),
             ])
         );
@@ -358,7 +464,11 @@ mod tests {
         }
         let reference = Mem::apply_grouped(&requests, 1);
         for group in [2, 3, 7, 60] {
-            assert_eq!(Mem::apply_grouped(&requests, group), reference, "grouping by {group}");
+            assert_eq!(
+                Mem::apply_grouped(&requests, group),
+                reference,
+                "grouping by {group}"
+            );
         }
     }
 }

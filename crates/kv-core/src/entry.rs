@@ -35,7 +35,13 @@ mod tests {
     use super::*;
 
     fn entry(expires_at_ms: Option<u64>) -> Entry {
-        Entry { value: b"1".to_vec(), revision: 1, create_revision: 1, version: 1, expires_at_ms }
+        Entry {
+            value: b"1".to_vec(),
+            revision: 1,
+            create_revision: 1,
+            version: 1,
+            expires_at_ms,
+        }
     }
 
     #[test]

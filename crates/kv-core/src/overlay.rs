@@ -41,7 +41,10 @@ pub struct Overlay {
 impl Overlay {
     /// An empty overlay over a state machine whose clock reads `clock_ms`.
     pub fn new(clock_ms: u64) -> Self {
-        Self { clock_ms, ..Self::default() }
+        Self {
+            clock_ms,
+            ..Self::default()
+        }
     }
 
     /// The entry of `key` as the next command sees it, live or expired.

@@ -54,16 +54,31 @@ mod tests {
     fn keys_may_hold_slashes_and_colons_up_to_the_limit() {
         assert_eq!(check_key("users/1:profile"), Ok(()));
         assert_eq!(check_key(&"k".repeat(MAX_KEY_BYTES)), Ok(()));
-        assert_eq!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)), Err(InputError::KeyTooLong(4097)));
+        assert_eq!(
+            check_key(&"k".repeat(MAX_KEY_BYTES + 1)),
+            Err(InputError::KeyTooLong(4097))
+        );
         assert_eq!(check_key(""), Err(InputError::EmptyKey));
     }
 
     #[test]
     fn ttl_must_be_a_positive_integer_of_seconds() {
         assert_eq!(parse_ttl_seconds("3600"), Ok(3_600_000));
-        for bad in ["0", "-1", "abc", "", "1.5", "+5", " 5", "99999999999999999999"] {
+        for bad in [
+            "0",
+            "-1",
+            "abc",
+            "",
+            "1.5",
+            "+5",
+            " 5",
+            "99999999999999999999",
+        ] {
             assert!(parse_ttl_seconds(bad).is_err(), "{bad:?} must be refused");
         }
-        assert_eq!(parse_ttl_seconds("0").map_err(|e| e.code()), Err("invalid_ttl"));
+        assert_eq!(
+            parse_ttl_seconds("0").map_err(|e| e.code()),
+            Err("invalid_ttl")
+        );
     }
 }

@@ -1,1 +1,19 @@
-//! placeholder
+//! One quorum-kv node: configuration, the raft network, the client HTTP API, and the
+//! node's lifecycle. The binary `kv-server` is a thin wrapper around [`node::run`].
+//!
+//! Invariants:
+//! - Only this crate opens sockets; kv-core and kv-store never do.
+//! - Time enters only through [`clock::Clock`]: as the stamp of proposed commands and
+//!   as the reader's time for TTL checks, never inside apply.
+//! - Writes reach raft only through the proposer; linearizable reads only after a
+//!   ReadIndex confirmation started after the read arrived.
+//! - Every client error is a JSON body with a stable code (see `http::ApiError`).
+
+pub mod clock;
+pub mod config;
+pub mod expiry;
+pub mod http;
+pub mod node;
+pub mod proposer;
+pub mod raft_network;
+pub mod reads;

@@ -1,0 +1,249 @@
+//! The node's configuration: one TOML file, loaded and validated once at startup.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// One member of the initial cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The member's node id (never reused).
+    pub id: u64,
+    /// Its client API address.
+    pub client_addr: SocketAddr,
+    /// Its raft RPC address.
+    pub raft_addr: SocketAddr,
+}
+
+/// Raft timings, in milliseconds, and log compaction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    /// Leader heartbeat period; in openraft 0.9 also the AppendEntries timeout.
+    pub heartbeat_ms: u64,
+    /// Election timeout, lower bound.
+    pub election_min_ms: u64,
+    /// Election timeout, upper bound.
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for followers that lag a little.
+    pub logs_kept_after_snapshot: u64,
+    /// Per-chunk snapshot transfer timeout.
+    pub install_snapshot_timeout_ms: u64,
+    /// Purge the log only once this many entries can go, so purging is not a
+    /// delete_range after every entry.
+    pub purge_batch_size: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_every: 20_000,
+            logs_kept_after_snapshot: 2_000,
+            install_snapshot_timeout_ms: 10_000,
+            purge_batch_size: 256,
+        }
+    }
+}
+
+/// Limits on client input and waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest accepted value, in bytes of JSON.
+    pub max_value_bytes: usize,
+    /// How long a write may wait for commit before its outcome is reported unknown.
+    pub write_timeout_ms: u64,
+    /// How long a linearizable read may wait for the leader's confirmation.
+    pub read_timeout_ms: u64,
+    /// Most writes proposed in one raft entry.
+    pub max_batch: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: 1024 * 1024,
+            write_timeout_ms: 5_000,
+            read_timeout_ms: 3_000,
+            max_batch: 512,
+        }
+    }
+}
+
+/// Everything one node reads from its TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id; must be one of `members`.
+    pub id: u64,
+    /// Where the client HTTP API listens.
+    pub client_addr: SocketAddr,
+    /// Where the raft RPC listener listens.
+    pub raft_addr: SocketAddr,
+    /// RocksDB and snapshot files; relative paths are relative to the working directory.
+    pub data_dir: PathBuf,
+    /// The initial members, each with both addresses.
+    pub members: Vec<MemberConfig>,
+    /// Shared secret the raft listener requires of every request, if set.
+    #[serde(default)]
+    pub cluster_secret: Option<String>,
+    /// Test-only: added to this node's wall clock when it stamps commands, to simulate
+    /// clock skew.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+impl NodeConfig {
+    /// Loads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: membership, distinct addresses, sane timings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let me = self.members.iter().find(|m| m.id == self.id);
+        let Some(me) = me else {
+            return invalid(format!("node id {} is not among the members", self.id));
+        };
+        if me.client_addr != self.client_addr || me.raft_addr != self.raft_addr {
+            return invalid(format!(
+                "node {}'s addresses differ from its entry in members",
+                self.id
+            ));
+        }
+        let mut ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.members.len() {
+            return invalid("member ids must be distinct".into());
+        }
+        let mut addrs: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .flat_map(|m| [m.client_addr, m.raft_addr])
+            .collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        if addrs.len() != 2 * self.members.len() {
+            return invalid("every member needs its own client and raft addresses".into());
+        }
+        let r = &self.raft;
+        if !(r.heartbeat_ms * 2 < r.election_min_ms && r.election_min_ms < r.election_max_ms) {
+            return invalid("need heartbeat_ms * 2 < election_min_ms < election_max_ms".into());
+        }
+        if r.purge_batch_size == 0 || r.snapshot_every == 0 {
+            return invalid("purge_batch_size and snapshot_every must be positive".into());
+        }
+        if self.limits.max_value_bytes == 0 || self.limits.max_batch == 0 {
+            return invalid("limits must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The member that bootstraps a fresh cluster: the lowest id.
+    pub fn bootstrapper(&self) -> u64 {
+        self.members.iter().map(|m| m.id).min().unwrap_or(self.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        id = 2
+        client_addr = "127.0.0.1:7002"
+        raft_addr = "127.0.0.1:7102"
+        data_dir = "data/node2"
+        members = [
+          { id = 1, client_addr = "127.0.0.1:7001", raft_addr = "127.0.0.1:7101" },
+          { id = 2, client_addr = "127.0.0.1:7002", raft_addr = "127.0.0.1:7102" },
+        ]
+        [raft]
+        heartbeat_ms = 50
+    "#;
+
+    #[test]
+    fn valid_config_parses_with_defaults() {
+        let c: NodeConfig = toml::from_str(VALID).expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.raft.heartbeat_ms, 50);
+        assert_eq!(c.raft.election_min_ms, 500);
+        assert_eq!(c.limits.max_value_bytes, 1 << 20);
+        assert_eq!(c.bootstrapper(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let text = VALID.replace("[raft]", "typo = 1\n[raft]");
+        assert!(toml::from_str::<NodeConfig>(&text).is_err());
+    }
+
+    #[test]
+    fn node_must_be_a_member_with_matching_addresses() {
+        let c: NodeConfig = toml::from_str(&VALID.replace("id = 2\n", "id = 3\n")).expect("parses");
+        assert!(c.validate().is_err());
+        let c: NodeConfig = toml::from_str(&VALID.replace(
+            "raft_addr = \"127.0.0.1:7102\"\n",
+            "raft_addr = \"127.0.0.1:7199\"\n",
+        ))
+        .expect("parses");
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn every_shipped_cluster_config_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster-config");
+        let mut seen = 0;
+        for cluster in std::fs::read_dir(&root).expect("cluster-config exists") {
+            for file in std::fs::read_dir(cluster.expect("entry").path()).expect("a cluster folder")
+            {
+                let path = file.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "toml") {
+                    NodeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 3, "found only {seen} configs");
+    }
+}

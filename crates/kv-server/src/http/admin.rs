@@ -1,0 +1,94 @@
+//! Cluster status, liveness and readiness.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use openraft::ServerState;
+use serde_json::{json, Value};
+
+use super::{ApiError, App};
+
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+async fn committed_index(app: &App) -> Result<Option<u64>, ApiError> {
+    app.raft
+        .with_raft_state(|st| st.committed.map(|c| c.index))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("raft is not running: {e}")))
+}
+
+/// `GET /v1/cluster`: this node's view of the cluster.
+pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let m = app.raft.metrics().borrow().clone();
+    let commit_index = committed_index(&app).await?;
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let members: Vec<Value> = membership
+        .nodes()
+        .map(|(id, node)| {
+            let role = if *id == m.id {
+                role(m.state)
+            } else if Some(*id) == m.current_leader {
+                "leader"
+            } else if voters.contains(id) {
+                "follower"
+            } else {
+                "learner"
+            };
+            json!({ "id": id, "client_addr": node.client_addr, "raft_addr": node.raft_addr, "role": role })
+        })
+        .collect();
+    let leader = m.current_leader.and_then(|id| {
+        membership
+            .get_node(&id)
+            .map(|n| json!({ "id": id, "client_addr": n.client_addr, "raft_addr": n.raft_addr }))
+    });
+    Ok(Json(json!({
+        "node_id": m.id,
+        "state": role(m.state),
+        "leader_id": m.current_leader,
+        "leader": leader,
+        "term": m.current_term,
+        "commit_index": commit_index,
+        "applied_index": m.last_applied.map(|l| l.index),
+        "last_log_index": m.last_log_index,
+        "snapshot_index": m.snapshot.map(|l| l.index),
+        "purged_index": m.purged.map(|l| l.index),
+        "members": members,
+    })))
+}
+
+/// `GET /healthz`: the process is up and serving HTTP.
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: a leader is known and this node has applied all it knows committed.
+pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let m = app.raft.metrics().borrow().clone();
+    let committed = committed_index(&app).await?;
+    let applied = m.last_applied.map(|l| l.index);
+    if m.current_leader.is_none() {
+        return Err(ApiError::Unavailable(
+            "not ready: no leader is known".into(),
+        ));
+    }
+    if applied < committed {
+        return Err(ApiError::Unavailable(format!(
+            "not ready: applied {applied:?} of committed {committed:?}"
+        )));
+    }
+    let body = json!({ "ready": true, "leader_id": m.current_leader, "applied_index": applied });
+    Ok((StatusCode::OK, Json(body)).into_response())
+}

@@ -1,0 +1,316 @@
+//! `/v1/kv/{key}`: get, put and delete one key.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use kv_core::validate::{check_key, parse_ttl_seconds};
+use kv_core::{Command, Entry, OpResult};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::forward::{lead_or_forward, Forwardable, Local};
+use super::{ApiError, App};
+use crate::proposer::WriteError;
+use crate::reads::ReadError;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GetQuery {
+    consistency: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
+fn parse_query<T: DeserializeOwned + Default>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    match uri.query() {
+        None => Ok(T::default()),
+        Some(q) => {
+            serde_urlencoded::from_str(q).map_err(|e| ApiError::bad("invalid_query", e.to_string()))
+        }
+    }
+}
+
+fn key_from(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(key) = path.map_err(|e| ApiError::bad("invalid_key", e.body_text()))?;
+    check_key(&key)?;
+    Ok(key)
+}
+
+fn etag(revision: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\""))
+        .expect("a quoted number is a valid header value")
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>, revision: Option<u64>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(r) = revision {
+        headers.insert(header::ETAG, etag(r));
+    }
+    response
+}
+
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("strings and numbers always serialize");
+}
+
+/// Writes an entry as JSON. The stored value is already validated JSON text, so it is
+/// copied in as is rather than parsed again.
+fn entry_json(
+    key: &str,
+    revision: u64,
+    create_revision: u64,
+    version: u64,
+    expires_at_ms: Option<u64>,
+    now_ms: u64,
+    value: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + key.len() + value.map_or(0, <[u8]>::len));
+    out.extend_from_slice(b"{\"key\":");
+    push_json(&mut out, key);
+    if let Some(v) = value {
+        out.extend_from_slice(b",\"value\":");
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(b",\"revision\":");
+    push_json(&mut out, &revision);
+    out.extend_from_slice(b",\"create_revision\":");
+    push_json(&mut out, &create_revision);
+    out.extend_from_slice(b",\"version\":");
+    push_json(&mut out, &version);
+    out.extend_from_slice(b",\"expires_at_ms\":");
+    push_json(&mut out, &expires_at_ms);
+    out.extend_from_slice(b",\"ttl_ms\":");
+    push_json(&mut out, &expires_at_ms.map(|at| at.saturating_sub(now_ms)));
+    out.push(b'}');
+    out
+}
+
+fn serve_local_get(app: &App, key: &str) -> Result<Response, ApiError> {
+    let now = app.read_time_ms();
+    match app.reader.get(key)? {
+        Some(e) if e.is_live_at(now) => {
+            let Entry {
+                value,
+                revision,
+                create_revision,
+                version,
+                expires_at_ms,
+            } = e;
+            let body = entry_json(
+                key,
+                revision,
+                create_revision,
+                version,
+                expires_at_ms,
+                now,
+                Some(&value),
+            );
+            Ok(json_response(StatusCode::OK, body, Some(revision)))
+        }
+        _ => Err(ApiError::KeyNotFound),
+    }
+}
+
+fn forwardable(
+    method: Method,
+    uri: &axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    is_write: bool,
+) -> Forwardable {
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    Forwardable {
+        method,
+        path_and_query,
+        headers,
+        body,
+        is_write,
+    }
+}
+
+pub(crate) async fn get_key(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_from(path)?;
+    let q: GetQuery = parse_query(&uri)?;
+    match q.consistency.as_deref() {
+        Some("stale") => return serve_local_get(&app, &key),
+        None | Some("linearizable") => {}
+        Some(other) => {
+            return Err(ApiError::bad(
+                "invalid_consistency",
+                format!("consistency must be linearizable or stale, got {other:?}"),
+            ))
+        }
+    }
+    let req = forwardable(Method::GET, &uri, headers, Bytes::new(), false);
+    lead_or_forward(&app, req, || async {
+        match app.reads.confirm().await {
+            Ok(()) => serve_local_get(&app, &key).map(Local::Done),
+            Err(ReadError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
+            Err(ReadError::Timeout) => Err(ApiError::Unavailable(
+                "leadership could not be confirmed in time".into(),
+            )),
+            Err(ReadError::Stopped(m)) => Err(ApiError::Unavailable(m)),
+        }
+    })
+    .await
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "values are JSON: send content-type application/json, not {mime:?}"
+        )))
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("values may be at most {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    // The only error a body within the limit can produce is a broken connection, whose
+    // answer nobody reads; anything else here is the limit.
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())
+}
+
+fn written_response(app: &App, key: &str, result: OpResult) -> Result<Local, ApiError> {
+    match result {
+        OpResult::Written {
+            revision,
+            create_revision,
+            version,
+            expires_at_ms,
+        } => {
+            let body = entry_json(
+                key,
+                revision,
+                create_revision,
+                version,
+                expires_at_ms,
+                app.read_time_ms(),
+                None,
+            );
+            Ok(Local::Done(json_response(
+                StatusCode::OK,
+                body,
+                Some(revision),
+            )))
+        }
+        OpResult::Deleted { deleted, revision } => {
+            let body = serde_json::to_vec(
+                &serde_json::json!({ "deleted": deleted, "revision": revision }),
+            )
+            .expect("a small object serializes");
+            Ok(Local::Done(json_response(StatusCode::OK, body, None)))
+        }
+        other => Err(ApiError::Internal(format!(
+            "unexpected write result {other:?}"
+        ))),
+    }
+}
+
+async fn propose(app: &App, key: &str, command: Command) -> Result<Local, ApiError> {
+    match app.proposer.write(command).await {
+        Ok(result) => written_response(app, key, result),
+        Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
+        Err(WriteError::OutcomeUnknown) => Err(ApiError::OutcomeUnknown(
+            "the write was proposed but its commit was not confirmed in time; it may or may not have been applied, and may be retried".into(),
+        )),
+        Err(WriteError::Stopped(m)) => Err(ApiError::Unavailable(m)),
+    }
+}
+
+pub(crate) async fn put_key(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = key_from(path)?;
+    let q: PutQuery = parse_query(&uri)?;
+    let ttl_ms = q.ttl.as_deref().map(parse_ttl_seconds).transpose()?;
+    check_content_type(&headers)?;
+    let body = read_body(body, &headers, app.limits.max_value_bytes).await?;
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(ApiError::bad(
+            "invalid_json",
+            format!("the value is not valid JSON: {e}"),
+        ));
+    }
+    let value = body.to_vec();
+    let req = forwardable(Method::PUT, &uri, headers, body, true);
+    lead_or_forward(&app, req, || {
+        propose(
+            &app,
+            &key,
+            Command::Set {
+                key: key.clone(),
+                value,
+                ttl_ms,
+            },
+        )
+    })
+    .await
+}
+
+pub(crate) async fn delete_key(
+    State(app): State<Arc<App>>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_from(path)?;
+    let _: NoQuery = parse_query(&uri)?;
+    let req = forwardable(Method::DELETE, &uri, headers, Bytes::new(), true);
+    lead_or_forward(&app, req, || {
+        propose(&app, &key, Command::Delete { key: key.clone() })
+    })
+    .await
+}
+
+pub(crate) async fn empty_key() -> ApiError {
+    kv_core::validate::InputError::EmptyKey.into()
+}

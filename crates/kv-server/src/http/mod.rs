@@ -1,0 +1,86 @@
+//! The client HTTP API (v1): routes, shared state, errors, and forwarding to the leader.
+
+mod admin;
+mod error;
+mod forward;
+mod kv;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use kv_store::typ::{NodeId, NodeInfo, Raft};
+use kv_store::StateReader;
+
+pub use error::ApiError;
+
+use crate::clock::Clock;
+use crate::config::LimitsConfig;
+use crate::proposer::Proposer;
+use crate::reads::ReadBarrier;
+
+/// What every handler shares.
+pub struct App {
+    /// This node's id.
+    pub id: NodeId,
+    /// The raft handle.
+    pub raft: Raft,
+    /// Direct reads of applied state.
+    pub reader: StateReader,
+    /// The write path.
+    pub proposer: Proposer,
+    /// Linearizable-read confirmations.
+    pub reads: ReadBarrier,
+    /// Wall clock for TTL checks on reads.
+    pub clock: Clock,
+    /// The process's one HTTP client, for forwarding to the leader.
+    pub client: reqwest::Client,
+    /// Input limits and timeouts.
+    pub limits: LimitsConfig,
+}
+
+/// Who leads, as far as this node knows.
+pub(crate) enum Leader {
+    Me,
+    Other(NodeInfo),
+    Unknown,
+}
+
+impl App {
+    pub(crate) fn leader(&self) -> Leader {
+        let m = self.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id == self.id => Leader::Me,
+            Some(id) => match m.membership_config.membership().get_node(&id) {
+                Some(node) => Leader::Other(node.clone()),
+                None => Leader::Unknown,
+            },
+            None => Leader::Unknown,
+        }
+    }
+
+    /// The time reads judge expiry by: never behind the state machine's clock, so a key
+    /// the log already treats as expired is never shown.
+    pub(crate) fn read_time_ms(&self) -> u64 {
+        self.clock.now_ms().max(self.reader.clock_ms())
+    }
+}
+
+/// The client API's routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+        )
+        .route(
+            "/v1/kv/",
+            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+        )
+        .route("/v1/cluster", get(admin::cluster))
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .with_state(app)
+}

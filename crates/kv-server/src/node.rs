@@ -1,0 +1,209 @@
+//! Starting and stopping a node.
+//!
+//! Shutdown order, once the stop signal fires:
+//! 1. stop accepting client requests and let in-flight ones finish (they may wait on
+//!    raft, which is still running);
+//! 2. stop the background tasks (proposer, read confirmer, expiry ticker);
+//! 3. `raft.shutdown()`;
+//! 4. stop the raft listener;
+//! 5. wait for every task, then drop the stores (RocksDB closes; every acknowledged
+//!    write was already synced).
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_store::typ::{NodeInfo, Raft};
+use openraft::error::{InitializeError, RaftError};
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::http::{self, App};
+use crate::proposer::Proposer;
+use crate::raft_network::{self, Network};
+use crate::reads::ReadBarrier;
+
+/// Why a node could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("opening the store: {0}")]
+    Store(#[from] kv_store::StoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("building the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let what = what.into();
+    move |source| NodeError::Io { what, source }
+}
+
+fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
+    let r = &config.raft;
+    openraft::Config {
+        cluster_name: "quorum-kv".into(),
+        heartbeat_interval: r.heartbeat_ms,
+        election_timeout_min: r.election_min_ms,
+        election_timeout_max: r.election_max_ms,
+        install_snapshot_timeout: r.install_snapshot_timeout_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_every),
+        max_in_snapshot_log_to_keep: r.logs_kept_after_snapshot,
+        purge_batch_size: r.purge_batch_size,
+        // Each entry is a batch of up to 4 MiB of values; keep AppendEntries bounded.
+        max_payload_entries: 64,
+        snapshot_max_chunk_size: 1024 * 1024,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+/// Runs a node until `shutdown` completes, then stops it in order.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(io(format!("creating {}", config.data_dir.display())))?;
+    let stores = kv_store::open(&config.data_dir)?;
+    let network = Network::new(config.cluster_secret.clone())?;
+    let raft = Raft::new(
+        config.id,
+        Arc::new(raft_config(&config)?),
+        network,
+        stores.log,
+        stores.state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let raft_listener = TcpListener::bind(config.raft_addr)
+        .await
+        .map_err(io(format!("binding {}", config.raft_addr)))?;
+    let client_listener = TcpListener::bind(config.client_addr)
+        .await
+        .map_err(io(format!("binding {}", config.client_addr)))?;
+
+    let tracker = TaskTracker::new();
+    let tasks_stop = CancellationToken::new();
+    let client_stop = CancellationToken::new();
+    let raft_stop = CancellationToken::new();
+    let clock = Clock::new(config.clock_offset_ms);
+    let limits = config.limits.clone();
+
+    let proposer = Proposer::start(
+        raft.clone(),
+        clock,
+        limits.max_batch,
+        Duration::from_millis(limits.write_timeout_ms),
+        &tracker,
+        tasks_stop.clone(),
+    );
+    let reads = ReadBarrier::start(
+        raft.clone(),
+        Duration::from_millis(limits.read_timeout_ms),
+        &tracker,
+        tasks_stop.clone(),
+    );
+    tracker.spawn(crate::expiry::run(
+        raft.clone(),
+        stores.reader.clone(),
+        proposer.clone(),
+        clock,
+        tasks_stop.clone(),
+    ));
+
+    let app = Arc::new(App {
+        id: config.id,
+        raft: raft.clone(),
+        reader: stores.reader,
+        proposer,
+        reads,
+        clock,
+        client: reqwest::Client::builder().tcp_nodelay(true).build()?,
+        limits,
+    });
+
+    let raft_server = tokio::spawn(
+        axum::serve(
+            raft_listener,
+            raft_network::router(raft.clone(), config.cluster_secret.clone()),
+        )
+        .with_graceful_shutdown(raft_stop.clone().cancelled_owned())
+        .into_future(),
+    );
+    let client_server = tokio::spawn(
+        axum::serve(client_listener, http::router(app))
+            .with_graceful_shutdown(client_stop.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    bootstrap(&raft, &config).await?;
+    tracing::info!(id = config.id, client = %config.client_addr, raft = %config.raft_addr, "node started");
+
+    shutdown.await;
+    tracing::info!("stopping");
+    client_stop.cancel();
+    if let Err(e) = client_server.await {
+        tracing::warn!(error = %e, "client listener task failed");
+    }
+    tasks_stop.cancel();
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    raft_stop.cancel();
+    if let Err(e) = raft_server.await {
+        tracing::warn!(error = %e, "raft listener task failed");
+    }
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A fresh cluster initializes itself once: the lowest-id member proposes the initial
+/// membership. On an initialized node this does nothing.
+async fn bootstrap(raft: &Raft, config: &NodeConfig) -> Result<(), NodeError> {
+    if config.id != config.bootstrapper() {
+        return Ok(());
+    }
+    if raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        return Ok(());
+    }
+    let members: BTreeMap<u64, NodeInfo> = config
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                NodeInfo {
+                    client_addr: m.client_addr.to_string(),
+                    raft_addr: m.raft_addr.to_string(),
+                },
+            )
+        })
+        .collect();
+    match raft.initialize(members).await {
+        Ok(()) => {
+            tracing::info!("initialized a fresh cluster");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(NodeError::Raft(e.to_string())),
+    }
+}

@@ -1,0 +1,207 @@
+//! The write path: batches concurrent client writes into one raft entry.
+//!
+//! openraft 0.9 appends one entry per fsync, so one proposer task drains a channel of
+//! pending writes, proposes them as one `Command::Batch`, and hands each caller its own
+//! result. While a batch is in flight, new writes queue up and form the next batch, so
+//! the batch size grows with the load. Two writes to the same key never share a batch:
+//! every change gets its own revision (the log index), which compare-and-swap relies on.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kv_core::{Command, OpResult, Request, Response};
+use kv_store::typ::{NodeId, NodeInfo, Raft};
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+
+/// Batches proposed concurrently; more writes wait in the queue and form larger batches.
+const IN_FLIGHT_BATCHES: usize = 4;
+/// Most bytes of values in one batch, so one raft entry stays well under the RPC limit.
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a write did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// This node is not the leader; nothing was applied. The leader, if known.
+    #[error("not the leader")]
+    NotLeader(Option<(NodeId, NodeInfo)>),
+    /// The write was proposed but its commit was not seen in time: it may or may not
+    /// have been applied.
+    #[error("the write's outcome is unknown")]
+    OutcomeUnknown,
+    /// The node is shutting down or raft stopped.
+    #[error("raft is not running: {0}")]
+    Stopped(String),
+}
+
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<OpResult, WriteError>>,
+}
+
+impl Pending {
+    fn key(&self) -> Option<&str> {
+        match &self.command {
+            Command::Set { key, .. } | Command::Delete { key } => Some(key),
+            Command::Expire { .. } | Command::Batch(_) => None,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match &self.command {
+            Command::Set { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Expire { .. } | Command::Batch(_) => 16,
+        }
+    }
+}
+
+/// Handle for submitting writes; cheap to clone.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the proposer task on `tracker`; it stops when `cancel` fires.
+    pub fn start(
+        raft: Raft,
+        clock: Clock,
+        max_batch: usize,
+        write_timeout: Duration,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        let batcher = Batcher {
+            raft,
+            clock,
+            max_batch,
+            write_timeout,
+            rx,
+            carry: VecDeque::new(),
+        };
+        tracker.spawn(batcher.run(tracker.clone(), cancel));
+        Self { tx }
+    }
+
+    /// Proposes one write and waits for its result.
+    pub async fn write(&self, command: Command) -> Result<OpResult, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Pending { command, reply })
+            .await
+            .map_err(|_| WriteError::Stopped("the proposer has stopped".into()))?;
+        // A dropped reply means the batch task died mid-flight: the outcome is unknown.
+        rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+    }
+}
+
+struct Batcher {
+    raft: Raft,
+    clock: Clock,
+    max_batch: usize,
+    write_timeout: Duration,
+    rx: mpsc::Receiver<Pending>,
+    /// Writes deferred to the next batch because their key was already in one.
+    carry: VecDeque<Pending>,
+}
+
+impl Batcher {
+    async fn run(mut self, tracker: TaskTracker, cancel: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT_BATCHES));
+        loop {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            };
+            let Some(batch) = (tokio::select! {
+                _ = cancel.cancelled() => return,
+                b = self.next_batch() => b,
+            }) else {
+                return;
+            };
+            let (raft, clock, timeout) = (self.raft.clone(), self.clock, self.write_timeout);
+            tracker.spawn(async move {
+                propose(raft, clock, timeout, batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Waits for at least one write, then takes what is queued, up to the limits.
+    async fn next_batch(&mut self) -> Option<Vec<Pending>> {
+        if self.carry.is_empty() {
+            let first = self.rx.recv().await?;
+            self.carry.push_back(first);
+        }
+        while self.carry.len() < self.max_batch {
+            match self.rx.try_recv() {
+                Ok(p) => self.carry.push_back(p),
+                Err(_) => break,
+            }
+        }
+        let mut batch = Vec::new();
+        let mut keys = HashSet::new();
+        let mut bytes = 0;
+        let mut deferred = VecDeque::new();
+        while let Some(p) = self.carry.pop_front() {
+            let fits = batch.is_empty()
+                || (batch.len() < self.max_batch && bytes + p.size() <= MAX_BATCH_BYTES);
+            let key_free = p.key().is_none_or(|k| !keys.contains(k));
+            if fits && key_free {
+                if let Some(k) = p.key() {
+                    keys.insert(k.to_owned());
+                }
+                bytes += p.size();
+                batch.push(p);
+            } else {
+                deferred.push_back(p);
+            }
+        }
+        self.carry = deferred;
+        Some(batch)
+    }
+}
+
+async fn propose(raft: Raft, clock: Clock, timeout: Duration, batch: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let request = Request {
+        stamp_ms: clock.now_ms(),
+        command: Command::Batch(commands),
+    };
+    let error = match tokio::time::timeout(timeout, raft.client_write(request)).await {
+        Err(_) => WriteError::OutcomeUnknown,
+        Ok(Ok(resp)) => match resp.data {
+            Response::Applied(OpResult::Batch(results)) if results.len() == replies.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+                return;
+            }
+            other => {
+                tracing::error!(
+                    ?other,
+                    "a batch was answered with a result of the wrong shape"
+                );
+                WriteError::OutcomeUnknown
+            }
+        },
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            WriteError::NotLeader(f.leader_id.zip(f.leader_node))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            WriteError::Stopped(e.to_string())
+        }
+        Ok(Err(RaftError::Fatal(e))) => WriteError::Stopped(e.to_string()),
+    };
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
+    }
+}

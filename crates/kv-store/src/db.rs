@@ -1,0 +1,174 @@
+//! Opening the database, its column families and key layouts, and the read-only view
+//! the HTTP layer serves reads from.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use kv_core::{Entry, StateView};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
+
+use crate::{LogStore, StateMachine, StoreError};
+
+/// Raft log entries, keyed by big-endian index.
+pub(crate) const CF_LOG: &str = "raft_log";
+/// Vote, committed log id, last purged log id.
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+/// Key → postcard-encoded [`Entry`].
+pub(crate) const CF_DATA: &str = "sm_data";
+/// Last applied log id, membership, clock.
+pub(crate) const CF_SM_META: &str = "sm_meta";
+/// Big-endian `expires_at_ms` followed by the key, empty values.
+pub(crate) const CF_EXPIRY: &str = "sm_expiry";
+
+pub(crate) const META_VOTE: &[u8] = b"vote";
+pub(crate) const META_COMMITTED: &[u8] = b"committed";
+pub(crate) const META_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
+pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
+pub(crate) const META_CLOCK: &[u8] = b"clock";
+
+/// An exclusive upper bound above every data key: 0xFF never occurs in UTF-8.
+pub(crate) const DATA_END: &[u8] = &[0xFF];
+/// An exclusive upper bound above every expiry-index key (expiries are capped far below
+/// `u64::MAX`, and the key part never starts with 0xFF).
+pub(crate) const EXPIRY_END: &[u8] = &[0xFF; 9];
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    db.cf_handle(name)
+        .expect("every column family is created when the database is opened")
+}
+
+pub(crate) fn expiry_key(at: u64, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
+    k.extend_from_slice(&at.to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn parse_expiry_key(raw: &[u8]) -> Result<(u64, String), StoreError> {
+    let (at, key) = raw
+        .split_first_chunk::<8>()
+        .ok_or_else(|| StoreError::Corrupt("expiry index key shorter than 8 bytes".into()))?;
+    let key = std::str::from_utf8(key)
+        .map_err(|_| StoreError::Corrupt("expiry index key is not UTF-8".into()))?;
+    Ok((u64::from_be_bytes(*at), key.to_owned()))
+}
+
+/// Everything a node needs from its database.
+pub struct Stores {
+    /// The raft log store, for `Raft::new`.
+    pub log: LogStore,
+    /// The state machine, for `Raft::new`.
+    pub state_machine: StateMachine,
+    /// Direct reads for the HTTP layer.
+    pub reader: StateReader,
+}
+
+/// Opens (creating if needed) the database under `dir`: RocksDB in `dir/db`, the
+/// current snapshot in `dir/snapshot`.
+pub fn open(dir: &Path) -> Result<Stores, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SM_META, CF_EXPIRY]
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
+    let snapshot_dir: PathBuf = dir.join("snapshot");
+    std::fs::create_dir_all(&snapshot_dir)?;
+    let state_machine = StateMachine::load(db.clone(), snapshot_dir)?;
+    let reader = StateReader {
+        db: db.clone(),
+        clock_ms: state_machine.clock_handle(),
+    };
+    Ok(Stores {
+        log: LogStore::new(db),
+        state_machine,
+        reader,
+    })
+}
+
+/// Reads of the applied state, straight from RocksDB, for the HTTP layer. Snapshot
+/// installs are one atomic batch, so a read never sees half of one.
+#[derive(Clone)]
+pub struct StateReader {
+    db: Arc<DB>,
+    clock_ms: Arc<AtomicU64>,
+}
+
+impl StateReader {
+    /// The stored entry of `key`, live or expired: the caller decides liveness at its
+    /// own reading time.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        DbView(&self.db).get(key)
+    }
+
+    /// The state machine's clock: the latest stamp applied so far.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms.load(Ordering::Acquire)
+    }
+
+    /// Whether any key's expiry is at or before `now_ms`, i.e. an Expire command would
+    /// remove something.
+    pub fn has_due(&self, now_ms: u64) -> Result<bool, StoreError> {
+        Ok(!DbView(&self.db)
+            .due(now_ms, 1, &mut |_, _| false)?
+            .is_empty())
+    }
+}
+
+/// The persisted state machine, as kv-core reads it while applying.
+pub(crate) struct DbView<'a>(pub(crate) &'a DB);
+
+impl StateView for DbView<'_> {
+    type Error = StoreError;
+
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self.0.get_pinned_cf(cf(self.0, CF_DATA), key.as_bytes())? {
+            Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn due(
+        &self,
+        up_to_ms: u64,
+        limit: usize,
+        skip: &mut dyn FnMut(u64, &str) -> bool,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut due = vec![];
+        for item in self.0.iterator_cf(
+            cf(self.0, CF_EXPIRY),
+            IteratorMode::From(&[], Direction::Forward),
+        ) {
+            if due.len() >= limit {
+                break;
+            }
+            let (raw, _) = item?;
+            let (at, key) = parse_expiry_key(&raw)?;
+            if at > up_to_ms {
+                break;
+            }
+            if !skip(at, &key) {
+                due.push((at, key));
+            }
+        }
+        Ok(due)
+    }
+}
+
+/// Runs a blocking RocksDB or file operation off the async worker threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Write options for everything that must survive a crash once acknowledged.
+pub(crate) fn synced() -> rocksdb::WriteOptions {
+    let mut w = rocksdb::WriteOptions::default();
+    w.set_sync(true);
+    w
+}

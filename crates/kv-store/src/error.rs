@@ -1,0 +1,42 @@
+//! Storage errors, and their one translation into openraft's `StorageError`.
+
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+use thiserror::Error;
+
+use crate::typ::StorageError;
+
+/// What can go wrong below the raft log and the state machine.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    RocksDb(#[from] rocksdb::Error),
+    #[error("decoding stored data: {0}")]
+    Codec(#[from] postcard::Error),
+    #[error("file i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("a blocking storage task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// Translates into openraft's error, saying what was being done to what.
+    pub(crate) fn into_raft(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> StorageError {
+        StorageIOError::new(subject, verb, openraft::AnyError::new(&self)).into()
+    }
+}
+
+/// Shorthands for the translation at each call site. The large error type is
+/// openraft's, fixed by its storage traits.
+#[allow(clippy::result_large_err)]
+pub(crate) trait OrRaft<T> {
+    fn or_raft(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> Result<T, StorageError>;
+}
+
+#[allow(clippy::result_large_err)]
+impl<T, E: Into<StoreError>> OrRaft<T> for Result<T, E> {
+    fn or_raft(self, subject: ErrorSubject<u64>, verb: ErrorVerb) -> Result<T, StorageError> {
+        self.map_err(|e| e.into().into_raft(subject, verb))
+    }
+}

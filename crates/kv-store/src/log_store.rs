@@ -1,0 +1,231 @@
+//! The raft log and raft metadata in RocksDB.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::db::{
+    blocking, cf, synced, CF_LOG, CF_RAFT_META, META_COMMITTED, META_LAST_PURGED, META_VOTE,
+};
+use crate::error::OrRaft;
+use crate::typ::{LogEntry, LogId, StorageError, TypeConfig, Vote};
+use crate::StoreError;
+
+/// The raft log store. Cloning shares the database.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.db.get_pinned_cf(cf(&self.db, CF_RAFT_META), key)? {
+            Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes one metadata value; `sync` makes it durable before returning.
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static [u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let raw = postcard::to_stdvec(value)?;
+        let db = self.db.clone();
+        blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf(&db, CF_RAFT_META), key, raw);
+            let opts = if sync {
+                synced()
+            } else {
+                rocksdb::WriteOptions::default()
+            };
+            Ok(db.write_opt(batch, &opts)?)
+        })
+        .await
+    }
+
+    async fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        blocking(move || Ok(db.write_opt(batch, &synced())?)).await
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        match self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End)
+            .next()
+        {
+            Some(item) => {
+                let (_, raw) = item?;
+                let entry: LogEntry = postcard::from_bytes(&raw)?;
+                Ok(Some(entry.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn entries(&self, start: u64, end: Bound<u64>) -> Result<Vec<LogEntry>, StoreError> {
+        let mut out = vec![];
+        let from = index_key(start);
+        for item in self.db.iterator_cf(
+            cf(&self.db, CF_LOG),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            let (k, raw) = item?;
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("log key is not 8 bytes".into()))?,
+            );
+            let past_end = match end {
+                Bound::Included(e) => index > e,
+                Bound::Excluded(e) => index >= e,
+                Bound::Unbounded => false,
+            };
+            if past_end {
+                break;
+            }
+            out.push(postcard::from_bytes(&raw)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        self.entries(start, range.end_bound().cloned())
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Read)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self
+            .read_meta(META_LAST_PURGED)
+            .or_raft(ErrorSubject::Store, ErrorVerb::Read)?;
+        let last_log_id = self
+            .last_log_id()
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Read)?
+            .or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // Synced: a vote forgotten in a crash lets this node vote twice in one term.
+        self.write_meta(META_VOTE, vote, true)
+            .await
+            .or_raft(ErrorSubject::Vote, ErrorVerb::Write)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(META_VOTE)
+            .or_raft(ErrorSubject::Vote, ErrorVerb::Read)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: losing it only means replaying a little more on restart; the next
+        // synced write carries it to disk anyway.
+        self.write_meta(META_COMMITTED, &committed, false)
+            .await
+            .or_raft(ErrorSubject::Store, ErrorVerb::Write)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(META_COMMITTED)
+            .or_raft(ErrorSubject::Store, ErrorVerb::Read)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        for entry in entries {
+            let raw = postcard::to_stdvec(&entry)
+                .or_raft(ErrorSubject::Log(entry.log_id), ErrorVerb::Write)?;
+            batch.put_cf(log, index_key(entry.log_id.index), raw);
+        }
+        // One synced batch: the callback tells openraft the entries are durable, and a
+        // leader counts itself toward the quorum on that word.
+        let result = self.write_synced(batch).await;
+        let io_result = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(io_result);
+        result.or_raft(ErrorSubject::Logs, ErrorVerb::Write)
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG),
+            index_key(log_id.index),
+            index_key(u64::MAX),
+        );
+        batch.delete_cf(cf(&self.db, CF_LOG), index_key(u64::MAX));
+        // Synced: a conflicting suffix that came back after a crash could be applied.
+        self.write_synced(batch)
+            .await
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let last_purged =
+            postcard::to_stdvec(&log_id).or_raft(ErrorSubject::Store, ErrorVerb::Write)?;
+        // last_purged and the deletion go in one batch, so the log never has a hole
+        // that last_purged does not explain.
+        batch.put_cf(cf(&self.db, CF_RAFT_META), META_LAST_PURGED, last_purged);
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOG),
+            index_key(0),
+            index_key(log_id.index + 1),
+        );
+        self.write_synced(batch)
+            .await
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)
+    }
+}

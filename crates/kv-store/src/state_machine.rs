@@ -1,0 +1,272 @@
+//! The replicated state machine in RocksDB.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kv_core::{apply_request, Overlay, Response};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use serde::de::DeserializeOwned;
+
+use crate::db::{
+    blocking, cf, expiry_key, synced, DbView, CF_DATA, CF_EXPIRY, CF_SM_META, DATA_END, EXPIRY_END,
+    META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
+};
+use crate::error::OrRaft;
+use crate::snapshot::{SnapshotFiles, SnapshotState};
+use crate::typ::{
+    LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
+use crate::StoreError;
+
+/// The state machine: key entries, expiry index and metadata in RocksDB. The fields
+/// here mirror what is persisted, and change only after the batch is written.
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshots: SnapshotFiles,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock_ms: Arc<AtomicU64>,
+}
+
+fn read_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
+    match db.get_pinned_cf(cf(db, CF_SM_META), key)? {
+        Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
+        None => Ok(None),
+    }
+}
+
+/// Adds the metadata writes that end every apply or install batch.
+fn put_meta(
+    db: &DB,
+    batch: &mut WriteBatch,
+    last_applied: &Option<LogId>,
+    membership: &StoredMembership,
+    clock_ms: u64,
+) -> Result<(), StoreError> {
+    let meta = cf(db, CF_SM_META);
+    batch.put_cf(meta, META_LAST_APPLIED, postcard::to_stdvec(last_applied)?);
+    batch.put_cf(meta, META_MEMBERSHIP, postcard::to_stdvec(membership)?);
+    batch.put_cf(meta, META_CLOCK, postcard::to_stdvec(&clock_ms)?);
+    Ok(())
+}
+
+impl StateMachine {
+    pub(crate) fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
+        let last_applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
+        let membership = read_meta(&db, META_MEMBERSHIP)?.unwrap_or_default();
+        let clock_ms = read_meta(&db, META_CLOCK)?.unwrap_or(0);
+        Ok(Self {
+            db,
+            snapshots: SnapshotFiles::new(snapshot_dir),
+            last_applied,
+            membership,
+            clock_ms: Arc::new(AtomicU64::new(clock_ms)),
+        })
+    }
+
+    pub(crate) fn clock_handle(&self) -> Arc<AtomicU64> {
+        self.clock_ms.clone()
+    }
+
+    fn clock(&self) -> u64 {
+        self.clock_ms.load(Ordering::Acquire)
+    }
+
+    async fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        blocking(move || Ok(db.write_opt(batch, &synced())?)).await
+    }
+
+    /// Encodes the applied state as of now. Called where openraft serializes it with
+    /// apply, so data and metadata describe the same instant.
+    fn capture(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
+        let mut entries = vec![];
+        for item in self.db.iterator_cf(
+            cf(&self.db, CF_DATA),
+            IteratorMode::From(&[], Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            let key = String::from_utf8(k.into_vec())
+                .map_err(|_| StoreError::Corrupt("data key is not UTF-8".into()))?;
+            entries.push((key, postcard::from_bytes(&v)?));
+        }
+        let data = postcard::to_stdvec(&SnapshotState {
+            clock_ms: self.clock(),
+            entries,
+        })?;
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        let snapshot_id = match self.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, micros),
+            None => format!("0-0-{micros}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        Ok((meta, data))
+    }
+
+    async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
+        let state: SnapshotState = postcard::from_bytes(&data)?;
+        let db = &self.db;
+        let mut batch = WriteBatch::default();
+        // One batch replaces everything, so a reader never sees half old, half new.
+        batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
+        batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
+        for (key, entry) in &state.entries {
+            if let Some(at) = entry.expires_at_ms {
+                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(at, key), []);
+            }
+            batch.put_cf(cf(db, CF_DATA), key.as_bytes(), postcard::to_stdvec(entry)?);
+        }
+        put_meta(
+            db,
+            &mut batch,
+            &meta.last_log_id,
+            &meta.last_membership,
+            state.clock_ms,
+        )?;
+        self.write(batch).await?;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.clock_ms.store(state.clock_ms, Ordering::Release);
+        let (files, meta) = (self.snapshots.clone(), meta.clone());
+        blocking(move || files.store(&meta, &data)).await
+    }
+}
+
+/// Builds a snapshot from the state captured when it was asked for.
+pub struct SnapshotBuilder {
+    captured: Option<Result<(SnapshotMeta, Vec<u8>), StoreError>>,
+    snapshots: SnapshotFiles,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let subject = || ErrorSubject::Snapshot(None);
+        let (meta, data) = self
+            .captured
+            .take()
+            .unwrap_or_else(|| Err(StoreError::Task("snapshot builder used twice".into())))
+            .or_raft(subject(), ErrorVerb::Read)?;
+        let (files, m) = (self.snapshots.clone(), meta.clone());
+        let data = blocking(move || files.store(&m, &data).map(|_| data))
+            .await
+            .or_raft(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+            )?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut overlay = Overlay::new(self.clock());
+        let mut last_applied = self.last_applied;
+        let mut membership = self.membership.clone();
+        let mut responses = vec![];
+        let view = DbView(&self.db);
+        for entry in entries {
+            let log_id = entry.log_id;
+            responses.push(match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(request) => Response::Applied(
+                    apply_request(&view, &mut overlay, &request, log_id.index)
+                        .or_raft(ErrorSubject::Apply(log_id), ErrorVerb::Read)?,
+                ),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(log_id), m);
+                    Response::None
+                }
+            });
+            last_applied = Some(log_id);
+        }
+
+        let db = &self.db;
+        let mut batch = WriteBatch::default();
+        for (key, entry) in overlay.data {
+            match entry {
+                Some(entry) => batch.put_cf(
+                    cf(db, CF_DATA),
+                    key.as_bytes(),
+                    postcard::to_stdvec(&entry)
+                        .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?,
+                ),
+                None => batch.delete_cf(cf(db, CF_DATA), key.as_bytes()),
+            }
+        }
+        for ((at, key), added) in overlay.index {
+            if added {
+                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(at, &key), []);
+            } else {
+                batch.delete_cf(cf(db, CF_EXPIRY), expiry_key(at, &key));
+            }
+        }
+        put_meta(db, &mut batch, &last_applied, &membership, overlay.clock_ms)
+            .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
+        // Synced: the snapshot that lets openraft purge the log is built from this state,
+        // so it must not be lost behind a purged log.
+        self.write(batch)
+            .await
+            .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
+        self.last_applied = last_applied;
+        self.membership = membership;
+        self.clock_ms.store(overlay.clock_ms, Ordering::Release);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            captured: Some(self.capture()),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.install(meta, snapshot.into_inner()).await.or_raft(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Write,
+        )
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let files = self.snapshots.clone();
+        let current = blocking(move || files.load())
+            .await
+            .or_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read)?;
+        Ok(current.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,223 @@
+//! The state machine on a real RocksDB: persistence across reopen, snapshots.
+
+use std::io::Cursor;
+
+use kv_core::{Command, OpResult, Request, Response};
+use kv_store::typ::{LogEntry, StoredMembership};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership, RaftSnapshotBuilder};
+
+fn log_id(index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+fn normal(index: u64, stamp_ms: u64, command: Command) -> LogEntry {
+    LogEntry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Request { stamp_ms, command }),
+    }
+}
+
+fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> Command {
+    Command::Set {
+        key: key.into(),
+        value: value.as_bytes().to_vec(),
+        ttl_ms,
+    }
+}
+
+fn membership_entry(index: u64) -> LogEntry {
+    let m = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], None);
+    LogEntry {
+        log_id: log_id(index),
+        payload: EntryPayload::Membership(m),
+    }
+}
+
+#[tokio::test]
+async fn applied_state_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut s = kv_store::open(dir.path()).expect("open");
+        let responses = s
+            .state_machine
+            .apply([
+                membership_entry(1),
+                normal(2, 1000, set("a", "1", None)),
+                normal(3, 1500, set("b", "[2]", Some(100))),
+                normal(4, 1200, Command::Delete { key: "a".into() }),
+            ])
+            .await
+            .expect("apply");
+        assert_eq!(
+            responses.len(),
+            4,
+            "one response per entry, including membership"
+        );
+        assert_eq!(responses[0], Response::None);
+        assert_eq!(
+            responses[3],
+            Response::Applied(OpResult::Deleted {
+                deleted: true,
+                revision: 4
+            })
+        );
+    }
+    let mut s = kv_store::open(dir.path()).expect("reopen");
+    let (applied, membership) = s
+        .state_machine
+        .applied_state()
+        .await
+        .expect("applied_state");
+    assert_eq!(applied, Some(log_id(4)));
+    assert_eq!(membership.log_id(), &Some(log_id(1)));
+    assert_eq!(
+        s.reader.clock_ms(),
+        1500,
+        "the clock never moves back, and persists"
+    );
+    assert_eq!(s.reader.get("a").expect("get"), None);
+    let b = s.reader.get("b").expect("get").expect("b is stored");
+    assert_eq!(
+        (b.value.as_slice(), b.expires_at_ms),
+        (&b"[2]"[..], Some(1600))
+    );
+    assert!(!s.reader.has_due(1599).expect("has_due"));
+    assert!(s.reader.has_due(1600).expect("has_due"));
+}
+
+#[tokio::test]
+async fn snapshot_moves_the_whole_state_to_another_node_and_replaces_its_own() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let mut a = kv_store::open(a_dir.path()).expect("open");
+    let mut b = kv_store::open(b_dir.path()).expect("open");
+    a.state_machine
+        .apply([
+            membership_entry(1),
+            normal(2, 1000, set("x", "1", Some(5000))),
+            normal(3, 1000, set("y", "2", None)),
+        ])
+        .await
+        .expect("apply");
+    // b has state of its own that the snapshot must wipe.
+    b.state_machine
+        .apply([normal(1, 900, set("stale", "0", Some(50)))])
+        .await
+        .expect("apply");
+
+    let mut builder = a.state_machine.get_snapshot_builder().await;
+    // Applying more after the builder was taken must not leak into the snapshot.
+    a.state_machine
+        .apply([normal(4, 2000, set("later", "3", None))])
+        .await
+        .expect("apply");
+    let snapshot = builder.build_snapshot().await.expect("build");
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(3)));
+
+    let current = a
+        .state_machine
+        .get_current_snapshot()
+        .await
+        .expect("current")
+        .expect("persisted");
+    assert_eq!(current.meta, snapshot.meta);
+
+    let data = snapshot.snapshot.into_inner();
+    b.state_machine
+        .install_snapshot(&snapshot.meta, Box::new(Cursor::new(data)))
+        .await
+        .expect("install");
+    let (applied, membership) = b
+        .state_machine
+        .applied_state()
+        .await
+        .expect("applied_state");
+    assert_eq!(applied, Some(log_id(3)));
+    assert_eq!(
+        membership,
+        StoredMembership::new(Some(log_id(1)), membership.membership().clone())
+    );
+    assert_eq!(b.reader.get("stale").expect("get"), None);
+    assert_eq!(b.reader.get("later").expect("get"), None);
+    assert_eq!(
+        b.reader.get("x").expect("get").map(|e| e.expires_at_ms),
+        Some(Some(6000))
+    );
+    assert!(b.reader.get("y").expect("get").is_some());
+    assert!(
+        !b.reader.has_due(1000).expect("has_due"),
+        "the stale key's expiry index entry is gone"
+    );
+    assert!(
+        b.reader.has_due(6000).expect("has_due"),
+        "the snapshot's expiry index is rebuilt"
+    );
+    let installed = b
+        .state_machine
+        .get_current_snapshot()
+        .await
+        .expect("current")
+        .expect("persisted");
+    assert_eq!(installed.meta.snapshot_id, snapshot.meta.snapshot_id);
+}
+
+#[tokio::test]
+async fn snapshot_ids_are_unique() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = kv_store::open(dir.path()).expect("open");
+    s.state_machine
+        .apply([normal(1, 1, set("k", "1", None))])
+        .await
+        .expect("apply");
+    let first = s
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let second = s
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
+}
+
+#[tokio::test]
+async fn corrupt_snapshot_file_is_an_error_not_an_absent_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut s = kv_store::open(dir.path()).expect("open");
+        s.state_machine
+            .apply([normal(1, 1, set("k", "1", None))])
+            .await
+            .expect("apply");
+        s.state_machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build");
+    }
+    std::fs::write(dir.path().join("snapshot/current"), b"\xff\xff garbage").expect("write");
+    let mut s = kv_store::open(dir.path()).expect("reopen");
+    assert!(s.state_machine.get_current_snapshot().await.is_err());
+}
+
+#[tokio::test]
+async fn purged_log_keeps_its_last_purged_id_across_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = kv_store::open(dir.path()).expect("open");
+        let mut log = s.log;
+        log.purge(log_id(3)).await.expect("purge");
+    }
+    let mut log = kv_store::open(dir.path()).expect("reopen").log;
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(3)));
+    assert_eq!(state.last_log_id, Some(log_id(3)));
+}

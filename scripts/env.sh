@@ -1,0 +1,48 @@
+# Sourced by the other scripts: the shared cargo target directory and the system
+# packages a build needs, installed when missing.
+
+# One target directory per machine, outside the clone, so RocksDB compiles once per
+# machine rather than once per clone or CI run.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quorum-kv/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+
+# Runs a command as root, directly or through sudo.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else return 1
+    fi
+}
+
+# Installs Debian packages, refreshing the package index once if the first try fails.
+apt_install() {
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: please install: $* (this script installs them itself only with apt-get)" >&2
+        return 1
+    fi
+    echo "installing $* ..." >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+        || { as_root apt-get update -q >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; } \
+        || { echo "error: could not install $*; install them by hand (as root: apt-get install $*)" >&2; return 1; }
+}
+
+# What building RocksDB needs: a C++ compiler and libclang for bindgen.
+ensure_build_deps() {
+    local missing=()
+    command -v c++ >/dev/null 2>&1 || missing+=(g++)
+    if ! dpkg -s libclang-dev >/dev/null 2>&1 && ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1; then
+        missing+=(libclang-dev)
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+
+# rustfmt and clippy, for the checks in scripts/test.sh.
+ensure_rust_components() {
+    for c in rustfmt clippy; do
+        if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            if command -v rustup >/dev/null 2>&1; then rustup component add "$c"
+            else echo "error: cargo $c is missing and rustup is not available to add it" >&2; return 1
+            fi
+        fi
+    done
+}

@@ -1,0 +1,503 @@
+//! Cluster scenarios on real kv-server processes.
+
+use std::collections::BTreeMap;
+
+use anyhow::{ensure, Result};
+use kv_tests::{TestCluster, Tuning};
+use serde_json::{json, Value};
+
+/// Reads `key` on node `id` without asking the leader (local state).
+async fn stale(c: &TestCluster, id: u64, key: &str) -> Result<(u16, Value)> {
+    c.get_json(id, &format!("/v1/kv/{key}?consistency=stale"))
+        .await
+}
+
+/// Waits until node `id`'s local state holds every `(key, value)` in `expected`.
+async fn wait_replicated(
+    c: &TestCluster,
+    id: u64,
+    expected: &BTreeMap<String, Value>,
+) -> Result<()> {
+    c.poll(
+        &format!("node {id} to hold all {} keys", expected.len()),
+        || async move {
+            for (k, v) in expected {
+                match stale(c, id, k).await? {
+                    (200, body) if &body["value"] == v => {}
+                    _ => return Ok(false),
+                }
+            }
+            Ok(true)
+        },
+    )
+    .await
+}
+
+async fn write_keys(
+    c: &TestCluster,
+    via: u64,
+    prefix: &str,
+    n: usize,
+) -> Result<BTreeMap<String, Value>> {
+    let mut written = BTreeMap::new();
+    for i in 0..n {
+        let key = format!("{prefix}{i:04}");
+        let value = json!({ "n": i, "from": via });
+        let (status, body) = c
+            .put_json(via, &format!("/v1/kv/{key}"), &value.to_string())
+            .await?;
+        ensure!(status == 200, "put {key}: {status} {body}");
+        written.insert(key, value);
+    }
+    Ok(written)
+}
+
+#[tokio::test]
+async fn write_through_a_follower_is_read_on_every_node() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let follower = c.other_than(leader);
+    let (status, put) = c
+        .put_json(follower, "/v1/kv/users?ttl=3600", r#"[{"id":1}]"#)
+        .await?;
+    ensure!(status == 200, "{status} {put}");
+    ensure!(
+        put["version"] == 1 && put["expires_at_ms"].is_u64(),
+        "{put}"
+    );
+    for id in c.live() {
+        let (status, got) = c.get_json(id, "/v1/kv/users").await?;
+        ensure!(status == 200, "node {id}: {status} {got}");
+        ensure!(got["value"] == json!([{"id": 1}]), "node {id}: {got}");
+        ensure!(
+            got["revision"] == put["revision"] && got["create_revision"] == put["revision"],
+            "{got} vs {put}"
+        );
+        ensure!(
+            got["ttl_ms"]
+                .as_u64()
+                .is_some_and(|t| t <= 3_600_000 && t > 3_500_000),
+            "{got}"
+        );
+    }
+    // A second write bumps version and revision, keeps create_revision.
+    let (_, second) = c.put_json(leader, "/v1/kv/users", "[]").await?;
+    ensure!(
+        second["version"] == 2 && second["create_revision"] == put["revision"],
+        "{second}"
+    );
+    ensure!(
+        second["expires_at_ms"].is_null(),
+        "a put without ttl clears the expiry: {second}"
+    );
+    let r = c.http.get(c.url(follower, "/v1/kv/users")).send().await?;
+    let etag = r
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    ensure!(
+        etag == Some(format!("\"{}\"", second["revision"])),
+        "etag {etag:?}"
+    );
+    let (status, deleted) = c.delete(follower, "/v1/kv/users").await?;
+    ensure!(
+        status == 200 && deleted["deleted"] == true,
+        "{status} {deleted}"
+    );
+    let (status, again) = c.delete(follower, "/v1/kv/users").await?;
+    ensure!(
+        status == 200 && again["deleted"] == false,
+        "deleting a missing key is not an error: {again}"
+    );
+    for id in c.live() {
+        let (status, body) = c.get_json(id, "/v1/kv/users").await?;
+        ensure!(
+            status == 404 && body["error"]["code"] == "key_not_found",
+            "node {id}: {status} {body}"
+        );
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn killed_leader_is_replaced_without_losing_writes_and_catches_up_on_restart() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let first = c.leader().await?;
+    let mut written = write_keys(&c, c.other_than(first), "a/", 30).await?;
+    c.kill(first);
+    let second = c.leader().await?;
+    ensure!(second != first, "a killed node cannot lead");
+    for id in c.live() {
+        for (k, v) in &written {
+            let (status, got) = c.get_json(id, &format!("/v1/kv/{k}")).await?;
+            ensure!(
+                status == 200 && &got["value"] == v,
+                "node {id} {k}: {status} {got}"
+            );
+        }
+    }
+    written.extend(write_keys(&c, second, "b/", 20).await?);
+    c.restart(first)?;
+    c.wait_ready(first).await?;
+    wait_replicated(&c, first, &written).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_acknowledged_write_survives_killing_all_nodes() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let written = write_keys(&c, leader, "k/", 40).await?;
+    for id in c.live() {
+        c.kill(id);
+    }
+    for id in 1..=3 {
+        c.restart(id)?;
+    }
+    c.wait_ready_all().await?;
+    for id in c.live() {
+        for (k, v) in &written {
+            let (status, got) = c.get_json(id, &format!("/v1/kv/{k}")).await?;
+            ensure!(
+                status == 200 && &got["value"] == v,
+                "node {id} {k}: {status} {got}"
+            );
+        }
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn ttl_key_disappears_everywhere_even_after_its_leader_dies() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let (status, put) = c
+        .put_json(leader, "/v1/kv/session?ttl=2", r#""token""#)
+        .await?;
+    ensure!(status == 200, "{status} {put}");
+    let (status, _) = c.put_json(leader, "/v1/kv/forever", "1").await?;
+    ensure!(status == 200);
+    let expires_at = put["expires_at_ms"].as_u64().unwrap_or(0);
+    ensure!(expires_at > 0, "{put}");
+    for id in c.live() {
+        let (status, got) = c.get_json(id, "/v1/kv/session").await?;
+        ensure!(status == 200, "node {id} before expiry: {status} {got}");
+    }
+    c.kill(leader);
+    c.leader().await?;
+    c.poll("the TTL key to vanish on every live node", || async {
+        for id in c.live() {
+            if c.get_json(id, "/v1/kv/session").await?.0 != 404
+                || stale(&c, id, "session").await?.0 != 404
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    ensure!(
+        now_ms >= expires_at,
+        "the key vanished {} ms before its expiry",
+        expires_at - now_ms
+    );
+    c.restart(leader)?;
+    c.wait_ready(leader).await?;
+    c.poll("the restarted node to hide the expired key too", || async {
+        Ok(stale(&c, leader, "session").await?.0 == 404
+            && stale(&c, leader, "forever").await?.0 == 200)
+    })
+    .await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_behind_a_purged_log_catches_up_by_snapshot() -> Result<()> {
+    let tuning = Tuning {
+        raft: vec![
+            "snapshot_every = 40".into(),
+            "logs_kept_after_snapshot = 5".into(),
+            "purge_batch_size = 1".into(),
+        ],
+        limits: vec![],
+    };
+    let mut c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let lagging = c.other_than(leader);
+    let (_, before) = c.get_json(lagging, "/v1/cluster").await?;
+    let lagging_last = before["last_log_index"].as_u64().unwrap_or(0);
+    c.kill(lagging);
+    let written = write_keys(&c, leader, "s/", 150).await?;
+    // The leader must have purged entries the lagging node never received, so the log
+    // alone can no longer bring it up to date.
+    c.poll(
+        "the leader to snapshot and purge past the lagging node",
+        || async {
+            let (_, m) = c.get_json(leader, "/v1/cluster").await?;
+            Ok(m["purged_index"]
+                .as_u64()
+                .is_some_and(|p| p > lagging_last + 100))
+        },
+    )
+    .await?;
+    c.restart(lagging)?;
+    c.wait_ready(lagging).await?;
+    wait_replicated(&c, lagging, &written).await?;
+    let (_, m) = c.get_json(lagging, "/v1/cluster").await?;
+    ensure!(
+        m["snapshot_index"]
+            .as_u64()
+            .is_some_and(|s| s > lagging_last + 100),
+        "no snapshot installed: {m}"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let node = c.other_than(leader);
+    let long_key = "k".repeat(4097);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            c.http.put(c.url(node, "/v1/kv/x?ttl=0")).body("1"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x?ttl=-1")).body("1"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x?ttl=abc")).body("1"),
+            400,
+            "invalid_ttl",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x?tll=5")).body("1"),
+            400,
+            "invalid_query",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x")).body("{not json"),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x")).body(""),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x")).body("1 2"),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.http
+                .put(c.url(node, "/v1/kv/x"))
+                .header("content-type", "text/plain")
+                .body("1"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            c.http
+                .put(c.url(node, "/v1/kv/x"))
+                .body(vec![b'1'; 1024 * 1024 + 1]),
+            413,
+            "value_too_large",
+        ),
+        (
+            c.http
+                .put(c.url(node, &format!("/v1/kv/{long_key}")))
+                .body("1"),
+            400,
+            "invalid_key",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/")).body("1"),
+            400,
+            "invalid_key",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/%FF%FE")).body("1"),
+            400,
+            "invalid_key",
+        ),
+        (
+            c.http.get(c.url(node, "/v1/kv/x?consistency=weird")),
+            400,
+            "invalid_consistency",
+        ),
+        (
+            c.http.get(c.url(node, "/v1/kv/never-written")),
+            404,
+            "key_not_found",
+        ),
+        (
+            c.http.get(c.url(node, "/v2/nothing")),
+            404,
+            "route_not_found",
+        ),
+        (
+            c.http.post(c.url(node, "/v1/kv/x")).body("1"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            c.http.patch(c.url(node, "/v1/cluster")),
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (request, want_status, want_code) in cases {
+        let request = request.build()?;
+        let what = format!(
+            "{} {}",
+            request.method(),
+            request.url().as_str().chars().take(80).collect::<String>()
+        );
+        let (status, body) = TestCluster::json(c.http.execute(request).await?).await?;
+        ensure!(
+            status == want_status,
+            "{what}: status {status}, want {want_status}: {body}"
+        );
+        ensure!(body["error"]["code"] == want_code, "{what}: {body}");
+        ensure!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
+    }
+    // Nothing was written by any of them, and every node still serves.
+    for id in c.live() {
+        let (status, _) = c.get_json(id, "/v1/kv/x").await?;
+        ensure!(
+            status == 404,
+            "node {id}: a refused write left a key behind"
+        );
+        ensure!(c.get_json(id, "/healthz").await?.0 == 200);
+    }
+    // A key with '/' and ':' and an encoded space round-trips.
+    let (status, _) = c.put_json(node, "/v1/kv/a/b:c%20d", "true").await?;
+    ensure!(status == 200);
+    let (status, got) = c.get_json(leader, "/v1/kv/a/b:c%20d").await?;
+    ensure!(
+        status == 200 && got["key"] == "a/b:c d" && got["value"] == true,
+        "{got}"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    for node in &c.nodes {
+        let r = c
+            .http
+            .post(format!("http://{}/raft/vote", node.raft_addr))
+            .body(vec![0u8; 8])
+            .send()
+            .await?;
+        ensure!(r.status() == 401, "node {}: {}", node.id, r.status());
+        let r = c
+            .http
+            .post(format!("http://{}/raft/append", node.raft_addr))
+            .header("x-quorum-kv-secret", "test-secret")
+            .body(b"garbage".to_vec())
+            .send()
+            .await?;
+        ensure!(r.status() == 400, "garbage raft body: {}", r.status());
+    }
+    ensure!(
+        c.leader().await.is_ok(),
+        "garbage did not disturb the cluster"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn cluster_status_describes_members_and_leader() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    for id in c.live() {
+        let (status, m) = c.get_json(id, "/v1/cluster").await?;
+        ensure!(
+            status == 200 && m["node_id"] == id && m["leader_id"] == leader,
+            "{m}"
+        );
+        ensure!(m["members"].as_array().is_some_and(|a| a.len() == 3), "{m}");
+        ensure!(
+            m["leader"]["client_addr"] == c.nodes[(leader - 1) as usize].client_addr.to_string(),
+            "{m}"
+        );
+        ensure!(
+            m["commit_index"].as_u64() <= m["last_log_index"].as_u64(),
+            "{m}"
+        );
+        let roles: Vec<&str> = m["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x["role"].as_str())
+            .collect();
+        ensure!(roles.iter().filter(|r| **r == "leader").count() == 1, "{m}");
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn client_library_writes_reads_and_skips_a_dead_endpoint() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let follower = c.other_than(leader);
+    // The first endpoint is a node we kill: the client must move on to the next one.
+    let endpoints: Vec<String> = [follower, leader]
+        .iter()
+        .map(|id| format!("http://{}", c.nodes[(*id - 1) as usize].client_addr))
+        .collect();
+    let client = kv_client::KvClient::new(endpoints)?;
+    let meta = client
+        .put(
+            "cfg/app",
+            &json!({"replicas": 3}),
+            Some(std::time::Duration::from_secs(60)),
+        )
+        .await?;
+    ensure!(
+        meta.version == 1 && meta.expires_at_ms.is_some(),
+        "{meta:?}"
+    );
+    c.kill(follower);
+    let got = client
+        .get::<Value>("cfg/app")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("cfg/app missing"))?;
+    ensure!(
+        got.value == json!({"replicas": 3}) && got.revision == meta.revision,
+        "{got:?}"
+    );
+    ensure!(client.delete("cfg/app").await?.deleted);
+    ensure!(client.get::<Value>("cfg/app").await?.is_none());
+    match client.put("", &1, None).await {
+        Err(kv_client::ClientError::Input(_)) => {}
+        other => anyhow::bail!("an empty key must be refused before sending: {other:?}"),
+    }
+    c.pass();
+    Ok(())
+}
