@@ -108,15 +108,19 @@ impl KvClient {
         Ok(Self { endpoints, http })
     }
 
+    /// Sends to each endpoint in turn until one answers. A request that never left
+    /// (connect error) moves on; so does a failed read, which is safe to repeat. A write
+    /// that failed after it was sent has an unknown outcome and is reported as is.
     async fn send(
         &self,
+        is_read: bool,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
         let mut last = String::new();
         for base in &self.endpoints {
             match build(base).send().await {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_connect() => last = e.to_string(),
+                Err(e) if e.is_connect() || is_read => last = e.to_string(),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -153,7 +157,7 @@ impl KvClient {
     ) -> Result<Option<Entry<T>>, ClientError> {
         let path = Self::key_path(key)?;
         let response = self
-            .send(|base| self.http.get(format!("{base}{path}")))
+            .send(true, |base| self.http.get(format!("{base}{path}")))
             .await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             let e = Self::decode::<serde_json::Value>(response).await;
@@ -179,7 +183,7 @@ impl KvClient {
             .unwrap_or_default();
         let body = serde_json::to_vec(value)?;
         let response = self
-            .send(|base| {
+            .send(false, |base| {
                 self.http
                     .put(format!("{base}{path}{query}"))
                     .header("content-type", "application/json")
@@ -193,7 +197,7 @@ impl KvClient {
     pub async fn delete(&self, key: &str) -> Result<Deleted, ClientError> {
         let path = Self::key_path(key)?;
         let response = self
-            .send(|base| self.http.delete(format!("{base}{path}")))
+            .send(false, |base| self.http.delete(format!("{base}{path}")))
             .await?;
         Self::decode(response).await
     }
@@ -201,7 +205,7 @@ impl KvClient {
     /// The cluster status as the first reachable node sees it.
     pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
         let response = self
-            .send(|base| self.http.get(format!("{base}/v1/cluster")))
+            .send(true, |base| self.http.get(format!("{base}/v1/cluster")))
             .await?;
         Self::decode(response).await
     }
