@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 secs="${1:-10}"
 scripts/cluster.sh up >/dev/null
-cargo build --release --locked -p kv-tests --bin kv-bench
+cargo build --release --locked --workspace --bins
 for op in put get; do
     for clients in 1 16 64; do
         "$CARGO_TARGET_DIR/release/kv-bench" --op "$op" --clients "$clients" --seconds "$secs"

@@ -29,7 +29,7 @@ need_curl() { command -v curl >/dev/null 2>&1 || apt_install curl; }
 build() {
     ensure_build_deps
     echo "building kv-server (release; the first build compiles RocksDB, about 12 minutes on 2 cores)..." >&2
-    cargo build --release --locked -p kv-server
+    cargo build --release --locked --workspace --bins
 }
 
 start_node() {

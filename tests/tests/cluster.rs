@@ -503,3 +503,61 @@ async fn client_library_writes_reads_and_skips_a_dead_endpoint() -> Result<()> {
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_writes_share_log_entries_but_never_a_revision() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let commit = |m: &Value| m["commit_index"].as_u64().unwrap_or(0);
+    let (_, before) = c.get_json(leader, "/v1/cluster").await?;
+    // 64 different keys and 16 writes to one key, all at once.
+    let mut writes = tokio::task::JoinSet::new();
+    let requests = (0..64)
+        .map(|i| (format!("/v1/kv/many/{i}"), "1".to_owned()))
+        .chain((0..16).map(|i| ("/v1/kv/same".to_owned(), i.to_string())));
+    for (i, (path, body)) in requests.enumerate() {
+        let request = c
+            .http
+            .put(c.url(leader, &path))
+            .header("content-type", "application/json")
+            .body(body);
+        writes.spawn(async move {
+            let result = match request.send().await {
+                Ok(response) => TestCluster::json(response).await,
+                Err(e) => Err(e.into()),
+            };
+            (i, result)
+        });
+    }
+    let mut same_revisions = vec![];
+    let mut same_versions = vec![];
+    while let Some(joined) = writes.join_next().await {
+        let (i, result): (usize, Result<(u16, Value)>) = joined?;
+        let (status, body) = result?;
+        ensure!(status == 200, "write {i}: {status} {body}");
+        if i >= 64 {
+            same_revisions.push(body["revision"].as_u64().unwrap_or(0));
+            same_versions.push(body["version"].as_u64().unwrap_or(0));
+        }
+    }
+    let (_, after) = c.get_json(leader, "/v1/cluster").await?;
+    let entries = commit(&after) - commit(&before);
+    ensure!(
+        entries < 80,
+        "80 concurrent writes took {entries} log entries: no batching"
+    );
+    same_revisions.sort_unstable();
+    same_revisions.dedup();
+    ensure!(
+        same_revisions.len() == 16,
+        "writes to one key shared a revision: {same_revisions:?}"
+    );
+    same_versions.sort_unstable();
+    ensure!(
+        same_versions == (1..=16).collect::<Vec<u64>>(),
+        "versions {same_versions:?}"
+    );
+    eprintln!("80 concurrent writes used {entries} log entries");
+    c.pass();
+    Ok(())
+}

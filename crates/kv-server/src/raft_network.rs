@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -156,78 +156,74 @@ struct RaftState {
 
 /// The raft listener's routes.
 pub fn router(raft: Raft, secret: Option<String>) -> Router {
+    let state = RaftState {
+        raft,
+        secret: secret.map(Into::into),
+    };
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
         .route("/raft/snapshot", post(snapshot))
         .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
-        .with_state(RaftState {
-            raft,
-            secret: secret.map(Into::into),
-        })
+        // Checked before any body is read, so a stranger cannot make a node buffer one.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_secret,
+        ))
+        .with_state(state)
 }
 
-/// Decodes a request after checking the secret; answers the encoded `Result`.
-async fn serve<Req, Resp, Fut>(
-    state: &RaftState,
-    headers: &HeaderMap,
-    body: &[u8],
-    f: impl FnOnce(Req) -> Fut,
-) -> Response
+async fn require_secret(
+    State(state): State<RaftState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(secret) = &state.secret {
+        let given = request.headers().get(SECRET_HEADER).map(|v| v.as_bytes());
+        if given != Some(secret.as_bytes()) {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Decodes a request and answers the encoded `Result`.
+async fn serve<Req, Resp, Fut>(body: &[u8], f: impl FnOnce(Req) -> Fut) -> Response
 where
     Req: DeserializeOwned,
     Resp: Serialize,
     Fut: std::future::Future<Output = Resp>,
 {
-    if let Some(secret) = &state.secret {
-        let given = headers.get(SECRET_HEADER).map(|v| v.as_bytes());
-        if given != Some(secret.as_bytes()) {
-            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
-        }
-    }
     let req: Req = match postcard::from_bytes(body) {
         Ok(req) => req,
         Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("undecodable raft request: {e}"),
-            )
-                .into_response()
+            let msg = format!("undecodable raft request: {e}");
+            return (StatusCode::BAD_REQUEST, msg).into_response();
         }
     };
     match postcard::to_stdvec(&f(req).await) {
         Ok(raw) => (StatusCode::OK, raw).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding raft response: {e}"),
-        )
-            .into_response(),
+        Err(e) => {
+            let msg = format!("encoding raft response: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+        }
     }
 }
 
-async fn append(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(
-        &s,
-        &headers,
-        &body,
-        |req: AppendEntriesRequest<TypeConfig>| s.raft.append_entries(req),
-    )
-    .await
-}
-
-async fn vote(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(&s, &headers, &body, |req: VoteRequest<NodeId>| {
-        s.raft.vote(req)
+async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
+    serve(&body, |req: AppendEntriesRequest<TypeConfig>| {
+        s.raft.append_entries(req)
     })
     .await
 }
 
-async fn snapshot(State(s): State<RaftState>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(
-        &s,
-        &headers,
-        &body,
-        |req: InstallSnapshotRequest<TypeConfig>| s.raft.install_snapshot(req),
-    )
+async fn vote(State(s): State<RaftState>, body: Bytes) -> Response {
+    serve(&body, |req: VoteRequest<NodeId>| s.raft.vote(req)).await
+}
+
+async fn snapshot(State(s): State<RaftState>, body: Bytes) -> Response {
+    serve(&body, |req: InstallSnapshotRequest<TypeConfig>| {
+        s.raft.install_snapshot(req)
+    })
     .await
 }
