@@ -17,7 +17,7 @@ pid_of() {  # prints the pid of node $1 if it is running kv-server
     local f="$RUN_DIR/node$1.pid" pid
     [ -f "$f" ] || return 1
     pid=$(cat "$f")
-    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q kv-server; then
+    if [ -r "/proc/$pid/cmdline" ] && grep -qa kv-server "/proc/$pid/cmdline"; then
         echo "$pid"
     else
         rm -f "$f"; return 1
@@ -48,7 +48,12 @@ wait_ready() {  # until every running node says ready, at most 60 s
     while :; do
         ok=1
         for n in "${NODES[@]}"; do
-            pid_of "$n" >/dev/null || continue
+            [ -f "$RUN_DIR/node$n.pid" ] || continue
+            if ! pid_of "$n" >/dev/null; then
+                echo "error: node $n exited; the end of its log:" >&2
+                tail -n 5 "$RUN_DIR/node$n.log" >&2
+                return 1
+            fi
             curl -fsS -o /dev/null "http://127.0.0.1:700$n/readyz" 2>/dev/null || ok=0
         done
         [ $ok = 1 ] && return 0
@@ -76,7 +81,7 @@ status() {
         if pid=$(pid_of "$n"); then
             printf 'node %s  pid %-7s http://127.0.0.1:700%s  ' "$n" "$pid" "$n"
             curl -fsS "http://127.0.0.1:700$n/v1/cluster" 2>/dev/null \
-                | grep -oE '"(state|leader_id|term|applied_index)":[^,]*' | tr '\n' ' ' \
+                | grep -oE '"(state|leader_id|term|applied_index)":[^,}]*' | tr '\n' ' ' \
                 || printf '(not answering)'
             echo
         else
