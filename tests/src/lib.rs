@@ -240,6 +240,14 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Waits until node `id` answers HTTP (leader or not).
+    pub async fn wait_serving(&self, id: u64) -> Result<()> {
+        self.poll(&format!("node {id} serving"), || async move {
+            Ok(matches!(self.get_json(id, "/healthz").await, Ok((200, _))))
+        })
+        .await
+    }
+
     /// Waits until node `id` knows a leader and has applied what it knows committed.
     pub async fn wait_ready(&self, id: u64) -> Result<()> {
         self.poll(&format!("node {id} ready"), || async move {

@@ -561,3 +561,74 @@ async fn concurrent_writes_share_log_entries_but_never_a_revision() -> Result<()
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn without_a_quorum_writes_are_unknown_or_unavailable_never_falsely_acknowledged(
+) -> Result<()> {
+    let tuning = Tuning {
+        raft: vec![],
+        limits: vec![
+            "write_timeout_ms = 1000".into(),
+            "read_timeout_ms = 1000".into(),
+        ],
+    };
+    let mut c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let followers: Vec<u64> = c.live().into_iter().filter(|id| *id != leader).collect();
+    for f in &followers {
+        c.kill(*f);
+    }
+    // The lone leader cannot commit: its write's outcome is unknown, and it says so.
+    let (status, body) = c.put_json(leader, "/v1/kv/lonely", "1").await?;
+    ensure!(
+        status == 504 && body["error"]["code"] == "outcome_unknown",
+        "{status} {body}"
+    );
+    ensure!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retried")),
+        "{body}"
+    );
+    // It cannot confirm a linearizable read either, but serves a stale one.
+    let r = c.http.get(c.url(leader, "/v1/kv/lonely")).send().await?;
+    ensure!(
+        r.headers().contains_key("retry-after"),
+        "503 without Retry-After"
+    );
+    let (status, body) = TestCluster::json(r).await?;
+    ensure!(status == 503, "{status} {body}");
+    ensure!(
+        stale(&c, leader, "lonely").await?.0 == 404,
+        "an uncommitted write is not visible"
+    );
+
+    // A follower alone knows no reachable leader: 503 with Retry-After.
+    c.kill(leader);
+    c.restart(followers[0])?;
+    c.wait_serving(followers[0]).await?;
+    let r = c
+        .http
+        .put(c.url(followers[0], "/v1/kv/k"))
+        .body("1")
+        .send()
+        .await?;
+    ensure!(
+        r.headers().contains_key("retry-after"),
+        "503 without Retry-After"
+    );
+    let (status, body) = TestCluster::json(r).await?;
+    ensure!(status == 503, "{status} {body}");
+    ensure!(
+        ["no_leader", "unavailable"].contains(&body["error"]["code"].as_str().unwrap_or("")),
+        "{body}"
+    );
+
+    // With a quorum back, writes succeed again.
+    c.restart(leader)?;
+    c.wait_ready_all().await?;
+    let (status, body) = c.put_json(followers[0], "/v1/kv/k", "2").await?;
+    ensure!(status == 200, "{status} {body}");
+    c.pass();
+    Ok(())
+}
