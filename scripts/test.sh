@@ -20,4 +20,8 @@ ROCKSDB_LIB_DIR="$CARGO_TARGET_DIR/clippy-without-rocksdb-lib" \
 echo "== cargo test"
 # Everything shares the dev profile with clippy, so RocksDB is compiled once.
 # Cluster tests start three kv-server processes each; two at a time suit two cores.
-cargo test --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}"
+log="$CARGO_TARGET_DIR/test-output.log"
+cargo test --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
