@@ -17,18 +17,74 @@ pub struct Request {
     pub command: Command,
 }
 
+/// When a write applies. Wire and on-disk type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// Unconditionally.
+    #[default]
+    Always,
+    /// Only if the key is absent (an expired key is absent): create-if-absent.
+    Absent,
+    /// Only if the key's current revision is this one: compare-and-swap.
+    Revision(u64),
+}
+
+/// What a write does to the key's expiry. Wire and on-disk type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ttl {
+    /// The key never expires (an earlier expiry is cleared).
+    #[default]
+    Clear,
+    /// The key expires this many milliseconds after the write's time.
+    AfterMs(u64),
+    /// The key keeps its current expiry (none if it had none or was absent).
+    Keep,
+}
+
+/// Why a conditional write did not apply. Wire and on-disk type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Failure {
+    /// Create-if-absent found a live key.
+    KeyExists,
+    /// The key's revision was not the expected one, or the key was absent.
+    RevisionMismatch,
+}
+
+impl Failure {
+    /// The stable snake_case code clients match on.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::KeyExists => "key_exists",
+            Self::RevisionMismatch => "revision_mismatch",
+        }
+    }
+}
+
+/// Checks `precondition` against the key's live entry.
+pub fn check_precondition(precondition: Precondition, live: Option<&Entry>) -> Result<(), Failure> {
+    match (precondition, live) {
+        (Precondition::Always, _) | (Precondition::Absent, None) => Ok(()),
+        (Precondition::Absent, Some(_)) => Err(Failure::KeyExists),
+        (Precondition::Revision(r), Some(e)) if e.revision == r => Ok(()),
+        (Precondition::Revision(_), _) => Err(Failure::RevisionMismatch),
+    }
+}
+
 /// A state-machine command. Wire and on-disk type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Write `value` (JSON text) to `key`; with `ttl_ms` it expires that long after the
-    /// write's time, without it any earlier expiry is cleared.
+    /// Write `value` (JSON text) to `key` if `precondition` holds.
     Set {
         key: String,
         value: Vec<u8>,
-        ttl_ms: Option<u64>,
+        ttl: Ttl,
+        precondition: Precondition,
     },
-    /// Remove `key`.
-    Delete { key: String },
+    /// Remove `key` if `precondition` holds.
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
     /// Physically remove keys whose expiry is at or before `up_to_ms`, at most
     /// [`EXPIRE_LIMIT`], in expiry-index order.
     Expire { up_to_ms: u64 },
@@ -50,6 +106,12 @@ pub enum OpResult {
     Deleted { deleted: bool, revision: u64 },
     /// How many expired keys were removed.
     Expired { removed: u64 },
+    /// The precondition did not hold; nothing changed. `current` is the key's live
+    /// entry, so a loser learns the winner without asking again.
+    Failed {
+        failure: Failure,
+        current: Option<Entry>,
+    },
     /// One result per command of a batch, in order.
     Batch(Vec<OpResult>),
 }
@@ -83,15 +145,31 @@ fn apply_command<V: StateView>(
 ) -> Result<OpResult, V::Error> {
     let now = overlay.clock_ms;
     Ok(match command {
-        Command::Set { key, value, ttl_ms } => {
+        Command::Set {
+            key,
+            value,
+            ttl,
+            precondition,
+        } => {
             let stored = overlay.get(view, key)?;
             let live = stored.as_ref().filter(|e| e.is_live_at(now));
+            if let Err(failure) = check_precondition(*precondition, live) {
+                return Ok(OpResult::Failed {
+                    failure,
+                    current: live.cloned(),
+                });
+            }
+            let expires_at_ms = match ttl {
+                Ttl::Clear => None,
+                Ttl::AfterMs(ms) => Some(now.saturating_add(*ms)),
+                Ttl::Keep => live.and_then(|e| e.expires_at_ms),
+            };
             let entry = Entry {
                 value: value.clone(),
                 revision,
                 create_revision: live.map_or(revision, |e| e.create_revision),
                 version: live.map_or(1, |e| e.version + 1),
-                expires_at_ms: ttl_ms.map(|ttl| now.saturating_add(ttl)),
+                expires_at_ms,
             };
             let result = OpResult::Written {
                 revision,
@@ -102,9 +180,16 @@ fn apply_command<V: StateView>(
             overlay.put(key, entry, stored.as_ref());
             result
         }
-        Command::Delete { key } => {
+        Command::Delete { key, precondition } => {
             let stored = overlay.get(view, key)?;
-            let deleted = stored.as_ref().is_some_and(|e| e.is_live_at(now));
+            let live = stored.as_ref().filter(|e| e.is_live_at(now));
+            if let Err(failure) = check_precondition(*precondition, live) {
+                return Ok(OpResult::Failed {
+                    failure,
+                    current: live.cloned(),
+                });
+            }
+            let deleted = live.is_some();
             if stored.is_some() {
                 overlay.delete(key, stored.as_ref());
             }
@@ -211,19 +296,30 @@ mod tests {
     }
 
     fn set(at: u64, key: &str, value: &str, ttl_ms: Option<u64>) -> Request {
+        let ttl = ttl_ms.map_or(Ttl::Clear, Ttl::AfterMs);
+        set_with(at, key, value, ttl, Precondition::Always)
+    }
+    fn set_with(at: u64, key: &str, value: &str, ttl: Ttl, precondition: Precondition) -> Request {
         Request {
             stamp_ms: at,
             command: Command::Set {
                 key: key.into(),
                 value: value.as_bytes().to_vec(),
-                ttl_ms,
+                ttl,
+                precondition,
             },
         }
     }
     fn del(at: u64, key: &str) -> Request {
+        del_if(at, key, Precondition::Always)
+    }
+    fn del_if(at: u64, key: &str, precondition: Precondition) -> Request {
         Request {
             stamp_ms: at,
-            command: Command::Delete { key: key.into() },
+            command: Command::Delete {
+                key: key.into(),
+                precondition,
+            },
         }
     }
     fn expire(at: u64) -> Request {
@@ -419,17 +515,9 @@ mod tests {
         let batch = Request {
             stamp_ms: 10,
             command: Command::Batch(vec![
-                Command::Set {
-                    key: "a".into(),
-                    value: b"1".to_vec(),
-                    ttl_ms: None,
-                },
-                Command::Delete { key: "b".into() },
-                Command::Set {
-                    key: "b".into(),
-                    value: b"2".to_vec(),
-                    ttl_ms: Some(5),
-                },
+                set(10, "a", "1", None).command,
+                del(10, "b").command,
+                set(10, "b", "2", Some(5)).command,
             ]),
         };
         let (_, results) = Mem::run(&[batch]);
@@ -470,5 +558,102 @@ mod tests {
                 "grouping by {group}"
             );
         }
+    }
+
+    fn failed(failure: Failure, current: Option<&Entry>) -> OpResult {
+        OpResult::Failed {
+            failure,
+            current: current.cloned(),
+        }
+    }
+
+    #[test]
+    fn create_if_absent_creates_a_missing_key() {
+        let (_, results) = Mem::run(&[set_with(10, "a", "1", Ttl::Clear, Precondition::Absent)]);
+        assert_eq!(results[0], written(1, 1, 1, None));
+    }
+
+    #[test]
+    fn create_if_absent_loses_to_existing_key_and_learns_the_winner() {
+        let (mem, results) = Mem::run(&[
+            set(10, "a", "winner", Some(1000)),
+            set_with(11, "a", "loser", Ttl::Clear, Precondition::Absent),
+        ]);
+        assert_eq!(results[1], failed(Failure::KeyExists, Some(&mem.data["a"])));
+        assert_eq!(mem.data["a"].value, b"winner");
+        assert_eq!(mem.data["a"].version, 1, "the loser changed nothing");
+    }
+
+    #[test]
+    fn create_if_absent_treats_an_expired_key_as_absent() {
+        let (mem, results) = Mem::run(&[
+            set(1000, "a", "old", Some(100)),
+            set_with(1100, "a", "new", Ttl::Clear, Precondition::Absent),
+        ]);
+        assert_eq!(results[1], written(2, 2, 1, None));
+        assert_eq!(mem.data["a"].value, b"new");
+        assert!(mem.index.is_empty(), "the old expiry's index entry is gone");
+    }
+
+    #[test]
+    fn compare_and_swap_applies_only_at_the_expected_revision() {
+        let (mem, results) = Mem::run(&[
+            set(10, "a", "1", None),
+            set_with(11, "a", "2", Ttl::Clear, Precondition::Revision(1)),
+            set_with(12, "a", "3", Ttl::Clear, Precondition::Revision(1)),
+        ]);
+        assert_eq!(results[1], written(2, 1, 2, None));
+        assert_eq!(
+            results[2],
+            failed(Failure::RevisionMismatch, Some(&mem.data["a"]))
+        );
+        assert_eq!(mem.data["a"].value, b"2");
+    }
+
+    #[test]
+    fn compare_and_swap_on_an_absent_or_expired_key_fails_with_no_current_entry() {
+        let (_, results) = Mem::run(&[
+            set_with(10, "missing", "1", Ttl::Clear, Precondition::Revision(1)),
+            set(1000, "a", "1", Some(100)),
+            set_with(1100, "a", "2", Ttl::Clear, Precondition::Revision(2)),
+        ]);
+        assert_eq!(results[0], failed(Failure::RevisionMismatch, None));
+        assert_eq!(results[2], failed(Failure::RevisionMismatch, None));
+    }
+
+    #[test]
+    fn conditional_delete_applies_only_at_the_expected_revision() {
+        let (mem, results) = Mem::run(&[
+            set(10, "a", "1", None),
+            del_if(11, "a", Precondition::Revision(7)),
+            del_if(12, "a", Precondition::Revision(1)),
+        ]);
+        assert!(matches!(
+            results[1],
+            OpResult::Failed {
+                failure: Failure::RevisionMismatch,
+                current: Some(_)
+            }
+        ));
+        assert_eq!(
+            results[2],
+            OpResult::Deleted {
+                deleted: true,
+                revision: 3
+            }
+        );
+        assert!(mem.data.is_empty());
+    }
+
+    #[test]
+    fn keep_ttl_keeps_the_current_expiry_and_none_for_an_absent_key() {
+        let (mem, results) = Mem::run(&[
+            set(1000, "a", "1", Some(500)),
+            set_with(1200, "a", "2", Ttl::Keep, Precondition::Always),
+            set_with(1200, "b", "1", Ttl::Keep, Precondition::Always),
+        ]);
+        assert_eq!(results[1], written(2, 1, 2, Some(1500)));
+        assert_eq!(results[2], written(3, 3, 1, None));
+        assert_eq!(mem.index.len(), 1);
     }
 }

@@ -14,6 +14,9 @@ pub mod entry;
 pub mod overlay;
 pub mod validate;
 
-pub use command::{apply_request, Command, OpResult, Request, Response, EXPIRE_LIMIT};
+pub use command::{
+    apply_request, check_precondition, Command, Failure, OpResult, Precondition, Request, Response,
+    Ttl, EXPIRE_LIMIT,
+};
 pub use entry::Entry;
 pub use overlay::{Overlay, StateView};

@@ -47,7 +47,7 @@ struct Pending {
 impl Pending {
     fn key(&self) -> Option<&str> {
         match &self.command {
-            Command::Set { key, .. } | Command::Delete { key } => Some(key),
+            Command::Set { key, .. } | Command::Delete { key, .. } => Some(key),
             Command::Expire { .. } | Command::Batch(_) => None,
         }
     }
@@ -55,7 +55,7 @@ impl Pending {
     fn size(&self) -> usize {
         match &self.command {
             Command::Set { key, value, .. } => key.len() + value.len(),
-            Command::Delete { key } => key.len(),
+            Command::Delete { key, .. } => key.len(),
             Command::Expire { .. } | Command::Batch(_) => 16,
         }
     }

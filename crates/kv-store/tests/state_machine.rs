@@ -2,7 +2,7 @@
 
 use std::io::Cursor;
 
-use kv_core::{Command, OpResult, Request, Response};
+use kv_core::{Command, OpResult, Precondition, Request, Response, Ttl};
 use kv_store::typ::{LogEntry, StoredMembership};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership, RaftSnapshotBuilder};
@@ -22,7 +22,8 @@ fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> Command {
     Command::Set {
         key: key.into(),
         value: value.as_bytes().to_vec(),
-        ttl_ms,
+        ttl: ttl_ms.map_or(Ttl::Clear, Ttl::AfterMs),
+        precondition: Precondition::Always,
     }
 }
 
@@ -45,7 +46,14 @@ async fn applied_state_survives_reopen() {
                 membership_entry(1),
                 normal(2, 1000, set("a", "1", None)),
                 normal(3, 1500, set("b", "[2]", Some(100))),
-                normal(4, 1200, Command::Delete { key: "a".into() }),
+                normal(
+                    4,
+                    1200,
+                    Command::Delete {
+                        key: "a".into(),
+                        precondition: Precondition::Always,
+                    },
+                ),
             ])
             .await
             .expect("apply");

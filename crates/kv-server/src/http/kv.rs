@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use kv_core::validate::{check_key, parse_ttl_seconds};
-use kv_core::{Command, Entry, OpResult};
+use kv_core::{Command, Entry, Failure, OpResult, Precondition, Ttl};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -27,6 +27,63 @@ struct GetQuery {
 #[serde(deny_unknown_fields)]
 struct PutQuery {
     ttl: Option<String>,
+    keep_ttl: Option<String>,
+}
+
+impl PutQuery {
+    fn ttl(&self) -> Result<Ttl, ApiError> {
+        let keep = match self.keep_ttl.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ApiError::bad(
+                    "invalid_keep_ttl",
+                    format!("keep_ttl must be true or false, got {other:?}"),
+                ))
+            }
+        };
+        match (&self.ttl, keep) {
+            (Some(_), true) => Err(ApiError::bad(
+                "conflicting_ttl",
+                "ttl and keep_ttl=true contradict each other: send one",
+            )),
+            (Some(raw), false) => Ok(Ttl::AfterMs(parse_ttl_seconds(raw)?)),
+            (None, true) => Ok(Ttl::Keep),
+            (None, false) => Ok(Ttl::Clear),
+        }
+    }
+}
+
+/// Reads `If-None-Match: *` (create-if-absent, PUT only) or `If-Match: "<revision>"`.
+fn precondition(headers: &HeaderMap, allow_create: bool) -> Result<Precondition, ApiError> {
+    let none_match: Vec<_> = headers.get_all(header::IF_NONE_MATCH).iter().collect();
+    let if_match: Vec<_> = headers.get_all(header::IF_MATCH).iter().collect();
+    let invalid = |m: &str| Err(ApiError::bad("invalid_precondition", m));
+    match (none_match.as_slice(), if_match.as_slice()) {
+        ([], []) => Ok(Precondition::Always),
+        ([_, ..], [_, ..]) => Err(ApiError::bad(
+            "conflicting_preconditions",
+            "send either If-None-Match or If-Match, not both",
+        )),
+        ([v], []) if allow_create => match v.as_bytes() {
+            b"*" => Ok(Precondition::Absent),
+            _ => invalid("If-None-Match accepts only * (create if absent)"),
+        },
+        ([_], []) => invalid("If-None-Match: * is only for PUT"),
+        ([], [v]) => {
+            let revision = v
+                .to_str()
+                .ok()
+                .and_then(|t| t.strip_prefix('"')?.strip_suffix('"'))
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok());
+            match revision {
+                Some(r) => Ok(Precondition::Revision(r)),
+                None => invalid("If-Match must be one quoted revision, like \"42\""),
+            }
+        }
+        _ => invalid("send at most one If-None-Match or If-Match header"),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -215,8 +272,45 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         .map_err(|_| too_large())
 }
 
-fn written_response(app: &App, key: &str, result: OpResult) -> Result<Local, ApiError> {
+fn precondition_failed(app: &App, key: &str, failure: Failure, current: Option<Entry>) -> Response {
+    let message = match failure {
+        Failure::KeyExists => "the key already exists; current holds its entry",
+        Failure::RevisionMismatch => {
+            "the key is not at the expected revision; current holds its entry (null when absent)"
+        }
+    };
+    let mut body =
+        serde_json::to_vec(&serde_json::json!({ "code": failure.code(), "message": message }))
+            .expect("a small object serializes");
+    body.splice(0..0, b"{\"error\":".iter().copied());
+    body.extend_from_slice(b",\"current\":");
+    let revision = current.as_ref().map(|e| e.revision);
+    match current {
+        Some(e) => body.extend(entry_json(
+            key,
+            e.revision,
+            e.create_revision,
+            e.version,
+            e.expires_at_ms,
+            app.read_time_ms(),
+            Some(&e.value),
+        )),
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    json_response(StatusCode::PRECONDITION_FAILED, body, revision)
+}
+
+fn written_response(
+    app: &App,
+    key: &str,
+    result: OpResult,
+    created: bool,
+) -> Result<Local, ApiError> {
     match result {
+        OpResult::Failed { failure, current } => {
+            Ok(Local::Done(precondition_failed(app, key, failure, current)))
+        }
         OpResult::Written {
             revision,
             create_revision,
@@ -232,11 +326,12 @@ fn written_response(app: &App, key: &str, result: OpResult) -> Result<Local, Api
                 app.read_time_ms(),
                 None,
             );
-            Ok(Local::Done(json_response(
-                StatusCode::OK,
-                body,
-                Some(revision),
-            )))
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(Local::Done(json_response(status, body, Some(revision))))
         }
         OpResult::Deleted { deleted, revision } => {
             let body = serde_json::to_vec(
@@ -252,8 +347,15 @@ fn written_response(app: &App, key: &str, result: OpResult) -> Result<Local, Api
 }
 
 async fn propose(app: &App, key: &str, command: Command) -> Result<Local, ApiError> {
+    let created = matches!(
+        command,
+        Command::Set {
+            precondition: Precondition::Absent,
+            ..
+        }
+    );
     match app.proposer.write(command).await {
-        Ok(result) => written_response(app, key, result),
+        Ok(result) => written_response(app, key, result, created),
         Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
         Err(WriteError::OutcomeUnknown) => Err(ApiError::OutcomeUnknown(
             "the write was proposed but its commit was not confirmed in time; it may or may not have been applied, and may be retried".into(),
@@ -271,7 +373,8 @@ pub(crate) async fn put_key(
 ) -> Result<Response, ApiError> {
     let key = key_from(path)?;
     let q: PutQuery = parse_query(&uri)?;
-    let ttl_ms = q.ttl.as_deref().map(parse_ttl_seconds).transpose()?;
+    let ttl = q.ttl()?;
+    let precondition = precondition(&headers, true)?;
     check_content_type(&headers)?;
     let body = read_body(body, &headers, app.limits.max_value_bytes).await?;
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -289,7 +392,8 @@ pub(crate) async fn put_key(
             Command::Set {
                 key: key.clone(),
                 value,
-                ttl_ms,
+                ttl,
+                precondition,
             },
         )
     })
@@ -304,9 +408,14 @@ pub(crate) async fn delete_key(
 ) -> Result<Response, ApiError> {
     let key = key_from(path)?;
     let _: NoQuery = parse_query(&uri)?;
+    let precondition = precondition(&headers, false)?;
     let req = forwardable(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || {
-        propose(&app, &key, Command::Delete { key: key.clone() })
+        let command = Command::Delete {
+            key: key.clone(),
+            precondition,
+        };
+        propose(&app, &key, command)
     })
     .await
 }
