@@ -88,6 +88,8 @@ pub enum Command {
     /// Physically remove keys whose expiry is at or before `up_to_ms`, at most
     /// [`EXPIRE_LIMIT`], in expiry-index order.
     Expire { up_to_ms: u64 },
+    /// Remove every key starting with `prefix` (never empty: the API refuses that).
+    DeletePrefix { prefix: String },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
 }
@@ -106,6 +108,8 @@ pub enum OpResult {
     Deleted { deleted: bool, revision: u64 },
     /// How many expired keys were removed.
     Expired { removed: u64 },
+    /// How many live keys a prefix delete removed; `revision` is the command's.
+    DeletedPrefix { deleted: u64, revision: u64 },
     /// The precondition did not hold; nothing changed. `current` is the key's live
     /// entry, so a loser learns the winner without asking again.
     Failed {
@@ -195,6 +199,17 @@ fn apply_command<V: StateView>(
             }
             OpResult::Deleted { deleted, revision }
         }
+        Command::DeletePrefix { prefix } => {
+            let mut deleted = 0;
+            for key in overlay.keys_with_prefix(view, prefix)? {
+                let stored = overlay.get(view, &key)?;
+                if stored.as_ref().is_some_and(|e| e.is_live_at(now)) {
+                    deleted += 1;
+                }
+                overlay.delete(&key, stored.as_ref());
+            }
+            OpResult::DeletedPrefix { deleted, revision }
+        }
         Command::Expire { up_to_ms } => {
             let up_to = (*up_to_ms).min(now);
             let mut removed = 0;
@@ -237,6 +252,14 @@ mod tests {
         type Error = Infallible;
         fn get(&self, key: &str) -> Result<Option<Entry>, Infallible> {
             Ok(self.data.get(key).cloned())
+        }
+        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, Infallible> {
+            Ok(self
+                .data
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| k.clone())
+                .collect())
         }
         fn due(
             &self,
@@ -655,5 +678,49 @@ mod tests {
         assert_eq!(results[1], written(2, 1, 2, Some(1500)));
         assert_eq!(results[2], written(3, 3, 1, None));
         assert_eq!(mem.index.len(), 1);
+    }
+
+    fn delete_prefix(at: u64, prefix: &str) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::DeletePrefix {
+                prefix: prefix.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn delete_prefix_removes_exactly_the_matching_keys_and_counts_live_ones() {
+        let (mem, results) = Mem::run(&[
+            set(1000, "app/a", "1", None),
+            set(1000, "app/b", "1", Some(10)),
+            set(1000, "apple", "1", None),
+            set(1000, "ap", "1", None),
+            set(1000, "app/c", "1", None),
+            delete_prefix(2000, "app/"),
+        ]);
+        assert_eq!(
+            results[5],
+            OpResult::DeletedPrefix {
+                deleted: 2,
+                revision: 6
+            },
+            "app/b had expired: removed but not counted"
+        );
+        assert_eq!(mem.data.keys().collect::<Vec<_>>(), vec!["ap", "apple"]);
+        assert!(mem.index.is_empty());
+    }
+
+    #[test]
+    fn delete_prefix_sees_writes_earlier_in_the_same_apply_call() {
+        let requests = [
+            set(1000, "p/1", "1", None),
+            set(1000, "p/2", "1", None),
+            delete_prefix(1000, "p/"),
+            set(1000, "p/3", "1", None),
+        ];
+        let reference = Mem::apply_grouped(&requests, 1);
+        assert_eq!(Mem::apply_grouped(&requests, 4), reference);
+        assert_eq!(reference.0.data.keys().collect::<Vec<_>>(), vec!["p/3"]);
     }
 }

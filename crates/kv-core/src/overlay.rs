@@ -17,6 +17,9 @@ pub trait StateView {
     /// The stored entry of `key`, live or expired.
     fn get(&self, key: &str) -> Result<Option<Entry>, Self::Error>;
 
+    /// Every stored key starting with `prefix`, live or expired, in key order.
+    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, Self::Error>;
+
     /// Expiry-index entries `(expires_at_ms, key)` with `expires_at_ms <= up_to_ms`, in
     /// index order, leaving out those `skip` returns true for, until `limit` are found.
     fn due(
@@ -74,6 +77,29 @@ impl Overlay {
         if let Some(at) = old.and_then(|e| e.expires_at_ms) {
             self.index.insert((at, key.to_owned()), false);
         }
+    }
+
+    /// Every key starting with `prefix` that the next command sees, live or expired,
+    /// in key order.
+    pub fn keys_with_prefix<V: StateView>(
+        &self,
+        view: &V,
+        prefix: &str,
+    ) -> Result<Vec<String>, V::Error> {
+        let mut keys: Vec<String> = view
+            .keys_with_prefix(prefix)?
+            .into_iter()
+            .filter(|k| !self.data.contains_key(k))
+            .collect();
+        keys.extend(
+            self.data
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .filter(|(_, e)| e.is_some())
+                .map(|(k, _)| k.clone()),
+        );
+        keys.sort();
+        Ok(keys)
     }
 
     /// The first `limit` expiry-index entries due at `up_to_ms`, in index order, as the

@@ -48,7 +48,7 @@ impl Pending {
     fn key(&self) -> Option<&str> {
         match &self.command {
             Command::Set { key, .. } | Command::Delete { key, .. } => Some(key),
-            Command::Expire { .. } | Command::Batch(_) => None,
+            Command::Expire { .. } | Command::DeletePrefix { .. } | Command::Batch(_) => None,
         }
     }
 
@@ -56,6 +56,7 @@ impl Pending {
         match &self.command {
             Command::Set { key, value, .. } => key.len() + value.len(),
             Command::Delete { key, .. } => key.len(),
+            Command::DeletePrefix { prefix } => prefix.len(),
             Command::Expire { .. } | Command::Batch(_) => 16,
         }
     }

@@ -103,6 +103,43 @@ impl StateReader {
         DbView(&self.db).get(key)
     }
 
+    /// Live entries at `now_ms` whose keys start with `prefix`, in key order, strictly
+    /// after `after` if given, at most `limit`; and whether more follow.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<(Vec<(String, Entry)>, bool), StoreError> {
+        let start = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let mut items = vec![];
+        let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
+        for item in self.db.iterator_cf(cf(&self.db, CF_DATA), mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if after.is_some_and(|a| k.as_ref() <= a.as_bytes()) {
+                continue;
+            }
+            let entry: Entry = postcard::from_bytes(&v)?;
+            if !entry.is_live_at(now_ms) {
+                continue;
+            }
+            if items.len() == limit {
+                return Ok((items, true));
+            }
+            let key = String::from_utf8(k.into_vec())
+                .map_err(|_| StoreError::Corrupt("data key is not UTF-8".into()))?;
+            items.push((key, entry));
+        }
+        Ok((items, false))
+    }
+
     /// The state machine's clock: the latest stamp applied so far.
     pub fn clock_ms(&self) -> u64 {
         self.clock_ms.load(Ordering::Acquire)
@@ -128,6 +165,22 @@ impl StateView for DbView<'_> {
             Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
             None => Ok(None),
         }
+    }
+
+    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = vec![];
+        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+        for item in self.0.iterator_cf(cf(self.0, CF_DATA), mode) {
+            let (k, _) = item?;
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            keys.push(
+                String::from_utf8(k.into_vec())
+                    .map_err(|_| StoreError::Corrupt("data key is not UTF-8".into()))?,
+            );
+        }
+        Ok(keys)
     }
 
     fn due(

@@ -204,6 +204,47 @@ fn forwardable(
     }
 }
 
+/// Whether a read asked for `consistency=stale` (default: linearizable).
+fn wants_stale(consistency: Option<&str>) -> Result<bool, ApiError> {
+    match consistency {
+        Some("stale") => Ok(true),
+        None | Some("linearizable") => Ok(false),
+        Some(other) => Err(ApiError::bad(
+            "invalid_consistency",
+            format!("consistency must be linearizable or stale, got {other:?}"),
+        )),
+    }
+}
+
+/// Serves a read from local state: at once when stale reads are allowed, otherwise on
+/// the leader after a ReadIndex confirmation (forwarding there if needed).
+async fn read<F>(
+    app: &App,
+    stale: bool,
+    uri: &Uri,
+    headers: HeaderMap,
+    serve: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn() -> Result<Response, ApiError>,
+{
+    if stale {
+        return serve();
+    }
+    let req = forwardable(Method::GET, uri, headers, Bytes::new(), false);
+    lead_or_forward(app, req, || async {
+        match app.reads.confirm().await {
+            Ok(()) => serve().map(Local::Done),
+            Err(ReadError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
+            Err(ReadError::Timeout) => Err(ApiError::Unavailable(
+                "leadership could not be confirmed in time".into(),
+            )),
+            Err(ReadError::Stopped(m)) => Err(ApiError::Unavailable(m)),
+        }
+    })
+    .await
+}
+
 pub(crate) async fn get_key(
     State(app): State<Arc<App>>,
     path: Result<Path<String>, PathRejection>,
@@ -212,26 +253,124 @@ pub(crate) async fn get_key(
 ) -> Result<Response, ApiError> {
     let key = key_from(path)?;
     let q: GetQuery = parse_query(&uri)?;
-    match q.consistency.as_deref() {
-        Some("stale") => return serve_local_get(&app, &key),
-        None | Some("linearizable") => {}
-        Some(other) => {
-            return Err(ApiError::bad(
-                "invalid_consistency",
-                format!("consistency must be linearizable or stale, got {other:?}"),
-            ))
-        }
+    let stale = wants_stale(q.consistency.as_deref())?;
+    read(&app, stale, &uri, headers, || serve_local_get(&app, &key)).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+    keys_only: Option<String>,
+    consistency: Option<String>,
+}
+
+/// The most entries one list page returns.
+const MAX_LIST_LIMIT: usize = 1000;
+
+fn parse_bool(raw: Option<&str>, name: &str) -> Result<bool, ApiError> {
+    match raw {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad(
+            "invalid_query",
+            format!("{name} must be true or false, got {other:?}"),
+        )),
     }
-    let req = forwardable(Method::GET, &uri, headers, Bytes::new(), false);
-    lead_or_forward(&app, req, || async {
-        match app.reads.confirm().await {
-            Ok(()) => serve_local_get(&app, &key).map(Local::Done),
-            Err(ReadError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
-            Err(ReadError::Timeout) => Err(ApiError::Unavailable(
-                "leadership could not be confirmed in time".into(),
-            )),
-            Err(ReadError::Stopped(m)) => Err(ApiError::Unavailable(m)),
+}
+
+fn serve_local_list(
+    app: &App,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    keys_only: bool,
+) -> Result<Response, ApiError> {
+    let now = app.read_time_ms();
+    let (items, more) = app.reader.list(prefix, after, limit, now)?;
+    let mut body = b"{\"items\":[".to_vec();
+    for (i, (key, e)) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
         }
+        let value = (!keys_only).then_some(e.value.as_slice());
+        body.extend(entry_json(
+            key,
+            e.revision,
+            e.create_revision,
+            e.version,
+            e.expires_at_ms,
+            now,
+            value,
+        ));
+    }
+    body.extend_from_slice(b"],\"next\":");
+    let next = items.last().filter(|_| more).map(|(k, _)| k.as_str());
+    push_json(&mut body, &next);
+    body.push(b'}');
+    Ok(json_response(StatusCode::OK, body, None))
+}
+
+/// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true`: live entries in key order.
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q: ListQuery = parse_query(&uri)?;
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "invalid_limit",
+                    format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}, got {raw:?}"),
+                )
+            })?,
+    };
+    let keys_only = parse_bool(q.keys_only.as_deref(), "keys_only")?;
+    let stale = wants_stale(q.consistency.as_deref())?;
+    let prefix = q.prefix.unwrap_or_default();
+    let after = q.after;
+    read(&app, stale, &uri, headers, || {
+        serve_local_list(&app, &prefix, after.as_deref(), limit, keys_only)
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PrefixQuery {
+    prefix: Option<String>,
+}
+
+/// `DELETE /v1/kv?prefix=P`: removes every key with a non-empty prefix in one command.
+pub(crate) async fn delete_prefix(
+    State(app): State<Arc<App>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q: PrefixQuery = parse_query(&uri)?;
+    let prefix = q.prefix.filter(|p| !p.is_empty()).ok_or_else(|| {
+        ApiError::bad(
+            "invalid_prefix",
+            "a non-empty prefix is required: DELETE /v1/kv?prefix=P (the whole store cannot be deleted at once)",
+        )
+    })?;
+    let req = forwardable(Method::DELETE, &uri, headers, Bytes::new(), true);
+    lead_or_forward(&app, req, || {
+        propose(
+            &app,
+            "",
+            Command::DeletePrefix {
+                prefix: prefix.clone(),
+            },
+        )
     })
     .await
 }
@@ -332,6 +471,13 @@ fn written_response(
                 StatusCode::OK
             };
             Ok(Local::Done(json_response(status, body, Some(revision))))
+        }
+        OpResult::DeletedPrefix { deleted, revision } => {
+            let body = serde_json::to_vec(
+                &serde_json::json!({ "deleted": deleted, "revision": revision }),
+            )
+            .expect("a small object serializes");
+            Ok(Local::Done(json_response(StatusCode::OK, body, None)))
         }
         OpResult::Deleted { deleted, revision } => {
             let body = serde_json::to_vec(

@@ -73,6 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/kv/{*key}",
             get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
+        .route("/v1/kv", get(kv::list).delete(kv::delete_prefix))
         .route(
             "/v1/kv/",
             get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
