@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::overlay::Slot;
+use crate::record::Record;
 use crate::{Entry, Overlay, StateView};
 
 /// The most keys one `Expire` command removes, so one log entry stays small.
@@ -92,6 +94,15 @@ pub enum Command {
     DeletePrefix { prefix: String },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
+    /// Applies `command` at most once for idempotency key `id`: the first time its
+    /// result is recorded with the request's `fingerprint` for `retain_ms`; later the
+    /// record answers instead (or refuses a different request under the same key).
+    Idempotent {
+        id: String,
+        fingerprint: u128,
+        retain_ms: u64,
+        command: Box<Command>,
+    },
 }
 
 /// What applying one command answered. Wire and on-disk type.
@@ -118,6 +129,10 @@ pub enum OpResult {
     },
     /// One result per command of a batch, in order.
     Batch(Vec<OpResult>),
+    /// The idempotency key was used before by the same request: its recorded result.
+    Replayed(Box<OpResult>),
+    /// The idempotency key was used before by a different request; nothing changed.
+    IdempotencyKeyReused,
 }
 
 /// What applying one log entry answered. Wire type.
@@ -213,16 +228,52 @@ fn apply_command<V: StateView>(
         Command::Expire { up_to_ms } => {
             let up_to = (*up_to_ms).min(now);
             let mut removed = 0;
-            for (at, key) in overlay.due(view, up_to, EXPIRE_LIMIT)? {
+            for (at, slot, key) in overlay.due(view, up_to, EXPIRE_LIMIT)? {
                 // Re-check: the key may have been rewritten with another expiry since
                 // the index entry was made.
-                let stored = overlay.get(view, &key)?;
-                if stored.as_ref().is_some_and(|e| e.expires_at_ms == Some(at)) {
-                    overlay.delete(&key, stored.as_ref());
-                    removed += 1;
+                match slot {
+                    Slot::Key => {
+                        let stored = overlay.get(view, &key)?;
+                        if stored.as_ref().is_some_and(|e| e.expires_at_ms == Some(at)) {
+                            overlay.delete(&key, stored.as_ref());
+                            removed += 1;
+                        }
+                    }
+                    Slot::Record => {
+                        if let Some(record) = overlay.get_record(view, &key)? {
+                            if record.expires_at_ms == at {
+                                overlay.delete_record(&key, &record);
+                                removed += 1;
+                            }
+                        }
+                    }
                 }
             }
             OpResult::Expired { removed }
+        }
+        Command::Idempotent {
+            id,
+            fingerprint,
+            retain_ms,
+            command,
+        } => {
+            let stored = overlay.get_record(view, id)?;
+            match stored.as_ref().filter(|r| r.is_live_at(now)) {
+                Some(r) if r.fingerprint == *fingerprint => {
+                    OpResult::Replayed(Box::new(r.result.clone()))
+                }
+                Some(_) => OpResult::IdempotencyKeyReused,
+                None => {
+                    let result = apply_command(view, overlay, command, revision)?;
+                    let record = Record {
+                        fingerprint: *fingerprint,
+                        result: result.clone(),
+                        expires_at_ms: now.saturating_add(*retain_ms),
+                    };
+                    overlay.put_record(id, record, stored.as_ref());
+                    result
+                }
+            }
         }
         Command::Batch(commands) => OpResult::Batch(
             commands
@@ -245,7 +296,8 @@ mod tests {
     struct Mem {
         clock_ms: u64,
         data: BTreeMap<String, Entry>,
-        index: BTreeMap<(u64, String), ()>,
+        records: BTreeMap<String, Record>,
+        index: BTreeMap<crate::overlay::Due, ()>,
     }
 
     impl StateView for Mem {
@@ -261,17 +313,20 @@ mod tests {
                 .map(|(k, _)| k.clone())
                 .collect())
         }
+        fn get_record(&self, id: &str) -> Result<Option<Record>, Infallible> {
+            Ok(self.records.get(id).cloned())
+        }
         fn due(
             &self,
             up_to_ms: u64,
             limit: usize,
-            skip: &mut dyn FnMut(u64, &str) -> bool,
-        ) -> Result<Vec<(u64, String)>, Infallible> {
+            skip: &mut dyn FnMut(&crate::overlay::Due) -> bool,
+        ) -> Result<Vec<crate::overlay::Due>, Infallible> {
             Ok(self
                 .index
                 .keys()
-                .take_while(|(at, _)| *at <= up_to_ms)
-                .filter(|(at, k)| !skip(*at, k))
+                .take_while(|(at, _, _)| *at <= up_to_ms)
+                .filter(|due| !skip(due))
                 .take(limit)
                 .cloned()
                 .collect())
@@ -285,6 +340,12 @@ mod tests {
                 match e {
                     Some(e) => self.data.insert(k, e),
                     None => self.data.remove(&k),
+                };
+            }
+            for (id, r) in overlay.records {
+                match r {
+                    Some(r) => self.records.insert(id, r),
+                    None => self.records.remove(&id),
                 };
             }
             for (k, added) in overlay.index {
@@ -422,7 +483,7 @@ mod tests {
         assert_eq!(results[0], written(1, 1, 1, Some(1500)));
         assert_eq!(
             mem.index.keys().collect::<Vec<_>>(),
-            vec![&(1500, "a".to_string())]
+            vec![&(1500, Slot::Key, "a".to_string())]
         );
     }
 
@@ -488,7 +549,7 @@ mod tests {
         assert_eq!(mem.data.keys().collect::<Vec<_>>(), vec!["forever", "late"]);
         assert_eq!(
             mem.index.keys().collect::<Vec<_>>(),
-            vec![&(1900, "late".to_string())]
+            vec![&(1900, Slot::Key, "late".to_string())]
         );
     }
 
@@ -722,5 +783,95 @@ mod tests {
         let reference = Mem::apply_grouped(&requests, 1);
         assert_eq!(Mem::apply_grouped(&requests, 4), reference);
         assert_eq!(reference.0.data.keys().collect::<Vec<_>>(), vec!["p/3"]);
+    }
+
+    fn idempotent(at: u64, id: &str, fingerprint: u128, inner: Request) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::Idempotent {
+                id: id.into(),
+                fingerprint,
+                retain_ms: 1000,
+                command: Box::new(inner.command),
+            },
+        }
+    }
+
+    #[test]
+    fn idempotent_retry_replays_the_recorded_result_and_changes_nothing() {
+        let create = || set_with(10, "a", "1", Ttl::Clear, Precondition::Absent);
+        let (mem, results) = Mem::run(&[
+            idempotent(10, "req-1", 7, create()),
+            idempotent(20, "req-1", 7, create()),
+        ]);
+        assert_eq!(results[0], written(1, 1, 1, None));
+        assert_eq!(
+            results[1],
+            OpResult::Replayed(Box::new(written(1, 1, 1, None)))
+        );
+        assert_eq!(mem.data["a"].version, 1, "the retry did not apply again");
+    }
+
+    #[test]
+    fn concurrent_copies_of_one_request_apply_once_in_log_order() {
+        let copy = || {
+            idempotent(
+                10,
+                "delivery-9",
+                5,
+                set_with(10, "d", "1", Ttl::Clear, Precondition::Absent),
+            )
+        };
+        let (_, results) = Mem::apply_grouped(&[copy(), copy(), copy()], 3);
+        assert_eq!(results[0], written(1, 1, 1, None));
+        for r in &results[1..] {
+            assert_eq!(r, &OpResult::Replayed(Box::new(written(1, 1, 1, None))));
+        }
+    }
+
+    #[test]
+    fn same_idempotency_key_with_another_request_is_refused() {
+        let (mem, results) = Mem::run(&[
+            idempotent(10, "k", 1, set(10, "a", "1", None)),
+            idempotent(20, "k", 2, set(20, "a", "2", None)),
+        ]);
+        assert_eq!(results[1], OpResult::IdempotencyKeyReused);
+        assert_eq!(mem.data["a"].value, b"1");
+    }
+
+    #[test]
+    fn idempotency_record_lapses_after_retention_and_expire_removes_it() {
+        // Recorded at 10 with 1000 ms retention: counts until 1009, not at 1010.
+        let (_, within) = Mem::run(&[
+            idempotent(10, "k", 1, set(10, "a", "1", None)),
+            idempotent(1009, "k", 1, set(1009, "a", "1", None)),
+        ]);
+        assert!(matches!(within[1], OpResult::Replayed(_)));
+        let (mem, after) = Mem::run(&[
+            idempotent(10, "k", 1, set(10, "a", "1", None)),
+            expire(1010),
+            idempotent(1010, "k", 1, set(1010, "a", "1", None)),
+        ]);
+        assert_eq!(after[1], OpResult::Expired { removed: 1 });
+        assert_eq!(
+            after[2],
+            written(3, 1, 2, None),
+            "applied anew once the record lapsed"
+        );
+        assert_eq!(mem.records["k"].expires_at_ms, 2010);
+        assert_eq!(mem.index.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_precondition_is_recorded_and_replayed_too() {
+        let create = |v: &str| set_with(10, "a", v, Ttl::Clear, Precondition::Absent);
+        let (mem, results) = Mem::run(&[
+            set(5, "a", "winner", None),
+            idempotent(10, "k", 3, create("loser")),
+            set(11, "a", "newer", None),
+            idempotent(12, "k", 3, create("loser")),
+        ]);
+        assert_eq!(results[3], OpResult::Replayed(Box::new(results[1].clone())));
+        assert_eq!(mem.data["a"].value, b"newer");
     }
 }

@@ -12,6 +12,7 @@
 pub mod command;
 pub mod entry;
 pub mod overlay;
+pub mod record;
 pub mod validate;
 
 pub use command::{
@@ -19,4 +20,5 @@ pub use command::{
     Ttl, EXPIRE_LIMIT,
 };
 pub use entry::Entry;
-pub use overlay::{Overlay, StateView};
+pub use overlay::{Due, Overlay, Slot, StateView};
+pub use record::{fingerprint, Record};

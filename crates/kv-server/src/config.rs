@@ -82,6 +82,8 @@ pub struct LimitsConfig {
     pub read_timeout_ms: u64,
     /// Most writes proposed in one raft entry.
     pub max_batch: usize,
+    /// How long an Idempotency-Key's recorded answer is kept, in seconds.
+    pub idempotency_retention_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -91,6 +93,7 @@ impl Default for LimitsConfig {
             write_timeout_ms: 5_000,
             read_timeout_ms: 3_000,
             max_batch: 512,
+            idempotency_retention_s: 24 * 3600,
         }
     }
 }
@@ -173,7 +176,10 @@ impl NodeConfig {
         if r.purge_batch_size == 0 || r.snapshot_every == 0 {
             return invalid("purge_batch_size and snapshot_every must be positive".into());
         }
-        if self.limits.max_value_bytes == 0 || self.limits.max_batch == 0 {
+        if self.limits.max_value_bytes == 0
+            || self.limits.max_batch == 0
+            || self.limits.idempotency_retention_s == 0
+        {
             return invalid("limits must be positive".into());
         }
         Ok(())

@@ -44,21 +44,34 @@ struct Pending {
     reply: oneshot::Sender<Result<OpResult, WriteError>>,
 }
 
+/// The one key a command writes, if it writes exactly one.
+fn written_key(command: &Command) -> Option<&str> {
+    match command {
+        Command::Set { key, .. } | Command::Delete { key, .. } => Some(key),
+        Command::Idempotent { command, .. } => written_key(command),
+        Command::Expire { .. } | Command::DeletePrefix { .. } | Command::Batch(_) => None,
+    }
+}
+
+/// Roughly how many bytes a command adds to a raft entry.
+fn size(command: &Command) -> usize {
+    match command {
+        Command::Set { key, value, .. } => key.len() + value.len(),
+        Command::Delete { key, .. } => key.len(),
+        Command::DeletePrefix { prefix } => prefix.len(),
+        Command::Idempotent { id, command, .. } => id.len() + 32 + size(command),
+        Command::Expire { .. } => 16,
+        Command::Batch(commands) => commands.iter().map(size).sum(),
+    }
+}
+
 impl Pending {
     fn key(&self) -> Option<&str> {
-        match &self.command {
-            Command::Set { key, .. } | Command::Delete { key, .. } => Some(key),
-            Command::Expire { .. } | Command::DeletePrefix { .. } | Command::Batch(_) => None,
-        }
+        written_key(&self.command)
     }
 
     fn size(&self) -> usize {
-        match &self.command {
-            Command::Set { key, value, .. } => key.len() + value.len(),
-            Command::Delete { key, .. } => key.len(),
-            Command::DeletePrefix { prefix } => prefix.len(),
-            Command::Expire { .. } | Command::Batch(_) => 16,
-        }
+        size(&self.command)
     }
 }
 

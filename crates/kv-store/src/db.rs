@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use kv_core::{Entry, StateView};
+use kv_core::{Due, Entry, Record, Slot, StateView};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
 use crate::{LogStore, StateMachine, StoreError};
@@ -18,8 +18,11 @@ pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_DATA: &str = "sm_data";
 /// Last applied log id, membership, clock.
 pub(crate) const CF_SM_META: &str = "sm_meta";
-/// Big-endian `expires_at_ms` followed by the key, empty values.
+/// Big-endian `expires_at_ms`, a slot byte (key or record), then the key or record id;
+/// empty values.
 pub(crate) const CF_EXPIRY: &str = "sm_expiry";
+/// Idempotency key → postcard-encoded [`Record`].
+pub(crate) const CF_RECORDS: &str = "sm_records";
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
 pub(crate) const META_COMMITTED: &[u8] = b"committed";
@@ -39,20 +42,38 @@ pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
         .expect("every column family is created when the database is opened")
 }
 
-pub(crate) fn expiry_key(at: u64, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + key.len());
+pub(crate) fn expiry_key((at, slot, key): &Due) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
     k.extend_from_slice(&at.to_be_bytes());
+    k.push(slot.byte());
     k.extend_from_slice(key.as_bytes());
     k
 }
 
-fn parse_expiry_key(raw: &[u8]) -> Result<(u64, String), StoreError> {
-    let (at, key) = raw
+fn parse_expiry_key(raw: &[u8]) -> Result<Due, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("expiry index key {what}"));
+    let (at, rest) = raw
         .split_first_chunk::<8>()
-        .ok_or_else(|| StoreError::Corrupt("expiry index key shorter than 8 bytes".into()))?;
-    let key = std::str::from_utf8(key)
-        .map_err(|_| StoreError::Corrupt("expiry index key is not UTF-8".into()))?;
-    Ok((u64::from_be_bytes(*at), key.to_owned()))
+        .ok_or_else(|| corrupt("too short"))?;
+    let (slot, key) = rest.split_first().ok_or_else(|| corrupt("has no slot"))?;
+    let slot = Slot::from_byte(*slot).ok_or_else(|| corrupt("has an unknown slot"))?;
+    let key = std::str::from_utf8(key).map_err(|_| corrupt("is not UTF-8"))?;
+    Ok((u64::from_be_bytes(*at), slot, key.to_owned()))
+}
+
+/// Every `(key, value)` of a column family keyed by UTF-8 strings, decoded.
+pub(crate) fn read_all<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    name: &str,
+) -> Result<Vec<(String, T)>, StoreError> {
+    let mut out = vec![];
+    for item in db.iterator_cf(cf(db, name), IteratorMode::Start) {
+        let (k, v) = item?;
+        let key = String::from_utf8(k.into_vec())
+            .map_err(|_| StoreError::Corrupt(format!("a key in {name} is not UTF-8")))?;
+        out.push((key, postcard::from_bytes(&v)?));
+    }
+    Ok(out)
 }
 
 /// Everything a node needs from its database.
@@ -71,8 +92,15 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_RAFT_META, CF_DATA, CF_SM_META, CF_EXPIRY]
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = [
+        CF_LOG,
+        CF_RAFT_META,
+        CF_DATA,
+        CF_SM_META,
+        CF_EXPIRY,
+        CF_RECORDS,
+    ]
+    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
     let snapshot_dir: PathBuf = dir.join("snapshot");
     std::fs::create_dir_all(&snapshot_dir)?;
@@ -148,9 +176,7 @@ impl StateReader {
     /// Whether any key's expiry is at or before `now_ms`, i.e. an Expire command would
     /// remove something.
     pub fn has_due(&self, now_ms: u64) -> Result<bool, StoreError> {
-        Ok(!DbView(&self.db)
-            .due(now_ms, 1, &mut |_, _| false)?
-            .is_empty())
+        Ok(!DbView(&self.db).due(now_ms, 1, &mut |_| false)?.is_empty())
     }
 }
 
@@ -183,12 +209,22 @@ impl StateView for DbView<'_> {
         Ok(keys)
     }
 
+    fn get_record(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        match self
+            .0
+            .get_pinned_cf(cf(self.0, CF_RECORDS), id.as_bytes())?
+        {
+            Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
     fn due(
         &self,
         up_to_ms: u64,
         limit: usize,
-        skip: &mut dyn FnMut(u64, &str) -> bool,
-    ) -> Result<Vec<(u64, String)>, StoreError> {
+        skip: &mut dyn FnMut(&Due) -> bool,
+    ) -> Result<Vec<Due>, StoreError> {
         let mut due = vec![];
         for item in self.0.iterator_cf(
             cf(self.0, CF_EXPIRY),
@@ -198,12 +234,12 @@ impl StateView for DbView<'_> {
                 break;
             }
             let (raw, _) = item?;
-            let (at, key) = parse_expiry_key(&raw)?;
-            if at > up_to_ms {
+            let entry = parse_expiry_key(&raw)?;
+            if entry.0 > up_to_ms {
                 break;
             }
-            if !skip(at, &key) {
-                due.push((at, key));
+            if !skip(&entry) {
+                due.push(entry);
             }
         }
         Ok(due)

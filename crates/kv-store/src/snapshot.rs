@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kv_core::Entry;
+use kv_core::{Entry, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::typ::SnapshotMeta;
@@ -16,6 +16,7 @@ use crate::StoreError;
 pub(crate) struct SnapshotState {
     pub clock_ms: u64,
     pub entries: Vec<(String, Entry)>,
+    pub records: Vec<(String, Record)>,
 }
 
 /// The current snapshot as persisted. On-disk type.

@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kv_core::{apply_request, Overlay, Response};
+use kv_core::{apply_request, Overlay, Response, Slot};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use rocksdb::{WriteBatch, DB};
 use serde::de::DeserializeOwned;
 
 use crate::db::{
-    blocking, cf, expiry_key, synced, DbView, CF_DATA, CF_EXPIRY, CF_SM_META, DATA_END, EXPIRY_END,
-    META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
+    blocking, cf, expiry_key, read_all, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS, CF_SM_META,
+    DATA_END, EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
 };
 use crate::error::OrRaft;
 use crate::snapshot::{SnapshotFiles, SnapshotState};
@@ -85,19 +85,10 @@ impl StateMachine {
     /// Encodes the applied state as of now. Called where openraft serializes it with
     /// apply, so data and metadata describe the same instant.
     fn capture(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
-        let mut entries = vec![];
-        for item in self.db.iterator_cf(
-            cf(&self.db, CF_DATA),
-            IteratorMode::From(&[], Direction::Forward),
-        ) {
-            let (k, v) = item?;
-            let key = String::from_utf8(k.into_vec())
-                .map_err(|_| StoreError::Corrupt("data key is not UTF-8".into()))?;
-            entries.push((key, postcard::from_bytes(&v)?));
-        }
         let data = postcard::to_stdvec(&SnapshotState {
             clock_ms: self.clock(),
-            entries,
+            entries: read_all(&self.db, CF_DATA)?,
+            records: read_all(&self.db, CF_RECORDS)?,
         })?;
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -121,11 +112,29 @@ impl StateMachine {
         // One batch replaces everything, so a reader never sees half old, half new.
         batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
         batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
-        for (key, entry) in &state.entries {
+        batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
+        for (key, entry) in state.entries {
             if let Some(at) = entry.expires_at_ms {
-                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(at, key), []);
+                batch.put_cf(
+                    cf(db, CF_EXPIRY),
+                    expiry_key(&(at, Slot::Key, key.clone())),
+                    [],
+                );
             }
-            batch.put_cf(cf(db, CF_DATA), key.as_bytes(), postcard::to_stdvec(entry)?);
+            batch.put_cf(
+                cf(db, CF_DATA),
+                key.as_bytes(),
+                postcard::to_stdvec(&entry)?,
+            );
+        }
+        for (id, record) in state.records {
+            let due = (record.expires_at_ms, Slot::Record, id);
+            batch.put_cf(
+                cf(db, CF_RECORDS),
+                due.2.as_bytes(),
+                postcard::to_stdvec(&record)?,
+            );
+            batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
         }
         put_meta(
             db,
@@ -217,11 +226,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 None => batch.delete_cf(cf(db, CF_DATA), key.as_bytes()),
             }
         }
-        for ((at, key), added) in overlay.index {
+        for (id, record) in overlay.records {
+            match record {
+                Some(record) => batch.put_cf(
+                    cf(db, CF_RECORDS),
+                    id.as_bytes(),
+                    postcard::to_stdvec(&record)
+                        .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?,
+                ),
+                None => batch.delete_cf(cf(db, CF_RECORDS), id.as_bytes()),
+            }
+        }
+        for (due, added) in overlay.index {
             if added {
-                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(at, &key), []);
+                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
             } else {
-                batch.delete_cf(cf(db, CF_EXPIRY), expiry_key(at, &key));
+                batch.delete_cf(cf(db, CF_EXPIRY), expiry_key(&due));
             }
         }
         put_meta(db, &mut batch, &last_applied, &membership, overlay.clock_ms)

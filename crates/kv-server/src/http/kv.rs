@@ -362,15 +362,13 @@ pub(crate) async fn delete_prefix(
             "a non-empty prefix is required: DELETE /v1/kv?prefix=P (the whole store cannot be deleted at once)",
         )
     })?;
+    let idem = idempotency(&headers, "DELETE", "", &uri, b"")?;
     let req = forwardable(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || {
-        propose(
-            &app,
-            "",
-            Command::DeletePrefix {
-                prefix: prefix.clone(),
-            },
-        )
+        let command = Command::DeletePrefix {
+            prefix: prefix.clone(),
+        };
+        propose(&app, "", command, idem, false)
     })
     .await
 }
@@ -492,19 +490,85 @@ fn written_response(
     }
 }
 
-async fn propose(app: &App, key: &str, command: Command) -> Result<Local, ApiError> {
-    let created = matches!(
-        command,
-        Command::Set {
-            precondition: Precondition::Absent,
-            ..
+/// Header naming a write's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A write's idempotency key and the fingerprint of the request carrying it.
+struct Idempotency {
+    id: String,
+    fingerprint: u128,
+}
+
+/// Reads `Idempotency-Key` (1 to 255 visible ASCII characters) and fingerprints the
+/// request by what decides its effect: method, key or prefix, query, preconditions, body.
+fn idempotency(
+    headers: &HeaderMap,
+    method: &str,
+    target: &str,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let values: Vec<_> = headers.get_all(IDEMPOTENCY_KEY).iter().collect();
+    let raw = match values.as_slice() {
+        [] => return Ok(None),
+        [v] => v.as_bytes(),
+        _ => {
+            return Err(ApiError::bad(
+                "invalid_idempotency_key",
+                "send one Idempotency-Key header",
+            ))
         }
-    );
+    };
+    if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::bad(
+            "invalid_idempotency_key",
+            "an Idempotency-Key is 1 to 255 visible ASCII characters",
+        ));
+    }
+    let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
+    let fingerprint = kv_core::fingerprint(&[
+        method.as_bytes(),
+        target.as_bytes(),
+        uri.query().unwrap_or("").as_bytes(),
+        header(header::IF_MATCH),
+        header(header::IF_NONE_MATCH),
+        body,
+    ]);
+    let id = String::from_utf8_lossy(raw).into_owned();
+    Ok(Some(Idempotency { id, fingerprint }))
+}
+
+/// Proposes `command`, recorded under its idempotency key if it has one. `created`
+/// says a success is a creation (201).
+async fn propose(
+    app: &App,
+    key: &str,
+    command: Command,
+    idempotency: Option<Idempotency>,
+    created: bool,
+) -> Result<Local, ApiError> {
+    let command = match idempotency {
+        None => command,
+        Some(Idempotency { id, fingerprint }) => Command::Idempotent {
+            id,
+            fingerprint,
+            retain_ms: app.limits.idempotency_retention_s.saturating_mul(1000),
+            command: Box::new(command),
+        },
+    };
     match app.proposer.write(command).await {
+        Ok(OpResult::Replayed(original)) => {
+            let mut local = written_response(app, key, *original, created)?;
+            if let Local::Done(response) = &mut local {
+                response.headers_mut().insert("idempotency-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(local)
+        }
+        Ok(OpResult::IdempotencyKeyReused) => Err(ApiError::IdempotencyKeyReused),
         Ok(result) => written_response(app, key, result, created),
         Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
         Err(WriteError::OutcomeUnknown) => Err(ApiError::OutcomeUnknown(
-            "the write was proposed but its commit was not confirmed in time; it may or may not have been applied, and may be retried".into(),
+            "the write was proposed but its commit was not confirmed in time; it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once".into(),
         )),
         Err(WriteError::Stopped(m)) => Err(ApiError::Unavailable(m)),
     }
@@ -529,19 +593,18 @@ pub(crate) async fn put_key(
             format!("the value is not valid JSON: {e}"),
         ));
     }
+    let idem = idempotency(&headers, "PUT", &key, &uri, &body)?;
     let value = body.to_vec();
     let req = forwardable(Method::PUT, &uri, headers, body, true);
     lead_or_forward(&app, req, || {
-        propose(
-            &app,
-            &key,
-            Command::Set {
-                key: key.clone(),
-                value,
-                ttl,
-                precondition,
-            },
-        )
+        let command = Command::Set {
+            key: key.clone(),
+            value,
+            ttl,
+            precondition,
+        };
+        let created = precondition == Precondition::Absent;
+        propose(&app, &key, command, idem, created)
     })
     .await
 }
@@ -555,13 +618,14 @@ pub(crate) async fn delete_key(
     let key = key_from(path)?;
     let _: NoQuery = parse_query(&uri)?;
     let precondition = precondition(&headers, false)?;
+    let idem = idempotency(&headers, "DELETE", &key, &uri, b"")?;
     let req = forwardable(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || {
         let command = Command::Delete {
             key: key.clone(),
             precondition,
         };
-        propose(&app, &key, command)
+        propose(&app, &key, command, idem, false)
     })
     .await
 }
