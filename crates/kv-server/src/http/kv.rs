@@ -394,19 +394,25 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How far past the limit a too-large body is still read (and discarded) before the
+/// 413 goes out: a client still sending when the server answers and closes would see a
+/// broken pipe instead of the 413. Bodies larger than this are cut off.
+const TOO_LARGE_DRAIN: usize = 4 * 1024 * 1024;
+
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::TooLarge(format!("values may be at most {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if declared.is_some_and(|n| n > limit + TOO_LARGE_DRAIN) {
         return Err(too_large());
     }
     // The only error a body within the limit can produce is a broken connection, whose
     // answer nobody reads; anything else here is the limit.
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())
+    match axum::body::to_bytes(body, limit + TOO_LARGE_DRAIN).await {
+        Ok(bytes) if bytes.len() <= limit => Ok(bytes),
+        _ => Err(too_large()),
+    }
 }
 
 fn precondition_failed(app: &App, key: &str, failure: Failure, current: Option<Entry>) -> Response {
