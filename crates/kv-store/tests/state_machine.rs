@@ -229,3 +229,52 @@ async fn purged_log_keeps_its_last_purged_id_across_reopen() {
     assert_eq!(state.last_purged_log_id, Some(log_id(3)));
     assert_eq!(state.last_log_id, Some(log_id(3)));
 }
+
+#[tokio::test]
+async fn idempotency_records_travel_in_snapshots() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let mut a = kv_store::open(a_dir.path()).expect("open");
+    let mut b = kv_store::open(b_dir.path()).expect("open");
+    let keyed = |index: u64| {
+        normal(
+            index,
+            1000,
+            Command::Idempotent {
+                id: "delivery-1".into(),
+                fingerprint: 42,
+                retain_ms: 60_000,
+                command: Box::new(set("d", "1", None)),
+            },
+        )
+    };
+    let first = a.state_machine.apply([keyed(1)]).await.expect("apply");
+    let snapshot = a
+        .state_machine
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    b.state_machine
+        .install_snapshot(
+            &snapshot.meta,
+            Box::new(Cursor::new(snapshot.snapshot.into_inner())),
+        )
+        .await
+        .expect("install");
+    // The retry reaches the node that only knows the snapshot: it replays.
+    let retry = b.state_machine.apply([keyed(2)]).await.expect("apply");
+    let Response::Applied(original) = &first[0] else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        retry[0],
+        Response::Applied(OpResult::Replayed(Box::new(original.clone())))
+    );
+    assert_eq!(b.reader.get("d").expect("get").map(|e| e.version), Some(1));
+    assert!(
+        b.reader.has_due(61_000).expect("has_due"),
+        "the record's expiry is indexed"
+    );
+}
