@@ -55,6 +55,22 @@ fn put_meta(
     Ok(())
 }
 
+/// Adds an overlay's pending changes to one column family: `Some` puts, `None` deletes.
+fn put_pending<T: serde::Serialize>(
+    db: &DB,
+    batch: &mut WriteBatch,
+    name: &str,
+    pending: std::collections::BTreeMap<String, Option<T>>,
+) -> Result<(), StoreError> {
+    for (key, value) in pending {
+        match value {
+            Some(value) => batch.put_cf(cf(db, name), key.as_bytes(), postcard::to_stdvec(&value)?),
+            None => batch.delete_cf(cf(db, name), key.as_bytes()),
+        }
+    }
+    Ok(())
+}
+
 impl StateMachine {
     pub(crate) fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
         let last_applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
@@ -215,28 +231,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         let db = &self.db;
         let mut batch = WriteBatch::default();
-        for (key, entry) in overlay.data {
-            match entry {
-                Some(entry) => batch.put_cf(
-                    cf(db, CF_DATA),
-                    key.as_bytes(),
-                    postcard::to_stdvec(&entry)
-                        .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?,
-                ),
-                None => batch.delete_cf(cf(db, CF_DATA), key.as_bytes()),
-            }
-        }
-        for (id, record) in overlay.records {
-            match record {
-                Some(record) => batch.put_cf(
-                    cf(db, CF_RECORDS),
-                    id.as_bytes(),
-                    postcard::to_stdvec(&record)
-                        .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?,
-                ),
-                None => batch.delete_cf(cf(db, CF_RECORDS), id.as_bytes()),
-            }
-        }
+        put_pending(db, &mut batch, CF_DATA, overlay.data)
+            .and_then(|()| put_pending(db, &mut batch, CF_RECORDS, overlay.records))
+            .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         for (due, added) in overlay.index {
             if added {
                 batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
