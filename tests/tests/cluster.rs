@@ -464,47 +464,6 @@ async fn cluster_status_describes_members_and_leader() -> Result<()> {
 }
 
 #[tokio::test]
-async fn client_library_writes_reads_and_skips_a_dead_endpoint() -> Result<()> {
-    let mut c = TestCluster::start(3).await?;
-    let leader = c.leader().await?;
-    let follower = c.other_than(leader);
-    // The first endpoint is a node we kill: the client must move on to the next one.
-    let endpoints: Vec<String> = [follower, leader]
-        .iter()
-        .map(|id| format!("http://{}", c.nodes[(*id - 1) as usize].client_addr))
-        .collect();
-    let client = kv_client::KvClient::new(endpoints)?;
-    let meta = client
-        .put(
-            "cfg/app",
-            &json!({"replicas": 3}),
-            Some(std::time::Duration::from_secs(60)),
-        )
-        .await?;
-    ensure!(
-        meta.version == 1 && meta.expires_at_ms.is_some(),
-        "{meta:?}"
-    );
-    c.kill(follower);
-    let got = client
-        .get::<Value>("cfg/app")
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("cfg/app missing"))?;
-    ensure!(
-        got.value == json!({"replicas": 3}) && got.revision == meta.revision,
-        "{got:?}"
-    );
-    ensure!(client.delete("cfg/app").await?.deleted);
-    ensure!(client.get::<Value>("cfg/app").await?.is_none());
-    match client.put("", &1, None).await {
-        Err(kv_client::ClientError::Input(_)) => {}
-        other => anyhow::bail!("an empty key must be refused before sending: {other:?}"),
-    }
-    c.pass();
-    Ok(())
-}
-
-#[tokio::test]
 async fn concurrent_writes_share_log_entries_but_never_a_revision() -> Result<()> {
     let c = TestCluster::start(3).await?;
     let leader = c.leader().await?;

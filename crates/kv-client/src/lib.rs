@@ -1,17 +1,26 @@
 //! Async HTTP client for quorum-kv.
 //!
-//! Invariants: this crate talks HTTP only and never depends on RocksDB or openraft
-//! (it shares only kv-core's input checks). Every request has a timeout.
+//! Invariants: this crate talks HTTP only and never depends on RocksDB or openraft (it
+//! shares only kv-core's input checks). Every request has a timeout, every call an
+//! overall deadline. Every write carries one Idempotency-Key per logical call, reused on
+//! every retry, so a retried write is applied at most once.
 //!
-//! This is the first cut: single-key get, put and delete against a list of endpoints,
-//! moving to the next endpoint when one cannot be reached. Retries with idempotency
-//! keys, conditional writes and listing come with the client issue.
+//! Retries: connection errors, `503` and `504 outcome_unknown` are retried with capped
+//! exponential backoff and jitter, moving to the next endpoint each time. Other answers,
+//! `4xx` included, are final.
+
+mod retry;
 
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
+use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use retry::RetryPolicy;
+use retry::{Attempt, Call};
 
 /// Characters escaped in a key path segment; '/' and ':' stay as they are.
 const KEY_ESCAPES: &AsciiSet = &CONTROLS
@@ -24,21 +33,27 @@ const KEY_ESCAPES: &AsciiSet = &CONTROLS
     .add(b'?')
     .add(b'`')
     .add(b'{')
-    .add(b'}');
+    .add(b'}')
+    .add(b'&')
+    .add(b'+')
+    .add(b'=');
 
 /// One key's entry as the server reports it.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Entry<T> {
     pub key: String,
     pub value: T,
+    /// Log index of the key's last change; the ETag, and what compare-and-set takes.
     pub revision: u64,
     pub create_revision: u64,
+    /// Writes since the key was created, from 1.
     pub version: u64,
     pub expires_at_ms: Option<u64>,
+    /// Milliseconds left at the time the server answered.
     pub ttl_ms: Option<u64>,
 }
 
-/// Metadata of a write.
+/// Metadata of a successful write.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct WriteMeta {
     pub key: String,
@@ -51,8 +66,61 @@ pub struct WriteMeta {
 /// What a delete reported.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Deleted {
+    /// Whether a live key was there.
     pub deleted: bool,
+    /// The delete's revision.
     pub revision: u64,
+}
+
+/// What a prefix delete reported.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeletedPrefix {
+    /// How many live keys were removed.
+    pub deleted: u64,
+    pub revision: u64,
+}
+
+/// Outcome of [`KvClient::create`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created<T> {
+    /// This call created the key.
+    Created(WriteMeta),
+    /// The key existed: the entry that won.
+    Exists(Entry<T>),
+}
+
+/// Outcome of [`KvClient::compare_and_set`] and [`KvClient::delete_if`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Swapped<M, T> {
+    /// The write applied.
+    Swapped(M),
+    /// The key was at another revision (its entry) or absent (`None`).
+    Mismatch(Option<Entry<T>>),
+}
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Confirmed by the leader: reflects every write acknowledged before the call.
+    #[default]
+    Linearizable,
+    /// The contacted node's local copy; may lag.
+    Stale,
+}
+
+/// Options of [`KvClient::get_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadOptions {
+    pub consistency: Consistency,
+}
+
+/// Options of [`KvClient::set`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetOptions {
+    /// Expire this long after the write (rounded up to whole seconds).
+    pub ttl: Option<Duration>,
+    /// Keep the key's current expiry.
+    pub keep_ttl: bool,
 }
 
 /// The server's error body.
@@ -62,86 +130,164 @@ pub struct ServerError {
     pub message: String,
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ServerError,
-}
-
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The key is absent or expired.
+    #[error("key not found: {0}")]
+    NotFound(String),
+    /// A precondition did not hold; `current` is the key's entry as JSON (None if absent).
+    #[error("precondition failed ({code}); current entry: {current:?}")]
+    PreconditionFailed {
+        code: String,
+        current: Option<Value>,
+    },
+    /// The request was refused (a 4xx other than 404 and 412); never retried.
+    #[error("request refused with {status}: {} ({})", .error.message, .error.code)]
+    Rejected { status: u16, error: ServerError },
+    /// No node could serve the call before the deadline; nothing was applied.
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    /// A write may or may not have been applied and the deadline passed. Retrying the same
+    /// logical write is safe only with the same Idempotency-Key.
+    #[error("outcome unknown after {attempts} attempts: {last}")]
+    OutcomeUnknown { attempts: u32, last: String },
+    /// Input refused before sending.
     #[error("invalid input: {0}")]
     Input(#[from] kv_core::validate::InputError),
-    #[error("server answered {status}: {} ({})", .error.message, .error.code)]
-    Server { status: u16, error: ServerError },
-    #[error("no endpoint could be reached: {0}")]
-    Unreachable(String),
-    #[error("transport: {0}")]
-    Transport(#[from] reqwest::Error),
-    #[error("encoding the value: {0}")]
-    Encode(#[from] serde_json::Error),
+    /// A value could not be encoded or an answer decoded.
+    #[error("encoding or decoding: {0}")]
+    Codec(String),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client: {0}")]
+    Setup(String),
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ServerError,
+    #[serde(default)]
+    current: Option<Value>,
 }
 
 /// A client over one or more node URLs such as `http://127.0.0.1:7001`.
 #[derive(Clone)]
 pub struct KvClient {
-    endpoints: Vec<String>,
-    http: reqwest::Client,
+    call: Call,
+}
+
+/// Pages through a prefix; see [`KvClient::list`].
+pub struct ListPages<'a, T> {
+    client: &'a KvClient,
+    prefix: String,
+    page_size: usize,
+    after: Option<String>,
+    done: bool,
+    _value: std::marker::PhantomData<T>,
+}
+
+impl<T: DeserializeOwned> ListPages<'_, T> {
+    /// The next page of live entries in key order; `None` once every page was read.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Entry<T>>>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut query = vec![
+            ("prefix", self.prefix.clone()),
+            ("limit", self.page_size.to_string()),
+        ];
+        if let Some(after) = &self.after {
+            query.push(("after", after.clone()));
+        }
+        let qs =
+            serde_urlencoded::to_string(&query).map_err(|e| ClientError::Codec(e.to_string()))?;
+        let answer = self
+            .client
+            .call
+            .run(Method::GET, &format!("/v1/kv?{qs}"), None, &[], false)
+            .await?;
+        #[derive(Deserialize)]
+        struct Page<T> {
+            items: Vec<Entry<T>>,
+            next: Option<String>,
+        }
+        let page: Page<T> = decode_ok(answer)?;
+        self.after = page.next;
+        self.done = self.after.is_none();
+        Ok(Some(page.items))
+    }
+
+    /// Reads every remaining page.
+    pub async fn collect_all(mut self) -> Result<Vec<Entry<T>>, ClientError> {
+        let mut all = vec![];
+        while let Some(page) = self.next_page().await? {
+            all.extend(page);
+        }
+        Ok(all)
+    }
+}
+
+fn decode_ok<T: DeserializeOwned>(answer: Attempt) -> Result<T, ClientError> {
+    if answer.status.is_success() {
+        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Codec(e.to_string()))
+    } else {
+        Err(refusal(answer))
+    }
+}
+
+/// Turns a final non-success answer into its typed error.
+fn refusal(answer: Attempt) -> ClientError {
+    let parsed = serde_json::from_slice::<ErrorBody>(&answer.body);
+    let (error, current) = match parsed {
+        Ok(b) => (b.error, b.current.filter(|c| !c.is_null())),
+        Err(_) => (
+            ServerError {
+                code: "unparseable".into(),
+                message: String::from_utf8_lossy(&answer.body).into_owned(),
+            },
+            None,
+        ),
+    };
+    match answer.status {
+        StatusCode::NOT_FOUND if error.code == "key_not_found" => {
+            ClientError::NotFound(error.message)
+        }
+        StatusCode::PRECONDITION_FAILED => ClientError::PreconditionFailed {
+            code: error.code,
+            current,
+        },
+        status => ClientError::Rejected {
+            status: status.as_u16(),
+            error,
+        },
+    }
+}
+
+fn ttl_query(ttl: Duration) -> String {
+    // Whole seconds, rounded up: a TTL never ends earlier than asked.
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    format!("ttl={}", secs.max(1))
 }
 
 impl KvClient {
-    /// A client trying `endpoints` in order.
+    /// A client trying `endpoints` in turn, with the default [`RetryPolicy`].
     pub fn new(
         endpoints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self, ClientError> {
+        Self::with_policy(endpoints, RetryPolicy::default())
+    }
+
+    /// A client with its own retry policy and deadline.
+    pub fn with_policy(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        policy: RetryPolicy,
     ) -> Result<Self, ClientError> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .map(|e| e.into().trim_end_matches('/').to_owned())
             .collect();
-        if endpoints.is_empty() {
-            return Err(ClientError::Unreachable("no endpoints given".into()));
-        }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Self { endpoints, http })
-    }
-
-    /// Sends to each endpoint in turn until one answers. A request that never left
-    /// (connect error) moves on; so does a failed read, which is safe to repeat. A write
-    /// that failed after it was sent has an unknown outcome and is reported as is.
-    async fn send(
-        &self,
-        is_read: bool,
-        build: impl Fn(&str) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ClientError> {
-        let mut last = String::new();
-        for base in &self.endpoints {
-            match build(base).send().await {
-                Ok(r) => return Ok(r),
-                Err(e) if e.is_connect() || is_read => last = e.to_string(),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ClientError::Unreachable(last))
-    }
-
-    async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> Result<T, ClientError> {
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response.json().await?);
-        }
-        let bytes = response.bytes().await?;
-        let error = serde_json::from_slice::<ErrorBody>(&bytes)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| ServerError {
-                code: "unparseable".into(),
-                message: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-        Err(ClientError::Server {
-            status: status.as_u16(),
-            error,
+        Ok(Self {
+            call: Call::new(endpoints, policy)?,
         })
     }
 
@@ -150,63 +296,187 @@ impl KvClient {
         Ok(format!("/v1/kv/{}", utf8_percent_encode(key, KEY_ESCAPES)))
     }
 
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(value).map_err(|e| ClientError::Codec(e.to_string()))
+    }
+
     /// Reads `key` linearizably; `None` when absent or expired.
     pub async fn get<T: DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<Entry<T>>, ClientError> {
-        let path = Self::key_path(key)?;
-        let response = self
-            .send(true, |base| self.http.get(format!("{base}{path}")))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            let e = Self::decode::<serde_json::Value>(response).await;
-            return match e {
-                Err(ClientError::Server { error, .. }) if error.code == "key_not_found" => Ok(None),
-                Err(e) => Err(e),
-                Ok(_) => Ok(None),
-            };
-        }
-        Self::decode(response).await.map(Some)
+        self.get_with(key, ReadOptions::default()).await
     }
 
-    /// Writes `value` to `key`, expiring after `ttl` (whole seconds) if given.
-    pub async fn put<T: Serialize>(
+    /// Reads `key` with options; `None` when absent or expired.
+    pub async fn get_with<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        options: ReadOptions,
+    ) -> Result<Option<Entry<T>>, ClientError> {
+        let mut path = Self::key_path(key)?;
+        if options.consistency == Consistency::Stale {
+            path.push_str("?consistency=stale");
+        }
+        match decode_ok(self.call.run(Method::GET, &path, None, &[], false).await?) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` to `key` unconditionally.
+    pub async fn set<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        options: SetOptions,
+    ) -> Result<WriteMeta, ClientError> {
+        let mut path = Self::key_path(key)?;
+        match (options.ttl, options.keep_ttl) {
+            (Some(ttl), _) => path = format!("{path}?{}", ttl_query(ttl)),
+            (None, true) => path.push_str("?keep_ttl=true"),
+            (None, false) => {}
+        }
+        let body = Self::encode(value)?;
+        decode_ok(
+            self.call
+                .run(Method::PUT, &path, Some(body), &[], true)
+                .await?,
+        )
+    }
+
+    /// Creates `key` only if it is absent (or expired). Exactly one of any number of
+    /// concurrent creators gets `Created`; the others get the winner's entry.
+    pub async fn create<T: Serialize + DeserializeOwned>(
         &self,
         key: &str,
         value: &T,
         ttl: Option<Duration>,
-    ) -> Result<WriteMeta, ClientError> {
-        let path = Self::key_path(key)?;
-        let query = ttl
-            .map(|t| format!("?ttl={}", t.as_secs().max(1)))
-            .unwrap_or_default();
-        let body = serde_json::to_vec(value)?;
-        let response = self
-            .send(false, |base| {
-                self.http
-                    .put(format!("{base}{path}{query}"))
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-            })
+    ) -> Result<Created<T>, ClientError> {
+        let mut path = Self::key_path(key)?;
+        if let Some(ttl) = ttl {
+            path = format!("{path}?{}", ttl_query(ttl));
+        }
+        let body = Self::encode(value)?;
+        let answer = self
+            .call
+            .run(
+                Method::PUT,
+                &path,
+                Some(body),
+                &[("if-none-match", "*".into())],
+                true,
+            )
             .await?;
-        Self::decode(response).await
+        match decode_ok(answer) {
+            Ok(meta) => Ok(Created::Created(meta)),
+            Err(ClientError::PreconditionFailed {
+                code,
+                current: Some(current),
+            }) if code == "key_exists" => Ok(Created::Exists(
+                serde_json::from_value(current).map_err(|e| ClientError::Codec(e.to_string()))?,
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `value` only if `key` is at `revision` (compare-and-swap).
+    pub async fn compare_and_set<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        value: &T,
+        revision: u64,
+    ) -> Result<Swapped<WriteMeta, T>, ClientError> {
+        let path = Self::key_path(key)?;
+        let body = Self::encode(value)?;
+        let if_match = [("if-match", format!("\"{revision}\""))];
+        mismatch_or(decode_ok(
+            self.call
+                .run(Method::PUT, &path, Some(body), &if_match, true)
+                .await?,
+        ))
     }
 
     /// Deletes `key`.
     pub async fn delete(&self, key: &str) -> Result<Deleted, ClientError> {
         let path = Self::key_path(key)?;
-        let response = self
-            .send(false, |base| self.http.delete(format!("{base}{path}")))
-            .await?;
-        Self::decode(response).await
+        decode_ok(
+            self.call
+                .run(Method::DELETE, &path, None, &[], true)
+                .await?,
+        )
     }
 
-    /// The cluster status as the first reachable node sees it.
-    pub async fn cluster(&self) -> Result<serde_json::Value, ClientError> {
-        let response = self
-            .send(true, |base| self.http.get(format!("{base}/v1/cluster")))
-            .await?;
-        Self::decode(response).await
+    /// Deletes `key` only if it is at `revision`.
+    pub async fn delete_if<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        revision: u64,
+    ) -> Result<Swapped<Deleted, T>, ClientError> {
+        let path = Self::key_path(key)?;
+        let if_match = [("if-match", format!("\"{revision}\""))];
+        mismatch_or(decode_ok(
+            self.call
+                .run(Method::DELETE, &path, None, &if_match, true)
+                .await?,
+        ))
+    }
+
+    /// Pages through the live keys starting with `prefix`, in key order.
+    pub fn list<T: DeserializeOwned>(&self, prefix: &str) -> ListPages<'_, T> {
+        self.list_with(prefix, 100)
+    }
+
+    /// [`KvClient::list`] with a page size (1 to 1000).
+    pub fn list_with<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+        page_size: usize,
+    ) -> ListPages<'_, T> {
+        ListPages {
+            client: self,
+            prefix: prefix.to_owned(),
+            page_size,
+            after: None,
+            done: false,
+            _value: std::marker::PhantomData,
+        }
+    }
+
+    /// Deletes every key starting with `prefix` (which must not be empty).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<DeletedPrefix, ClientError> {
+        let qs = serde_urlencoded::to_string([("prefix", prefix)])
+            .map_err(|e| ClientError::Codec(e.to_string()))?;
+        decode_ok(
+            self.call
+                .run(Method::DELETE, &format!("/v1/kv?{qs}"), None, &[], true)
+                .await?,
+        )
+    }
+
+    /// The cluster status as the answering node sees it.
+    pub async fn cluster(&self) -> Result<Value, ClientError> {
+        decode_ok(
+            self.call
+                .run(Method::GET, "/v1/cluster", None, &[], false)
+                .await?,
+        )
+    }
+}
+
+fn mismatch_or<M, T: DeserializeOwned>(
+    result: Result<M, ClientError>,
+) -> Result<Swapped<M, T>, ClientError> {
+    match result {
+        Ok(meta) => Ok(Swapped::Swapped(meta)),
+        Err(ClientError::PreconditionFailed { code, current }) if code == "revision_mismatch" => {
+            let current = current
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| ClientError::Codec(e.to_string()))?;
+            Ok(Swapped::Mismatch(current))
+        }
+        Err(e) => Err(e),
     }
 }
