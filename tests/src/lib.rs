@@ -44,10 +44,21 @@ pub struct TestCluster {
     passed: bool,
 }
 
-/// The kv-server binary: `KV_SERVER_BIN`, or beside the test executable's folder
-/// (cargo puts test binaries in target/<profile>/deps and binaries in target/<profile>).
+/// The kv-server binary: `KV_SERVER_BIN`, or beside the test executable's folder.
 pub fn server_binary() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("KV_SERVER_BIN") {
+    workspace_binary("kv-server", "KV_SERVER_BIN")
+}
+
+/// The kvctl binary: `KVCTL_BIN`, or beside the test executable's folder.
+pub fn kvctl_binary() -> Result<PathBuf> {
+    workspace_binary("kvctl", "KVCTL_BIN")
+}
+
+/// A binary of this workspace: `$env_var`, or in the profile folder above the test
+/// executable (cargo puts test binaries in target/<profile>/deps and binaries in
+/// target/<profile>).
+fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
+    if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
@@ -55,9 +66,12 @@ pub fn server_binary() -> Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("test executable has no grandparent folder")?;
-    let bin = profile_dir.join("kv-server");
+    let bin = profile_dir.join(name);
     if !bin.exists() {
-        bail!("{} is missing: build it with `cargo build -p kv-server` or run `cargo test --workspace`", bin.display());
+        bail!(
+            "{} is missing: build it with `cargo build --workspace --bins` or run `cargo test --workspace`",
+            bin.display()
+        );
     }
     Ok(bin)
 }

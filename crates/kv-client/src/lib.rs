@@ -39,7 +39,7 @@ const KEY_ESCAPES: &AsciiSet = &CONTROLS
     .add(b'=');
 
 /// One key's entry as the server reports it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry<T> {
     pub key: String,
     pub value: T,
@@ -54,7 +54,7 @@ pub struct Entry<T> {
 }
 
 /// Metadata of a successful write.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteMeta {
     pub key: String,
     pub revision: u64,
@@ -64,7 +64,7 @@ pub struct WriteMeta {
 }
 
 /// What a delete reported.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
     /// Whether a live key was there.
     pub deleted: bool,
@@ -73,7 +73,7 @@ pub struct Deleted {
 }
 
 /// What a prefix delete reported.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletedPrefix {
     /// How many live keys were removed.
     pub deleted: u64,

@@ -1,0 +1,287 @@
+//! `kvctl`: the quorum-kv command line.
+//!
+//! Exit codes: 0 ok, 1 not found or precondition failed, 2 usage or a refused request,
+//! 3 unavailable (or the outcome of a write is unknown).
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kv_client::{ClientError, Created, Entry, KvClient, RetryPolicy, SetOptions, Swapped};
+use serde_json::{json, Value};
+
+const LOCAL_CLUSTER: &str = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003";
+
+#[derive(Parser)]
+#[command(version, about = "Command line for a quorum-kv cluster")]
+struct Cli {
+    /// Comma-separated node URLs.
+    #[arg(long, env = "KV_ENDPOINTS", default_value = LOCAL_CLUSTER, global = true)]
+    endpoints: String,
+    /// Give up after this many seconds, retries included.
+    #[arg(long, default_value_t = 10, global = true)]
+    timeout: u64,
+    /// How to print results.
+    #[arg(long, value_enum, default_value_t = Output::Json, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Print a key's entry (exit 1 if absent).
+    Get { key: String },
+    /// Write a JSON value ("-" reads it from standard input).
+    Put {
+        key: String,
+        json: String,
+        /// Expire after this many seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Create only if the key is absent (exit 1 and print the current entry if not).
+        #[arg(long, conflicts_with = "if_revision")]
+        if_absent: bool,
+        /// Write only if the key is at this revision (exit 1 and print the current entry if not).
+        #[arg(long)]
+        if_revision: Option<u64>,
+    },
+    /// Delete a key.
+    Delete {
+        key: String,
+        /// Delete only if the key is at this revision.
+        #[arg(long)]
+        if_revision: Option<u64>,
+    },
+    /// List the live keys with a prefix, in key order.
+    List {
+        prefix: String,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+    },
+    /// Delete every key with a (non-empty) prefix.
+    DeletePrefix { prefix: String },
+    /// Cluster information.
+    Cluster {
+        #[command(subcommand)]
+        what: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Leader, term, members and indexes as the answering node sees them.
+    Status,
+}
+
+/// A result to print and the exit code that goes with it.
+struct Done {
+    value: Value,
+    code: u8,
+}
+
+fn ok(value: Value) -> Done {
+    Done { value, code: 0 }
+}
+
+fn entry_row(e: &Entry<Value>) -> String {
+    let ttl = e
+        .ttl_ms
+        .map_or("-".to_owned(), |t| format!("{:.1}s", t as f64 / 1000.0));
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        e.key, e.revision, e.version, ttl, e.value
+    )
+}
+
+fn print(done: &Done, output: Output) {
+    match output {
+        Output::Json => println!("{}", done.value),
+        Output::Table => match &done.value {
+            Value::Array(items) => {
+                for item in items {
+                    match serde_json::from_value::<Entry<Value>>(item.clone()) {
+                        Ok(e) => println!("{}", entry_row(&e)),
+                        Err(_) => println!(
+                            "{}",
+                            item.as_str()
+                                .map_or_else(|| item.to_string(), str::to_owned)
+                        ),
+                    }
+                }
+            }
+            Value::Object(map) => {
+                match serde_json::from_value::<Entry<Value>>(done.value.clone()) {
+                    Ok(e) => println!("{}", entry_row(&e)),
+                    Err(_) => {
+                        for (k, v) in map {
+                            println!("{k}\t{v}");
+                        }
+                    }
+                }
+            }
+            other => println!("{other}"),
+        },
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn read_value(raw: &str) -> Result<Value, String> {
+    let text = if raw == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        s
+    } else {
+        raw.to_owned()
+    };
+    serde_json::from_str(&text).map_err(|e| format!("the value is not valid JSON: {e}"))
+}
+
+async fn run(client: &KvClient, command: Cmd) -> Result<Done, ClientError> {
+    Ok(match command {
+        Cmd::Get { key } => match client.get::<Value>(&key).await? {
+            Some(e) => ok(to_json(&e)),
+            None => Done {
+                value: json!({ "error": "key not found", "key": key }),
+                code: 1,
+            },
+        },
+        Cmd::Put {
+            key,
+            json,
+            ttl,
+            if_absent,
+            if_revision,
+        } => {
+            let value = match read_value(&json) {
+                Ok(v) => v,
+                Err(message) => {
+                    return Ok(Done {
+                        value: json!({ "error": message }),
+                        code: 2,
+                    })
+                }
+            };
+            let ttl = ttl.map(Duration::from_secs);
+            if if_absent {
+                match client.create(&key, &value, ttl).await? {
+                    Created::Created(meta) => ok(to_json(&meta)),
+                    Created::Exists(current) => Done {
+                        value: json!({ "error": "key exists", "current": current }),
+                        code: 1,
+                    },
+                }
+            } else if let Some(revision) = if_revision {
+                if ttl.is_some() {
+                    return Ok(Done {
+                        value: json!({ "error": "--ttl with --if-revision is not supported" }),
+                        code: 2,
+                    });
+                }
+                match client.compare_and_set(&key, &value, revision).await? {
+                    Swapped::Swapped(meta) => ok(to_json(&meta)),
+                    Swapped::Mismatch(current) => Done {
+                        value: json!({ "error": "revision mismatch", "current": current }),
+                        code: 1,
+                    },
+                }
+            } else {
+                ok(to_json(
+                    &client
+                        .set(
+                            &key,
+                            &value,
+                            SetOptions {
+                                ttl,
+                                keep_ttl: false,
+                            },
+                        )
+                        .await?,
+                ))
+            }
+        }
+        Cmd::Delete {
+            key,
+            if_revision: None,
+        } => ok(to_json(&client.delete(&key).await?)),
+        Cmd::Delete {
+            key,
+            if_revision: Some(revision),
+        } => match client.delete_if::<Value>(&key, revision).await? {
+            Swapped::Swapped(d) => ok(to_json(&d)),
+            Swapped::Mismatch(current) => Done {
+                value: json!({ "error": "revision mismatch", "current": current }),
+                code: 1,
+            },
+        },
+        Cmd::List { prefix, keys_only } => {
+            let entries = client
+                .list_with::<Value>(&prefix, 1000)
+                .collect_all()
+                .await?;
+            if keys_only {
+                ok(Value::Array(
+                    entries.into_iter().map(|e| Value::String(e.key)).collect(),
+                ))
+            } else {
+                ok(to_json(&entries))
+            }
+        }
+        Cmd::DeletePrefix { prefix } => ok(to_json(&client.delete_prefix(&prefix).await?)),
+        Cmd::Cluster {
+            what: ClusterCmd::Status,
+        } => ok(client.cluster().await?),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let policy = RetryPolicy {
+        deadline: Duration::from_secs(cli.timeout),
+        ..RetryPolicy::default()
+    };
+    let endpoints = cli
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    let client = match KvClient::with_policy(endpoints, policy) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&client, cli.command).await {
+        Ok(done) => {
+            print(&done, cli.output);
+            ExitCode::from(done.code)
+        }
+        Err(e) => {
+            eprintln!("kvctl: {e}");
+            let code = match e {
+                ClientError::NotFound(_) | ClientError::PreconditionFailed { .. } => 1,
+                ClientError::Unavailable { .. } | ClientError::OutcomeUnknown { .. } => 3,
+                ClientError::Rejected { .. }
+                | ClientError::Input(_)
+                | ClientError::Codec(_)
+                | ClientError::Setup(_) => 2,
+            };
+            ExitCode::from(code)
+        }
+    }
+}

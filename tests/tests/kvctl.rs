@@ -1,0 +1,123 @@
+//! kvctl against a real three-node cluster: every command, output and exit code.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{ensure, Context, Result};
+use kv_tests::{kvctl_binary, TestCluster};
+use serde_json::{json, Value};
+
+/// Runs kvctl with `args` (and `stdin`), returning exit code and standard output.
+fn kvctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Result<(i32, String)> {
+    let mut child = Command::new(kvctl_binary()?)
+        .env("KV_ENDPOINTS", endpoints)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+fn json_of(stdout: &str) -> Result<Value> {
+    serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout:?}"))
+}
+
+#[tokio::test]
+async fn kvctl_commands_print_json_or_tables_and_exit_with_usable_codes() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let eps: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.client_addr))
+        .collect();
+    let eps = eps.join(",");
+    let run = |args: &[&str]| kvctl(&eps, args, None);
+
+    let (code, out) = run(&["put", "app/cfg", r#"{"replicas":3}"#, "--ttl", "60"])?;
+    ensure!(code == 0, "{code} {out}");
+    let put = json_of(&out)?;
+    ensure!(
+        put["version"] == 1 && put["expires_at_ms"].is_u64(),
+        "{put}"
+    );
+    let (code, out) = run(&["get", "app/cfg"])?;
+    ensure!(
+        code == 0 && json_of(&out)?["value"] == json!({"replicas": 3}),
+        "{code} {out}"
+    );
+    let (code, out) = run(&["get", "app/cfg", "--output", "table"])?;
+    ensure!(
+        code == 0 && out.starts_with("app/cfg\t") && out.contains(r#"{"replicas":3}"#),
+        "{out}"
+    );
+
+    let (code, out) = kvctl(&eps, &["put", "app/stdin", "-"], Some("[1, 2]"))?;
+    ensure!(code == 0, "{code} {out}");
+    ensure!(json_of(&run(&["get", "app/stdin"])?.1)?["value"] == json!([1, 2]));
+
+    // Create-if-absent and CAS: 1 with the current entry when they lose.
+    ensure!(run(&["put", "app/lock", "\"a\"", "--if-absent"])?.0 == 0);
+    let (code, out) = run(&["put", "app/lock", "\"b\"", "--if-absent"])?;
+    ensure!(
+        code == 1 && json_of(&out)?["current"]["value"] == "a",
+        "{code} {out}"
+    );
+    let rev = json_of(&run(&["get", "app/lock"])?.1)?["revision"]
+        .as_u64()
+        .unwrap_or(0)
+        .to_string();
+    let (code, out) = run(&["put", "app/lock", "\"c\"", "--if-revision", "1"])?;
+    ensure!(
+        code == 1
+            && json_of(&out)?["current"]["revision"]
+                .as_u64()
+                .map(|r| r.to_string())
+                == Some(rev.clone()),
+        "{code} {out}"
+    );
+    ensure!(run(&["put", "app/lock", "\"c\"", "--if-revision", &rev])?.0 == 0);
+    ensure!(
+        run(&["delete", "app/lock", "--if-revision", &rev])?.0 == 1,
+        "stale delete must fail"
+    );
+
+    let (code, out) = run(&["list", "app/", "--keys-only"])?;
+    ensure!(
+        code == 0 && json_of(&out)? == json!(["app/cfg", "app/lock", "app/stdin"]),
+        "{out}"
+    );
+    let (code, out) = run(&["list", "app/", "--output", "table"])?;
+    ensure!(code == 0 && out.lines().count() == 3, "{out}");
+    let (code, out) = run(&["cluster", "status"])?;
+    ensure!(code == 0 && json_of(&out)?["leader_id"].is_u64(), "{out}");
+    let (code, out) = run(&["delete", "app/stdin"])?;
+    ensure!(code == 0 && json_of(&out)?["deleted"] == true, "{out}");
+    let (code, out) = run(&["delete-prefix", "app/"])?;
+    ensure!(code == 0 && json_of(&out)?["deleted"] == 2, "{out}");
+
+    // Exit codes: 1 not found, 2 usage or refused input, 3 unavailable.
+    ensure!(run(&["get", "app/cfg"])?.0 == 1);
+    ensure!(run(&["put", "k", "{not json"])?.0 == 2);
+    ensure!(run(&["put", "k", "1", "--if-absent", "--if-revision", "3"])?.0 == 2);
+    ensure!(run(&["frobnicate"])?.0 == 2);
+    ensure!(run(&["delete-prefix", ""])?.0 == 2);
+    ensure!(
+        kvctl("http://127.0.0.1:1", &["get", "k", "--timeout", "1"], None)?.0 == 3,
+        "nothing listens on port 1"
+    );
+    c.pass();
+    Ok(())
+}
