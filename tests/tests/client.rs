@@ -139,6 +139,17 @@ async fn every_client_call_works_and_fails_as_typed() -> Result<()> {
         listed.iter().map(|e| e.value).collect::<Vec<_>>() == (0..23).collect::<Vec<u32>>(),
         "{listed:?}"
     );
+    // The same pages as a Stream.
+    let mut stream = client.list_with::<u32>("list/", 10).into_stream();
+    let mut sizes = vec![];
+    while let Some(page) = std::future::poll_fn(|cx| {
+        futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+    })
+    .await
+    {
+        sizes.push(page?.len());
+    }
+    ensure!(sizes == [10, 10, 3], "{sizes:?}");
     ensure!(client.delete_prefix("list/").await?.deleted == 23);
     ensure!(client.list::<u32>("list/").collect_all().await?.is_empty());
     let status = client.cluster().await?;

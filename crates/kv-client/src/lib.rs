@@ -183,10 +183,10 @@ pub struct ListPages<'a, T> {
     page_size: usize,
     after: Option<String>,
     done: bool,
-    _value: std::marker::PhantomData<T>,
+    _value: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<T: DeserializeOwned> ListPages<'_, T> {
+impl<'a, T: DeserializeOwned> ListPages<'a, T> {
     /// The next page of live entries in key order; `None` once every page was read.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Entry<T>>>, ClientError> {
         if self.done {
@@ -217,6 +217,16 @@ impl<T: DeserializeOwned> ListPages<'_, T> {
         Ok(Some(page.items))
     }
 
+    /// The remaining pages as a [`Stream`](futures_core::Stream) of `Vec<Entry<T>>`.
+    pub fn into_stream(self) -> PageStream<'a, T>
+    where
+        T: Send + 'a,
+    {
+        PageStream {
+            state: StreamState::Idle(self),
+        }
+    }
+
     /// Reads every remaining page.
     pub async fn collect_all(mut self) -> Result<Vec<Entry<T>>, ClientError> {
         let mut all = vec![];
@@ -224,6 +234,58 @@ impl<T: DeserializeOwned> ListPages<'_, T> {
             all.extend(page);
         }
         Ok(all)
+    }
+}
+
+type PageResult<T> = Result<Option<Vec<Entry<T>>>, ClientError>;
+type PageFuture<'a, T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (ListPages<'a, T>, PageResult<T>)> + Send + 'a>,
+>;
+
+/// A prefix listing as a stream of pages; see [`ListPages::into_stream`].
+pub struct PageStream<'a, T> {
+    state: StreamState<'a, T>,
+}
+
+enum StreamState<'a, T> {
+    Idle(ListPages<'a, T>),
+    Fetching(PageFuture<'a, T>),
+    Done,
+}
+
+impl<'a, T: DeserializeOwned + Send + 'a> futures_core::Stream for PageStream<'a, T> {
+    type Item = Result<Vec<Entry<T>>, ClientError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        loop {
+            match std::mem::replace(&mut self.state, StreamState::Done) {
+                StreamState::Idle(mut pages) => {
+                    self.state = StreamState::Fetching(Box::pin(async move {
+                        let page = pages.next_page().await;
+                        (pages, page)
+                    }));
+                }
+                StreamState::Fetching(mut fetch) => {
+                    return match fetch.as_mut().poll(cx) {
+                        Poll::Pending => {
+                            self.state = StreamState::Fetching(fetch);
+                            Poll::Pending
+                        }
+                        Poll::Ready((pages, Ok(Some(items)))) => {
+                            self.state = StreamState::Idle(pages);
+                            Poll::Ready(Some(Ok(items)))
+                        }
+                        Poll::Ready((_, Ok(None))) => Poll::Ready(None),
+                        Poll::Ready((_, Err(e))) => Poll::Ready(Some(Err(e))),
+                    };
+                }
+                StreamState::Done => return Poll::Ready(None),
+            }
+        }
     }
 }
 
