@@ -44,21 +44,11 @@ async fn weather(kv: &KvClient, city: &str) -> Result<Weather, kv_client::Client
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let kv = KvClient::new(endpoints())?;
+    let kv = KvClient::new(kv_client::endpoints_from_env())?;
     for attempt in 1..=2 {
         let started = Instant::now();
         let w = weather(&kv, "lisbon").await?;
         println!("attempt {attempt}: {w:?} in {:?}", started.elapsed());
     }
     Ok(())
-}
-
-fn endpoints() -> Vec<String> {
-    std::env::var("KV_ENDPOINTS")
-        .unwrap_or_else(|_| {
-            "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003".into()
-        })
-        .split(',')
-        .map(str::to_owned)
-        .collect()
 }

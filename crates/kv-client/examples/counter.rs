@@ -30,7 +30,7 @@ async fn increment(kv: &KvClient, key: &str) -> Result<u64, kv_client::ClientErr
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let kv = KvClient::new(endpoints())?;
+    let kv = KvClient::new(kv_client::endpoints_from_env())?;
     let key = format!("counters/example-{}", std::process::id());
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..4 {
@@ -50,14 +50,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(total, Some(100));
     kv.set(&key, &0u64, SetOptions::default()).await?;
     Ok(())
-}
-
-fn endpoints() -> Vec<String> {
-    std::env::var("KV_ENDPOINTS")
-        .unwrap_or_else(|_| {
-            "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003".into()
-        })
-        .split(',')
-        .map(str::to_owned)
-        .collect()
 }

@@ -47,7 +47,7 @@ async fn release(kv: &KvClient, guard: Guard) -> Result<bool, kv_client::ClientE
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let kv = KvClient::new(endpoints())?;
+    let kv = KvClient::new(kv_client::endpoints_from_env())?;
     let name = format!("report-{}", std::process::id());
     let ttl = Duration::from_secs(10);
     let a = acquire(&kv, &name, "worker-a", ttl)
@@ -65,14 +65,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("worker-b holds {name} with fencing token {}", b.token);
     release(&kv, b).await?;
     Ok(())
-}
-
-fn endpoints() -> Vec<String> {
-    std::env::var("KV_ENDPOINTS")
-        .unwrap_or_else(|_| {
-            "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003".into()
-        })
-        .split(',')
-        .map(str::to_owned)
-        .collect()
 }

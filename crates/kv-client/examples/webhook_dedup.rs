@@ -36,7 +36,7 @@ async fn first_delivery(
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let kv = KvClient::new(endpoints())?;
+    let kv = KvClient::new(kv_client::endpoints_from_env())?;
     let event = format!("evt_{}", std::process::id());
     // Five concurrent deliveries of the same event.
     let mut handlers = tokio::task::JoinSet::new();
@@ -54,14 +54,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     assert_eq!(processed, 1, "exactly one handler proceeds");
     Ok(())
-}
-
-fn endpoints() -> Vec<String> {
-    std::env::var("KV_ENDPOINTS")
-        .unwrap_or_else(|_| {
-            "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003".into()
-        })
-        .split(',')
-        .map(str::to_owned)
-        .collect()
 }

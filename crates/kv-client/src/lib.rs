@@ -38,6 +38,20 @@ const KEY_ESCAPES: &AsciiSet = &CONTROLS
     .add(b'+')
     .add(b'=');
 
+/// The local three-node cluster that `scripts/cluster.sh up` starts.
+pub const LOCAL_CLUSTER: &str = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003";
+
+/// Endpoints from `KV_ENDPOINTS` (comma-separated URLs), else [`LOCAL_CLUSTER`].
+pub fn endpoints_from_env() -> Vec<String> {
+    std::env::var("KV_ENDPOINTS")
+        .unwrap_or_else(|_| LOCAL_CLUSTER.to_owned())
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// One key's entry as the server reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry<T> {

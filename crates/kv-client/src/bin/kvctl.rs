@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kv_client::{ClientError, Created, Entry, KvClient, RetryPolicy, SetOptions, Swapped};
+use kv_client::{
+    ClientError, Created, Entry, KvClient, RetryPolicy, SetOptions, Swapped, LOCAL_CLUSTER,
+};
 use serde_json::{json, Value};
-
-const LOCAL_CLUSTER: &str = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003";
 
 #[derive(Parser)]
 #[command(version, about = "Command line for a quorum-kv cluster")]
