@@ -314,8 +314,6 @@ async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
         (
             c.http
                 .put(c.url(node, "/v1/kv/x"))
-                // The server closes the connection after a 413; don't pool it.
-                .header("connection", "close")
                 .body(vec![b'1'; 1024 * 1024 + 1]),
             413,
             "value_too_large",
