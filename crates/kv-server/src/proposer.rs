@@ -21,6 +21,8 @@ use crate::clock::Clock;
 
 /// Batches proposed concurrently; more writes wait in the queue and form larger batches.
 const IN_FLIGHT_BATCHES: usize = 4;
+/// Writes waiting for a batch before new ones wait to be queued.
+const QUEUED_WRITES: usize = 4096;
 /// Most bytes of values in one batch, so one raft entry stays well under the RPC limit.
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -91,7 +93,9 @@ impl Proposer {
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(64 * 1024);
+        // Bounded: under overload, writers wait here (each may hold a value of up to
+        // 1 MiB) instead of queueing without limit.
+        let (tx, rx) = mpsc::channel(QUEUED_WRITES);
         let batcher = Batcher {
             raft,
             clock,
