@@ -61,6 +61,12 @@ fn parse_expiry_key(raw: &[u8]) -> Result<Due, StoreError> {
     Ok((u64::from_be_bytes(*at), slot, key.to_owned()))
 }
 
+/// A stored key as a string; keys are written from `&str`, so anything else is corruption.
+fn utf8_key(raw: Box<[u8]>, cf_name: &str) -> Result<String, StoreError> {
+    String::from_utf8(raw.into_vec())
+        .map_err(|_| StoreError::Corrupt(format!("a key in {cf_name} is not UTF-8")))
+}
+
 /// Every `(key, value)` of a column family keyed by UTF-8 strings, decoded.
 pub(crate) fn read_all<T: serde::de::DeserializeOwned>(
     db: &DB,
@@ -69,8 +75,7 @@ pub(crate) fn read_all<T: serde::de::DeserializeOwned>(
     let mut out = vec![];
     for item in db.iterator_cf(cf(db, name), IteratorMode::Start) {
         let (k, v) = item?;
-        let key = String::from_utf8(k.into_vec())
-            .map_err(|_| StoreError::Corrupt(format!("a key in {name} is not UTF-8")))?;
+        let key = utf8_key(k, name)?;
         out.push((key, postcard::from_bytes(&v)?));
     }
     Ok(out)
@@ -161,9 +166,7 @@ impl StateReader {
             if items.len() == limit {
                 return Ok((items, true));
             }
-            let key = String::from_utf8(k.into_vec())
-                .map_err(|_| StoreError::Corrupt("data key is not UTF-8".into()))?;
-            items.push((key, entry));
+            items.push((utf8_key(k, CF_DATA)?, entry));
         }
         Ok((items, false))
     }
@@ -201,10 +204,7 @@ impl StateView for DbView<'_> {
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            keys.push(
-                String::from_utf8(k.into_vec())
-                    .map_err(|_| StoreError::Corrupt("data key is not UTF-8".into()))?,
-            );
+            keys.push(utf8_key(k, CF_DATA)?);
         }
         Ok(keys)
     }

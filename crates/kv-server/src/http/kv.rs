@@ -32,16 +32,7 @@ struct PutQuery {
 
 impl PutQuery {
     fn ttl(&self) -> Result<Ttl, ApiError> {
-        let keep = match self.keep_ttl.as_deref() {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(ApiError::bad(
-                    "invalid_keep_ttl",
-                    format!("keep_ttl must be true or false, got {other:?}"),
-                ))
-            }
-        };
+        let keep = parse_bool(self.keep_ttl.as_deref(), "keep_ttl", "invalid_keep_ttl")?;
         match (&self.ttl, keep) {
             (Some(_), true) => Err(ApiError::bad(
                 "conflicting_ttl",
@@ -159,27 +150,26 @@ fn entry_json(
     out
 }
 
+/// [`entry_json`] of a stored entry, with or without its value.
+fn stored_entry_json(key: &str, e: &Entry, now_ms: u64, with_value: bool) -> Vec<u8> {
+    let value = with_value.then_some(e.value.as_slice());
+    entry_json(
+        key,
+        e.revision,
+        e.create_revision,
+        e.version,
+        e.expires_at_ms,
+        now_ms,
+        value,
+    )
+}
+
 fn serve_local_get(app: &App, key: &str) -> Result<Response, ApiError> {
     let now = app.read_time_ms();
     match app.reader.get(key)? {
         Some(e) if e.is_live_at(now) => {
-            let Entry {
-                value,
-                revision,
-                create_revision,
-                version,
-                expires_at_ms,
-            } = e;
-            let body = entry_json(
-                key,
-                revision,
-                create_revision,
-                version,
-                expires_at_ms,
-                now,
-                Some(&value),
-            );
-            Ok(json_response(StatusCode::OK, body, Some(revision)))
+            let body = stored_entry_json(key, &e, now, true);
+            Ok(json_response(StatusCode::OK, body, Some(e.revision)))
         }
         _ => Err(ApiError::KeyNotFound),
     }
@@ -270,12 +260,13 @@ struct ListQuery {
 /// The most entries one list page returns.
 const MAX_LIST_LIMIT: usize = 1000;
 
-fn parse_bool(raw: Option<&str>, name: &str) -> Result<bool, ApiError> {
+/// Reads a `true`/`false` query flag (absent = false); anything else is `code`.
+fn parse_bool(raw: Option<&str>, name: &str, code: &'static str) -> Result<bool, ApiError> {
     match raw {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => Err(ApiError::bad(
-            "invalid_query",
+            code,
             format!("{name} must be true or false, got {other:?}"),
         )),
     }
@@ -295,16 +286,7 @@ fn serve_local_list(
         if i > 0 {
             body.push(b',');
         }
-        let value = (!keys_only).then_some(e.value.as_slice());
-        body.extend(entry_json(
-            key,
-            e.revision,
-            e.create_revision,
-            e.version,
-            e.expires_at_ms,
-            now,
-            value,
-        ));
+        body.extend(stored_entry_json(key, e, now, !keys_only));
     }
     body.extend_from_slice(b"],\"next\":");
     let next = items.last().filter(|_| more).map(|(k, _)| k.as_str());
@@ -333,7 +315,7 @@ pub(crate) async fn list(
                 )
             })?,
     };
-    let keys_only = parse_bool(q.keys_only.as_deref(), "keys_only")?;
+    let keys_only = parse_bool(q.keys_only.as_deref(), "keys_only", "invalid_query")?;
     let stale = wants_stale(q.consistency.as_deref())?;
     let prefix = q.prefix.unwrap_or_default();
     let after = q.after;
@@ -429,19 +411,18 @@ fn precondition_failed(app: &App, key: &str, failure: Failure, current: Option<E
     body.extend_from_slice(b",\"current\":");
     let revision = current.as_ref().map(|e| e.revision);
     match current {
-        Some(e) => body.extend(entry_json(
-            key,
-            e.revision,
-            e.create_revision,
-            e.version,
-            e.expires_at_ms,
-            app.read_time_ms(),
-            Some(&e.value),
-        )),
+        Some(e) => body.extend(stored_entry_json(key, &e, app.read_time_ms(), true)),
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');
     json_response(StatusCode::PRECONDITION_FAILED, body, revision)
+}
+
+/// `{"deleted": …, "revision": …}`: a count for prefix deletes, a flag for one key.
+fn deleted_answer(deleted: serde_json::Value, revision: u64) -> Local {
+    let body = serde_json::to_vec(&serde_json::json!({ "deleted": deleted, "revision": revision }))
+        .expect("a small object serializes");
+    Local::Done(json_response(StatusCode::OK, body, None))
 }
 
 fn written_response(
@@ -477,19 +458,9 @@ fn written_response(
             Ok(Local::Done(json_response(status, body, Some(revision))))
         }
         OpResult::DeletedPrefix { deleted, revision } => {
-            let body = serde_json::to_vec(
-                &serde_json::json!({ "deleted": deleted, "revision": revision }),
-            )
-            .expect("a small object serializes");
-            Ok(Local::Done(json_response(StatusCode::OK, body, None)))
+            Ok(deleted_answer(deleted.into(), revision))
         }
-        OpResult::Deleted { deleted, revision } => {
-            let body = serde_json::to_vec(
-                &serde_json::json!({ "deleted": deleted, "revision": revision }),
-            )
-            .expect("a small object serializes");
-            Ok(Local::Done(json_response(StatusCode::OK, body, None)))
-        }
+        OpResult::Deleted { deleted, revision } => Ok(deleted_answer(deleted.into(), revision)),
         other => Err(ApiError::Internal(format!(
             "unexpected write result {other:?}"
         ))),
