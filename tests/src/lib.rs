@@ -5,6 +5,9 @@
 //! `let mut c = TestCluster::start(3).await?; let l = c.leader().await?; c.kill(l); …`.
 //! Nothing here sleeps for a fixed time: every wait polls with a deadline.
 
+pub mod checker;
+pub mod history;
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

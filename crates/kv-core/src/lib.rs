@@ -21,4 +21,4 @@ pub use command::{
 };
 pub use entry::Entry;
 pub use overlay::{Due, Overlay, Slot, StateView};
-pub use record::{fingerprint, Record};
+pub use record::{fingerprint, Fingerprinter, Record};

@@ -23,26 +23,61 @@ impl Record {
     }
 }
 
-/// A stable 128-bit fingerprint of a request's parts (method, key, query, body): two
-/// FNV-1a hashes with different offsets over the length-prefixed parts. Stable across
-/// builds and platforms, because proposers of different versions must agree on it.
+/// A stable 128-bit fingerprint of a request's parts (method, key, query, body): see
+/// [`Fingerprinter`]. Stable across builds and platforms, because proposers of different
+/// versions must agree on it.
 pub fn fingerprint(parts: &[&[u8]]) -> u128 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut b: u64 = 0x6c62_272e_07bb_0142;
-    let mut feed = |byte: u8| {
-        a = (a ^ u64::from(byte)).wrapping_mul(PRIME);
-        b = (b ^ u64::from(byte.rotate_left(3))).wrapping_mul(PRIME);
-    };
+    let mut f = Fingerprinter::new();
     for part in parts {
-        for byte in (part.len() as u64).to_le_bytes() {
-            feed(byte);
-        }
-        for &byte in *part {
-            feed(byte);
+        f.part(part);
+    }
+    f.finish()
+}
+
+/// Two FNV-1a hashes with different offsets over length-prefixed parts, fed one part at
+/// a time: for request fingerprints and for digests of a whole state machine.
+#[derive(Debug, Clone)]
+pub struct Fingerprinter {
+    a: u64,
+    b: u64,
+}
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fingerprinter {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// The hash of no parts.
+    pub fn new() -> Self {
+        Self {
+            a: 0xcbf2_9ce4_8422_2325,
+            b: 0x6c62_272e_07bb_0142,
         }
     }
-    (u128::from(a) << 64) | u128::from(b)
+
+    fn byte(&mut self, byte: u8) {
+        self.a = (self.a ^ u64::from(byte)).wrapping_mul(Self::PRIME);
+        self.b = (self.b ^ u64::from(byte.rotate_left(3))).wrapping_mul(Self::PRIME);
+    }
+
+    /// Feeds one part: its length, then its bytes.
+    pub fn part(&mut self, part: &[u8]) {
+        for byte in (part.len() as u64).to_le_bytes() {
+            self.byte(byte);
+        }
+        for &byte in part {
+            self.byte(byte);
+        }
+    }
+
+    /// The 128-bit hash of the parts fed so far.
+    pub fn finish(&self) -> u128 {
+        (u128::from(self.a) << 64) | u128::from(self.b)
+    }
 }
 
 #[cfg(test)]

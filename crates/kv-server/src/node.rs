@@ -77,7 +77,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
     let stores = kv_store::open(&config.data_dir)?;
-    let network = Network::new(config.cluster_secret.clone())?;
+    // Connections to peers leave from this node's own address, so address-based
+    // firewall rules (the chaos suite's partitions) see which node is talking.
+    let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
+    let network = Network::new(config.cluster_secret.clone(), outgoing)?;
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -131,7 +134,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         proposer,
         reads,
         clock,
-        client: reqwest::Client::builder().tcp_nodelay(true).build()?,
+        client: reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .local_address(outgoing)
+            .build()?,
         limits,
     });
 

@@ -4,6 +4,7 @@
 //! encoding of the whole `Result` the receiving raft returned, so remote raft errors
 //! reach the sender's openraft as `RemoteError`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -39,10 +40,12 @@ pub struct Network {
 }
 
 impl Network {
-    /// A network whose requests carry `secret`, if set.
-    pub fn new(secret: Option<String>) -> reqwest::Result<Self> {
+    /// A network whose requests carry `secret`, if set, and leave from `local_address`,
+    /// if set.
+    pub fn new(secret: Option<String>, local_address: Option<IpAddr>) -> reqwest::Result<Self> {
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
+            .local_address(local_address)
             .pool_max_idle_per_host(8)
             .build()?;
         Ok(Self {

@@ -17,7 +17,7 @@ mod snapshot;
 mod state_machine;
 pub mod typ;
 
-pub use db::{open, StateReader, Stores};
+pub use db::{open, Digest, StateReader, Stores};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;

@@ -69,6 +69,24 @@ pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, 
     })))
 }
 
+/// `GET /v1/admin/digest`: a hash of this node's whole state machine and the log index
+/// it was taken at. Replicas at the same `applied_index` must report the same `digest`;
+/// the chaos suite compares them after every run. Reads the whole state: an operator
+/// tool, not for hot paths.
+pub(crate) async fn digest(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let reader = app.reader.clone();
+    let d = tokio::task::spawn_blocking(move || reader.digest())
+        .await
+        .map_err(|e| ApiError::Internal(format!("digest task: {e}")))??;
+    Ok(Json(json!({
+        "node_id": app.id,
+        "applied_index": d.applied_index,
+        "digest": format!("{:032x}", d.hash),
+        "keys": d.keys,
+        "records": d.records,
+    })))
+}
+
 /// `GET /healthz`: the process is up and serving HTTP.
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

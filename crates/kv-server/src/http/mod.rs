@@ -79,6 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
             get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
         )
         .route("/v1/cluster", get(admin::cluster))
+        .route("/v1/admin/digest", get(admin::digest))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .fallback(error::route_not_found)
