@@ -5,6 +5,7 @@
 //! `let mut c = TestCluster::start(3).await?; let l = c.leader().await?; c.kill(l); …`.
 //! Nothing here sleeps for a fixed time: every wait polls with a deadline.
 
+pub mod chaos;
 pub mod checker;
 pub mod history;
 
@@ -27,6 +28,12 @@ pub struct Tuning {
     pub raft: Vec<String>,
     /// Lines appended under `[limits]`.
     pub limits: Vec<String>,
+    /// Top-level lines for one node only (e.g. `clock_offset_ms = 1000`).
+    pub node_lines: Vec<(u64, String)>,
+    /// Give node N its own loopback address 127.0.0.(10+N) for both ports, so
+    /// address-based firewall rules can tell nodes apart (the nodes bind their outgoing
+    /// connections to it). Otherwise every node listens on 127.0.0.1.
+    pub own_addresses: bool,
 }
 
 /// One node process.
@@ -37,6 +44,7 @@ pub struct TestNode {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    paused: bool,
 }
 
 /// A running cluster.
@@ -57,32 +65,35 @@ pub fn kvctl_binary() -> Result<PathBuf> {
     workspace_binary("kvctl", "KVCTL_BIN")
 }
 
-/// A binary of this workspace: `$env_var`, or in the profile folder above the test
-/// executable (cargo puts test binaries in target/<profile>/deps and binaries in
-/// target/<profile>).
+/// A binary of this workspace: `$env_var`, or beside the running executable (a binary
+/// such as kv-chaos), or in the profile folder above it (cargo puts test binaries in
+/// target/<profile>/deps and binaries in target/<profile>).
 fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
     if let Ok(p) = std::env::var(env_var) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no grandparent folder")?;
-    let bin = profile_dir.join(name);
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build it with `cargo build --workspace --bins` or run `cargo test --workspace`",
-            bin.display()
-        );
+    let dir = exe.parent().context("the executable has no folder")?;
+    let candidates = [Some(dir.join(name)), dir.parent().map(|p| p.join(name))];
+    if let Some(bin) = candidates.into_iter().flatten().find(|b| b.exists()) {
+        return Ok(bin);
     }
-    Ok(bin)
+    bail!(
+        "{name} is missing beside {}: build it with `cargo build --workspace --bins` or run `cargo test --workspace`",
+        exe.display()
+    )
 }
 
-fn free_addrs(n: usize) -> Result<Vec<SocketAddr>> {
+/// The loopback address of node `id` when nodes have their own addresses.
+pub fn node_ip(id: u64) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 10 + id as u8)
+}
+
+/// `n` free ports on `ip`.
+fn free_addrs(ip: std::net::IpAddr, n: usize) -> Result<Vec<SocketAddr>> {
     // Hold every listener until all are chosen, so no port is handed out twice.
     let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .map(|_| TcpListener::bind((ip, 0)))
         .collect::<Result<_, _>>()?;
     listeners
         .iter()
@@ -101,7 +112,15 @@ impl TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("quorum-kv-test-")
             .tempdir()?;
-        let addrs = free_addrs(2 * n)?;
+        let mut addrs = vec![];
+        for id in 1..=n as u64 {
+            let ip = if tuning.own_addresses {
+                node_ip(id).into()
+            } else {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            };
+            addrs.extend(free_addrs(ip, 2)?);
+        }
         let mut members = String::from("members = [\n");
         for i in 0..n {
             writeln!(
@@ -118,11 +137,18 @@ impl TestCluster {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("node{id}.toml"));
             let data = dir.path().join(format!("node{id}"));
+            let own: Vec<&str> = tuning
+                .node_lines
+                .iter()
+                .filter(|(n, _)| *n == id)
+                .map(|(_, l)| l.as_str())
+                .collect();
             let text = format!(
-                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\n{}\n[limits]\n{}\n",
+                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\n{}\n[limits]\n{}\n",
                 addrs[2 * i],
                 addrs[2 * i + 1],
                 data.display(),
+                own.join("\n"),
                 tuning.raft.join("\n"),
                 tuning.limits.join("\n"),
             );
@@ -134,6 +160,7 @@ impl TestCluster {
                 config,
                 log: dir.path().join(format!("node{id}.log")),
                 child: None,
+                paused: false,
             });
         }
         let http = reqwest::Client::builder()
@@ -192,12 +219,90 @@ impl TestCluster {
             .collect()
     }
 
-    /// kill -9 node `id` and reap it.
+    /// The ids of nodes that are running and not paused.
+    pub fn responsive(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some() && !n.paused)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Whether node `id` is stopped with SIGSTOP.
+    pub fn is_paused(&self, id: u64) -> bool {
+        self.node(id).paused
+    }
+
+    /// kill -9 node `id` and reap it (a paused node too).
     pub fn kill(&mut self, id: u64) {
-        if let Some(mut child) = self.node_mut(id).child.take() {
+        let node = self.node_mut(id);
+        node.paused = false;
+        if let Some(mut child) = node.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops node `id` with SIGSTOP: it keeps its sockets and state but runs nothing.
+    pub fn pause(&mut self, id: u64) -> Result<()> {
+        self.signal(id, "-STOP")?;
+        self.node_mut(id).paused = true;
+        Ok(())
+    }
+
+    /// Resumes a paused node with SIGCONT.
+    pub fn resume(&mut self, id: u64) -> Result<()> {
+        if self.node(id).paused {
+            self.signal(id, "-CONT")?;
+            self.node_mut(id).paused = false;
+        }
+        Ok(())
+    }
+
+    fn signal(&self, id: u64, signal: &str) -> Result<()> {
+        let pid = self
+            .node(id)
+            .child
+            .as_ref()
+            .with_context(|| format!("node {id} is not running"))?
+            .id();
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// The node that says it leads at the highest term, asking every responsive node
+    /// with a short timeout; None when no node says so. Unlike [`Self::leader`] this
+    /// does not wait for agreement (a partitioned old leader may still say it leads
+    /// at an older term).
+    pub async fn leader_now(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for id in self.responsive() {
+            let ask = self
+                .http
+                .get(self.url(id, "/v1/cluster"))
+                .timeout(Duration::from_millis(500))
+                .send();
+            let Ok(Ok(r)) = tokio::time::timeout(Duration::from_millis(600), ask).await else {
+                continue;
+            };
+            let Ok((200, v)) = Self::json(r).await else {
+                continue;
+            };
+            if v["state"] == "leader" {
+                let term = v["term"].as_u64().unwrap_or(0);
+                if best.is_none_or(|(t, _)| term > t) {
+                    best = Some((term, id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
     }
 
     /// Starts node `id` again on the same data directory.
@@ -251,7 +356,7 @@ impl TestCluster {
 
     /// Waits until every live node reports ready.
     pub async fn wait_ready_all(&self) -> Result<()> {
-        for id in self.live() {
+        for id in self.responsive() {
             self.wait_ready(id).await?;
         }
         Ok(())
@@ -278,7 +383,7 @@ impl TestCluster {
         let found = std::cell::Cell::new(0);
         self.poll("the live nodes agree on a leader", || async {
             let mut seen = vec![];
-            for id in self.live() {
+            for id in self.responsive() {
                 match self.get_json(id, "/v1/cluster").await {
                     Ok((200, v)) => seen.push(v["leader_id"].as_u64()),
                     _ => return Ok(false),
@@ -323,6 +428,11 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The folder holding node configs, logs and data.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.path())
     }
 
     /// Marks the scenario as passed: its logs and data are removed on drop. A cluster

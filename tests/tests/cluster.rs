@@ -226,7 +226,7 @@ async fn a_node_behind_a_purged_log_catches_up_by_snapshot() -> Result<()> {
             "logs_kept_after_snapshot = 5".into(),
             "purge_batch_size = 1".into(),
         ],
-        limits: vec![],
+        ..Tuning::default()
     };
     let mut c = TestCluster::start_tuned(3, tuning).await?;
     let leader = c.leader().await?;
@@ -528,6 +528,7 @@ async fn without_a_quorum_writes_are_unknown_or_unavailable_never_falsely_acknow
             "write_timeout_ms = 1000".into(),
             "read_timeout_ms = 1000".into(),
         ],
+        ..Tuning::default()
     };
     let mut c = TestCluster::start_tuned(3, tuning).await?;
     let leader = c.leader().await?;

@@ -1,0 +1,104 @@
+//! Network partitions between nodes' loopback addresses, as iptables DROP rules.
+//!
+//! Every rule lives in one chain of our own, [`CHAIN`], jumped to from OUTPUT (loopback
+//! packets pass OUTPUT once, so dropping there cuts the pair in that direction). The
+//! chain is created when a [`Firewall`] is made, after removing a leftover one from a
+//! crashed run, and is removed when the firewall is dropped, also during a panic. Only
+//! addresses in 127.0.0.0/8 are ever named; nothing else on the machine is touched.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// The chain holding every rule this suite adds.
+pub const CHAIN: &str = "QUORUM_KV_CHAOS";
+
+/// The chain, and the DROP rules in it.
+pub struct Firewall {
+    blocked: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+fn iptables(args: &[&str]) -> Result<std::process::Output> {
+    Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .context("running iptables (install it: apt-get install iptables)")
+}
+
+fn must(args: &[&str]) -> Result<()> {
+    let out = iptables(args)?;
+    if !out.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Removes the chain and every jump to it, if they exist.
+fn remove_chain() {
+    // A crashed run may have left several jumps.
+    while iptables(&["-D", "OUTPUT", "-j", CHAIN]).is_ok_and(|o| o.status.success()) {}
+    let _ = iptables(&["-F", CHAIN]);
+    let _ = iptables(&["-X", CHAIN]);
+}
+
+impl Firewall {
+    /// Creates the chain (removing a leftover one first). Fails, loudly, without root or
+    /// without iptables: partition tests must never pass by not partitioning.
+    pub fn new() -> Result<Self> {
+        let euid = Command::new("id")
+            .arg("-u")
+            .output()
+            .context("running id -u")?;
+        if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
+            bail!("network partitions need root (iptables); run the chaos suite as root");
+        }
+        remove_chain();
+        must(&["-N", CHAIN])?;
+        must(&["-I", "OUTPUT", "1", "-j", CHAIN])?;
+        Ok(Self { blocked: vec![] })
+    }
+
+    /// Drops packets between `a` and `b`, both ways.
+    pub fn block(&mut self, a: Ipv4Addr, b: Ipv4Addr) -> Result<()> {
+        for ip in [a, b] {
+            if !ip.is_loopback() {
+                bail!("refusing a firewall rule for {ip}: only 127.0.0.0/8 is ever touched");
+            }
+        }
+        if a == b || self.is_blocked(a, b) {
+            return Ok(());
+        }
+        for (src, dst) in [(a, b), (b, a)] {
+            let (src, dst) = (src.to_string(), dst.to_string());
+            must(&["-A", CHAIN, "-s", &src, "-d", &dst, "-j", "DROP"])?;
+        }
+        self.blocked.push((a, b));
+        Ok(())
+    }
+
+    /// Whether `a` and `b` are cut off from each other.
+    pub fn is_blocked(&self, a: Ipv4Addr, b: Ipv4Addr) -> bool {
+        self.blocked
+            .iter()
+            .any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
+    }
+
+    /// Removes every rule (the chain stays until drop).
+    pub fn heal(&mut self) -> Result<()> {
+        must(&["-F", CHAIN])?;
+        self.blocked.clear();
+        Ok(())
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        remove_chain();
+    }
+}

@@ -1,0 +1,481 @@
+//! The clients of a chaos run: workers issuing gets, puts, creates, compare-and-swaps,
+//! deletes and short-TTL puts over HTTP, each recorded as one history line.
+//!
+//! Every written value is unique. Writes carry an Idempotency-Key and are retried with it
+//! (on another node) after a timeout or a 5xx, so one logical write is one line; some are
+//! re-sent on purpose after their answer, and the replay must repeat it. An answer that
+//! never arrived makes the line `unknown`, never `fail`.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write as _};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::history::{self, Op, OpKind, Outcome};
+
+/// Keys per generation; the last one is the TTL key (written rarely, with a TTL, and
+/// read often, so expiries are observed).
+const KEYS_PER_GENERATION: u64 = 6;
+/// A generation of keys lasts this long, so no key's history grows too long to check.
+const GENERATION: Duration = Duration::from_secs(6);
+/// A single request's timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long a write is retried (with its idempotency key) before it is `unknown`.
+const WRITE_DEADLINE: Duration = Duration::from_secs(4);
+
+/// The history being recorded: one monotonic clock, lines streamed to a file and kept
+/// in memory for the checker.
+pub struct Recorder {
+    start: Instant,
+    out: Mutex<(BufWriter<std::fs::File>, Vec<Op>)>,
+}
+
+impl Recorder {
+    /// Records into `path` (created or truncated).
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("creating history {}", path.display()))?;
+        Ok(Self {
+            start: Instant::now(),
+            out: Mutex::new((BufWriter::new(file), vec![])),
+        })
+    }
+
+    /// Nanoseconds on the history's clock.
+    pub fn now(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    /// Appends one line.
+    pub fn record(&self, op: Op) -> Result<()> {
+        let mut out = self.out.lock().expect("recorder lock");
+        history::write_line(&mut out.0, &op)?;
+        out.1.push(op);
+        Ok(())
+    }
+
+    /// Flushes the file and returns every line so far.
+    pub fn finish(&self) -> Result<Vec<Op>> {
+        let mut out = self.out.lock().expect("recorder lock");
+        out.0.flush()?;
+        Ok(out.1.clone())
+    }
+}
+
+/// What the workers share.
+pub struct Shared {
+    pub recorder: Recorder,
+    pub nodes: Vec<SocketAddr>,
+    pub http: reqwest::Client,
+    /// Prefix of every key and idempotency key of this run.
+    pub run_id: String,
+    /// Set when the workers must stop.
+    pub stop: AtomicBool,
+    /// Problems that are not linearizability questions (a replay that differs).
+    pub violations: Mutex<Vec<String>>,
+    /// Every key any worker used.
+    pub keys: Mutex<std::collections::BTreeSet<String>>,
+    started: Instant,
+    retries: AtomicU64,
+}
+
+impl Shared {
+    /// Workers' shared state for a cluster whose client addresses are `nodes`.
+    pub fn new(recorder: Recorder, nodes: Vec<SocketAddr>, run_id: String) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_millis(300))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self {
+            recorder,
+            nodes,
+            http,
+            run_id,
+            stop: AtomicBool::new(false),
+            violations: Mutex::new(vec![]),
+            keys: Mutex::new(Default::default()),
+            started: Instant::now(),
+            retries: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes re-sent on purpose so far.
+    pub fn deliberate_retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    fn violation(&self, what: String) {
+        self.violations.lock().expect("violations lock").push(what);
+    }
+
+    fn url(&self, node: usize, key: &str) -> String {
+        format!("http://{}/v1/kv/{key}", self.nodes[node])
+    }
+
+    /// A linearizable read of `key` recorded as client `client` (used for the final
+    /// reads after healing); returns whether it got an answer.
+    pub async fn final_read(&self, client: u64, node: usize, key: &str) -> Result<bool> {
+        let op = get(self, client, node, key).await;
+        let answered = op.result == Outcome::Ok;
+        self.recorder.record(op)?;
+        Ok(answered)
+    }
+}
+
+/// A request's answer, or why there is none.
+enum Reply {
+    /// Never sent (connection refused): certainly not executed.
+    NotSent,
+    /// Sent, no usable answer: may have been executed.
+    Lost(String),
+    Answer {
+        status: u16,
+        body: Value,
+        replayed: bool,
+    },
+}
+
+async fn send(req: reqwest::RequestBuilder) -> Reply {
+    match req.send().await {
+        Err(e) if e.is_connect() => Reply::NotSent,
+        Err(e) => Reply::Lost(e.to_string()),
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let replayed = r
+                .headers()
+                .get("idempotency-replayed")
+                .is_some_and(|v| v == "true");
+            match r.bytes().await {
+                Ok(b) => Reply::Answer {
+                    status,
+                    body: serde_json::from_slice(&b).unwrap_or(Value::Null),
+                    replayed,
+                },
+                Err(e) => Reply::Lost(e.to_string()),
+            }
+        }
+    }
+}
+
+fn blank(client: u64, op: OpKind, key: &str, call: u64) -> Op {
+    Op {
+        client,
+        op,
+        key: key.to_owned(),
+        value: None,
+        expected: None,
+        expected_version: None,
+        ttl_ms: None,
+        call,
+        ret: None,
+        result: Outcome::Unknown,
+        found: None,
+        version: None,
+        note: None,
+    }
+}
+
+/// One linearizable get at `node`.
+async fn get(shared: &Shared, client: u64, node: usize, key: &str) -> Op {
+    let mut op = blank(client, OpKind::Get, key, shared.recorder.now());
+    let reply = send(shared.http.get(shared.url(node, key))).await;
+    op.note = Some(format!("n{}", node + 1));
+    match reply {
+        Reply::Answer {
+            status: 200, body, ..
+        } => {
+            op.result = Outcome::Ok;
+            op.found = Some(true);
+            op.value = Some(value_text(&body["value"]));
+            op.version = body["revision"].as_u64();
+        }
+        Reply::Answer { status: 404, .. } => {
+            op.result = Outcome::Ok;
+            op.found = Some(false);
+        }
+        Reply::Answer { status, .. } => op.note = Some(format!("n{} status {status}", node + 1)),
+        Reply::NotSent => op.result = Outcome::Error,
+        Reply::Lost(e) => op.note = Some(format!("n{}: {e}", node + 1)),
+    }
+    op.ret = Some(shared.recorder.now());
+    op
+}
+
+/// The first few attempts' failures, and how many more there were.
+fn summarize(notes: &[String]) -> String {
+    let mut s = notes.iter().take(3).cloned().collect::<Vec<_>>().join("; ");
+    if notes.len() > 3 {
+        s.push_str(&format!("; {} more failed attempts", notes.len() - 3));
+    }
+    s
+}
+
+/// The string a value was written as (every value is a JSON string).
+fn value_text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// A write as the worker sends it.
+struct WriteReq {
+    kind: OpKind,
+    key: String,
+    value: String,
+    ttl_s: Option<u64>,
+    /// cas: the revision and value seen.
+    expected: Option<(u64, String)>,
+}
+
+impl WriteReq {
+    fn request(&self, shared: &Shared, node: usize, idem: &str) -> reqwest::RequestBuilder {
+        let mut url = shared.url(node, &self.key);
+        if let Some(t) = self.ttl_s {
+            url.push_str(&format!("?ttl={t}"));
+        }
+        let req = if self.kind == OpKind::Delete {
+            shared.http.delete(url)
+        } else {
+            shared
+                .http
+                .put(url)
+                .header("content-type", "application/json")
+                .body(Value::String(self.value.clone()).to_string())
+        };
+        let req = req.header("idempotency-key", idem);
+        match (&self.kind, &self.expected) {
+            (OpKind::Create, _) => req.header("if-none-match", "*"),
+            (OpKind::Cas, Some((rev, _))) => req.header("if-match", format!("\"{rev}\"")),
+            _ => req,
+        }
+    }
+}
+
+/// One worker: its own lane (client id), random generator and view of the keys.
+pub struct Worker {
+    pub id: u64,
+    rng: StdRng,
+    seq: u64,
+    /// Last (value, revision) this worker saw per key, for cas.
+    seen: HashMap<String, (String, u64)>,
+}
+
+impl Worker {
+    /// Worker `id`, seeded from the run's seed.
+    pub fn new(id: u64, seed: u64) -> Self {
+        Self {
+            id,
+            rng: StdRng::seed_from_u64(seed ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
+            seq: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Runs operations until `shared.stop` is set.
+    pub async fn run(mut self, shared: Arc<Shared>) -> Result<()> {
+        while !shared.stop.load(Ordering::Relaxed) {
+            self.step(&shared).await?;
+        }
+        Ok(())
+    }
+
+    fn pick_key(&mut self, shared: &Shared) -> (String, bool) {
+        let generation = shared.started.elapsed().as_nanos() / GENERATION.as_nanos();
+        let slot = self.rng.gen_range(0..KEYS_PER_GENERATION);
+        let key = format!("{}/g{generation}/k{slot}", shared.run_id);
+        shared.keys.lock().expect("keys lock").insert(key.clone());
+        (key, slot == KEYS_PER_GENERATION - 1)
+    }
+
+    async fn step(&mut self, shared: &Shared) -> Result<()> {
+        self.seq += 1;
+        let (key, ttl_key) = self.pick_key(shared);
+        let node = self.rng.gen_range(0..shared.nodes.len());
+        let value = format!("w{}-{}", self.id, self.seq);
+        let roll = self.rng.gen_range(0..100);
+        let write = if ttl_key {
+            (roll < 8).then(|| WriteReq {
+                kind: OpKind::Put,
+                key: key.clone(),
+                value,
+                ttl_s: Some(1),
+                expected: None,
+            })
+        } else {
+            let kind = match roll {
+                0..35 => None,
+                35..60 => Some(OpKind::Put),
+                60..70 => Some(OpKind::Create),
+                70..88 => self.seen.contains_key(&key).then_some(OpKind::Cas),
+                _ => Some(OpKind::Delete),
+            };
+            kind.map(|kind| WriteReq {
+                kind,
+                ttl_s: (kind == OpKind::Put && self.rng.gen_bool(0.15))
+                    .then(|| self.rng.gen_range(1..=2)),
+                expected: (kind == OpKind::Cas)
+                    .then(|| self.seen.get(&key).map(|(v, r)| (*r, v.clone())))
+                    .flatten(),
+                key: key.clone(),
+                value,
+            })
+        };
+        let op = match write {
+            None => {
+                let op = get(shared, self.id, node, &key).await;
+                if op.result == Outcome::Ok {
+                    match (&op.value, op.version) {
+                        (Some(v), Some(r)) => {
+                            self.seen.insert(key.clone(), (v.clone(), r));
+                        }
+                        _ => {
+                            self.seen.remove(&key);
+                        }
+                    }
+                }
+                op
+            }
+            Some(w) => self.write(shared, node, w).await,
+        };
+        if op.result == Outcome::Error && op.op == OpKind::Get {
+            // The node is down: don't spin on it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shared.recorder.record(op)
+    }
+
+    async fn write(&mut self, shared: &Shared, first_node: usize, w: WriteReq) -> Op {
+        let idem = format!("{}-w{}-{}", shared.run_id, self.id, self.seq);
+        let mut op = blank(self.id, w.kind, &w.key, shared.recorder.now());
+        if w.kind != OpKind::Delete {
+            op.value = Some(w.value.clone());
+        }
+        op.ttl_ms = w.ttl_s.map(|s| s * 1000);
+        if let Some((rev, v)) = &w.expected {
+            op.expected_version = Some(*rev);
+            op.expected = Some(v.clone());
+        }
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut maybe_applied = false;
+        let mut node = first_node;
+        let mut notes = vec![];
+        let answer = loop {
+            match send(w.request(shared, node, &idem)).await {
+                Reply::Answer {
+                    status,
+                    body,
+                    replayed,
+                } if status < 500 => break Some((status, body, replayed)),
+                Reply::Answer { status, body, .. } => {
+                    maybe_applied = true;
+                    notes.push(format!(
+                        "n{} {status} {}",
+                        node + 1,
+                        body["error"]["code"].as_str().unwrap_or("")
+                    ));
+                }
+                Reply::Lost(e) => {
+                    maybe_applied = true;
+                    notes.push(format!("n{} lost: {e}", node + 1));
+                }
+                Reply::NotSent => notes.push(format!("n{} refused", node + 1)),
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            node = (node + 1) % shared.nodes.len();
+            tokio::time::sleep(Duration::from_millis(self.rng.gen_range(20..80))).await;
+        };
+        let Some((status, body, _)) = answer else {
+            op.result = if maybe_applied {
+                Outcome::Unknown
+            } else {
+                Outcome::Error
+            };
+            op.note = Some(summarize(&notes));
+            if op.result == Outcome::Error {
+                op.ret = Some(shared.recorder.now());
+            }
+            return op;
+        };
+        self.classify(shared, &mut op, status, &body);
+        // Sometimes send the same write again on purpose: the replay must repeat the
+        // answer and change nothing.
+        if self.rng.gen_bool(0.1) && op.result != Outcome::Error {
+            shared.retries.fetch_add(1, Ordering::Relaxed);
+            let again = self.rng.gen_range(0..shared.nodes.len());
+            if let Reply::Answer {
+                status: s2,
+                body: b2,
+                replayed,
+            } = send(w.request(shared, again, &idem)).await
+            {
+                let same = s2 == status && b2["revision"] == body["revision"];
+                if s2 < 500 && (!same || !replayed) {
+                    shared.violation(format!(
+                        "replay of {idem} on n{} answered {s2} {b2} (replayed: {replayed}), the original {status} {body}",
+                        again + 1
+                    ));
+                }
+            }
+        }
+        op.ret = Some(shared.recorder.now());
+        if !notes.is_empty() {
+            op.note = Some(summarize(&notes));
+        }
+        op
+    }
+
+    /// Fills in a write's outcome from its definitive answer.
+    fn classify(&mut self, shared: &Shared, op: &mut Op, status: u16, body: &Value) {
+        match (op.op, status) {
+            (OpKind::Put | OpKind::Create | OpKind::Cas, 200 | 201) => {
+                op.result = Outcome::Ok;
+                op.version = body["revision"].as_u64();
+                if let (Some(v), Some(r)) = (&op.value, op.version) {
+                    self.seen.insert(op.key.clone(), (v.clone(), r));
+                }
+            }
+            (OpKind::Delete, 200) => {
+                op.result = Outcome::Ok;
+                op.found = body["deleted"].as_bool();
+                self.seen.remove(&op.key);
+            }
+            (OpKind::Create | OpKind::Cas, 412) => {
+                op.result = Outcome::Fail;
+                let current = &body["current"];
+                if current.is_object() {
+                    self.seen.insert(
+                        op.key.clone(),
+                        (
+                            value_text(&current["value"]),
+                            current["revision"].as_u64().unwrap_or(0),
+                        ),
+                    );
+                } else {
+                    self.seen.remove(&op.key);
+                }
+            }
+            _ => {
+                // A refusal the workload never provokes (a 422 idempotency_key_reused would
+                // mean a fingerprint that is not stable): nothing was applied, but the
+                // run fails.
+                op.result = Outcome::Error;
+                shared.violation(format!(
+                    "{:?} of {} answered {status} {body}",
+                    op.op, op.key
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! The short chaos run CI does on every change: every fault kind at least once on a
+//! three-node cluster, then partitions of a five-node one. The long randomized run is
+//! `scripts/chaos.sh`. Histories are kept (and their path printed) when a check fails.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use kv_tests::chaos::{run, ChaosConfig, FaultKind};
+
+fn seed() -> u64 {
+    std::env::var("KV_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}
+
+async fn run_and_check(config: ChaosConfig) -> Result<()> {
+    let history = config.history.clone();
+    let report = run(config).await?;
+    println!("{report}");
+    assert!(
+        report.passed(),
+        "chaos checks failed; history kept in {}",
+        history.display()
+    );
+    std::fs::remove_file(&history)?;
+    Ok(())
+}
+
+// One test, so the two runs never hold the firewall chain at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_chaos_runs_stay_linearizable_and_converge() -> Result<()> {
+    let seed = seed();
+    let dir = std::env::temp_dir();
+    let history = |n: usize| dir.join(format!("quorum-kv-chaos-{n}-nodes-{seed}.jsonl"));
+
+    // Every variant of every fault kind once: kill (leader, minority, all), pause
+    // (leader, follower), partition (isolate the leader, split, bridge), skew.
+    let three = ChaosConfig::new(3, Duration::from_secs(0), seed, history(3));
+    run_and_check(three).await?;
+
+    let mut five = ChaosConfig::new(5, Duration::from_secs(0), seed, history(5));
+    five.faults = vec![FaultKind::Partition, FaultKind::Kill];
+    run_and_check(five).await
+}
