@@ -46,3 +46,16 @@ ensure_rust_components() {
         fi
     done
 }
+
+# What the chaos suite needs: root and iptables for partitions, kill(1) for pauses.
+# Without root it says so and fails: partition tests must never pass by not running.
+ensure_chaos_deps() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "error: the chaos suite needs root (iptables rules for network partitions); run as root" >&2
+        return 1
+    fi
+    local missing=()
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+    type -P kill >/dev/null 2>&1 || missing+=(procps)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, clippy with warnings as errors, all tests.
+# Every check CI runs: formatting, clippy with warnings as errors, all tests, and the
+# short chaos run (needs root for iptables; installs iptables when missing).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 ensure_build_deps
 ensure_rust_components
+ensure_chaos_deps
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -21,7 +23,10 @@ echo "== cargo test"
 # Everything shares the dev profile with clippy, so RocksDB is compiled once.
 # Cluster tests start three kv-server processes each; two at a time suit two cores.
 log="$CARGO_TARGET_DIR/test-output.log"
-cargo test --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" 2>&1 | tee "$log"
+cargo test --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" \
+    --skip short_chaos_runs 2>&1 | tee "$log"
+echo "== short chaos run (every fault kind; scripts/chaos.sh runs long ones)"
+cargo test --workspace --test chaos --locked -- --nocapture 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

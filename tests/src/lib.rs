@@ -89,11 +89,12 @@ pub fn node_ip(id: u64) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 0, 0, 10 + id as u8)
 }
 
-/// `n` free ports on `ip`.
-fn free_addrs(ip: std::net::IpAddr, n: usize) -> Result<Vec<SocketAddr>> {
+/// A free port on each of `ips`, in order.
+fn free_addrs(ips: &[std::net::IpAddr]) -> Result<Vec<SocketAddr>> {
     // Hold every listener until all are chosen, so no port is handed out twice.
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind((ip, 0)))
+    let listeners: Vec<TcpListener> = ips
+        .iter()
+        .map(|ip| TcpListener::bind((*ip, 0)))
         .collect::<Result<_, _>>()?;
     listeners
         .iter()
@@ -112,15 +113,18 @@ impl TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("quorum-kv-test-")
             .tempdir()?;
-        let mut addrs = vec![];
-        for id in 1..=n as u64 {
-            let ip = if tuning.own_addresses {
-                node_ip(id).into()
-            } else {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            };
-            addrs.extend(free_addrs(ip, 2)?);
-        }
+        // Two ports (client, raft) per node.
+        let ips: Vec<std::net::IpAddr> = (1..=n as u64)
+            .flat_map(|id| {
+                let ip = if tuning.own_addresses {
+                    node_ip(id)
+                } else {
+                    std::net::Ipv4Addr::LOCALHOST
+                };
+                [ip.into(), ip.into()]
+            })
+            .collect();
+        let addrs = free_addrs(&ips)?;
         let mut members = String::from("members = [\n");
         for i in 0..n {
             writeln!(

@@ -1,7 +1,7 @@
 //! Runs the chaos suite against a fresh local cluster and prints a summary.
 //!
 //! `kv-chaos [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew]
-//! [--seed N] [--workers 6] [--history PATH]`. Exits 1 when a check fails; the history
+//! [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]`. Exits 1 when a check fails; the history
 //! file and the node logs are kept then.
 
 use std::path::PathBuf;
@@ -32,6 +32,10 @@ struct Args {
     /// Concurrent client workers.
     #[arg(long, default_value_t = 6)]
     workers: usize,
+    /// The skewed node's clock offset in ms (with the skew fault); the checker's TTL
+    /// slack grows by as much.
+    #[arg(long, default_value_t = 1000)]
+    skew_ms: u64,
     /// History file (default target/chaos/history-SEED.jsonl under the current folder).
     #[arg(long)]
     history: Option<PathBuf>,
@@ -64,6 +68,7 @@ async fn main() -> Result<ExitCode> {
     let mut config = ChaosConfig::new(args.nodes, args.duration, seed, history);
     config.faults = FaultKind::parse_list(&args.faults)?;
     config.workers = args.workers;
+    config.skew_ms = args.skew_ms;
     eprintln!(
         "chaos: {} nodes, seed {seed}, {:?} of faults, history {}",
         config.nodes,

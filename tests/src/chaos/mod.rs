@@ -507,6 +507,62 @@ async fn converged_digests(
     }
 }
 
+/// Lists the run's keys on every node (local reads, paged) and reports any entry whose
+/// value was written with a TTL whose window (return + ttl + slack) has closed: an
+/// expired key visible through the listing path.
+async fn expired_but_listed(
+    cluster: &TestCluster,
+    shared: &Shared,
+    ops: &[crate::history::Op],
+    slack_ms: u64,
+) -> Result<Vec<String>> {
+    let writes: std::collections::HashMap<(&str, &str), &crate::history::Op> = ops
+        .iter()
+        .filter(|o| o.op != OpKind::Get)
+        .filter_map(|o| Some(((o.key.as_str(), o.value.as_deref()?), o)))
+        .collect();
+    let mut found = vec![];
+    for id in cluster.live() {
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!(
+                "/v1/kv?prefix={}/&limit=1000&consistency=stale",
+                shared.run_id
+            );
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let listed_at = shared.recorder.now();
+            let (status, page) = cluster.get_json(id, &path).await?;
+            if status != 200 {
+                bail!("listing on n{id}: {status} {page}");
+            }
+            for item in page["items"].as_array().into_iter().flatten() {
+                let key = item["key"].as_str().unwrap_or("");
+                let value = item["value"].as_str().unwrap_or("");
+                let Some(w) = writes.get(&(key, value)) else {
+                    found.push(format!(
+                        "n{id} lists {key} = {value:?}, which no write wrote"
+                    ));
+                    continue;
+                };
+                if let (Some(ttl), Some(ret)) = (w.ttl_ms.filter(|t| *t > 0), w.ret) {
+                    if listed_at > ret + (ttl + slack_ms) * 1_000_000 {
+                        found.push(format!(
+                            "n{id} lists {key} = {value:?} after its TTL ({ttl} ms) ran out"
+                        ));
+                    }
+                }
+            }
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => break,
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Runs a chaos test: starts the cluster, the workers and the nemesis, heals, checks.
 pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
     if !matches!(config.nodes, 3 | 5) {
@@ -607,6 +663,8 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
     };
 
     let ops = shared.recorder.finish()?;
+    violations
+        .extend(expired_but_listed(&nemesis.cluster, &shared, &ops, config.ttl_slack_ms()).await?);
     let options = CheckOptions {
         ttl_slack_ms: config.ttl_slack_ms(),
     };

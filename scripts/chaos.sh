@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A long randomized chaos run against a fresh local cluster (release build): workers
+# record a history while nodes are killed, paused, partitioned and skewed; then the
+# history is checked for linearizability and the replicas for one state digest.
+#
+# Usage: scripts/chaos.sh [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew]
+#                         [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]
+# Prints a summary (operations by outcome, faults, leader changes, verdict, history
+# path); exits 1 when a check fails, keeping the history and the node logs.
+# Needs root (iptables for partitions); installs iptables when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    esac
+done
+
+ensure_build_deps
+ensure_chaos_deps
+# The same selection as `cluster.sh up`, so the two share one release build.
+cargo build --release --workspace --bins --locked
+exec "$CARGO_TARGET_DIR/release/kv-chaos" "$@"
