@@ -13,9 +13,10 @@
 //!   `expire` operation open over `[call + T − slack, return + T + slack]` (to the end
 //!   for an unknown write) that removes the key if it still holds that write's value.
 //!   The search places it anywhere in that window, which is exactly the model's "expires
-//!   at some instant in the window; once seen absent it stays absent". If it lands
-//!   before its own write (only possible when the write took longer than `T − slack`),
-//!   it is a no-op and the key lives on: the check is then weaker, never wrong.
+//!   at some instant in the window; once seen absent it stays absent". When it is placed
+//!   before its own write (possible when the write took longer than `T − slack`, or its
+//!   answer never came), the write finds its TTL run out and leaves the key absent (the
+//!   state remembers such early expiries).
 //! - Versions are `-versions monotonic`: they strictly increase while a key exists; a
 //!   write without a reported version leaves the version unknown (above the previous
 //!   one) until a read or a successful cas reveals it.
@@ -56,19 +57,43 @@ impl Version {
     }
 }
 
-/// The model state of one key. Values are interned per key (every write's value is
-/// unique, so a value names the write that put it there).
+/// What one key holds. Values are interned per key (every write's value is unique, so
+/// a value names the write that put it there).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum KeyState {
+enum Held {
     Absent,
     Present { value: u32, version: Version },
 }
 
-impl KeyState {
+/// The model state of one key: what it holds, and the expiries that were placed before
+/// their own write (sorted; see [`KeyOp::Expire`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct KeyState {
+    held: Held,
+    early: Vec<u32>,
+}
+
+fn insert_sorted(set: &mut Vec<u32>, v: u32) {
+    if let Err(i) = set.binary_search(&v) {
+        set.insert(i, v);
+    }
+}
+
+fn remove_sorted(set: &mut Vec<u32>, v: u32) -> bool {
+    match set.binary_search(&v) {
+        Ok(i) => {
+            set.remove(i);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+impl Held {
     fn version_bound(&self) -> u64 {
         match self {
-            KeyState::Absent => 0,
-            KeyState::Present { version, .. } => version.bound(),
+            Held::Absent => 0,
+            Held::Present { version, .. } => version.bound(),
         }
     }
 }
@@ -81,7 +106,14 @@ enum Ended {
     Unknown,
 }
 
-/// One operation of the model.
+/// One operation of the model, and whether it writes with a TTL.
+#[derive(Debug, Clone)]
+struct ModelOp {
+    op: KeyOp,
+    ttl: bool,
+}
+
+/// What one operation does to the key's content.
 #[derive(Debug, Clone)]
 enum KeyOp {
     /// An ok get: absent, or a value with the version read (if reported).
@@ -102,8 +134,11 @@ enum KeyOp {
     },
     /// An ok delete (with `found` if reported) or an unknown one (`None`).
     Delete(Option<bool>),
-    /// The TTL of the write of this value ran out.
-    Expire(u32),
+    /// The TTL of the write of `value` ran out. `may_precede_write` when its window opens
+    /// before that write returned (a slow write, or one whose answer never came): placed
+    /// before the write, it is remembered in [`KeyState::early`] and the write, when
+    /// placed, finds its TTL run out. Otherwise real-time order places the write first.
+    Expire { value: u32, may_precede_write: bool },
 }
 
 struct KeyModel;
@@ -119,12 +154,8 @@ fn next_version(reported: Option<u64>, bound: u64) -> Option<Version> {
 
 /// Whether a cas matches: `Some(true)` surely, `Some(false)` surely not, `None` when the
 /// version is unknown and the expected version could be it.
-fn cas_matches(
-    state: &KeyState,
-    expected: Option<u32>,
-    expected_version: Option<u64>,
-) -> Option<bool> {
-    let KeyState::Present { value, version } = state else {
+fn cas_matches(state: &Held, expected: Option<u32>, expected_version: Option<u64>) -> Option<bool> {
+    let Held::Present { value, version } = state else {
         return Some(false);
     };
     if expected.is_some_and(|e| e != *value) {
@@ -143,19 +174,59 @@ fn cas_matches(
 
 impl Specification for KeyModel {
     type State = KeyState;
-    type Operation = KeyOp;
+    type Operation = ModelOp;
 
     fn init() -> KeyState {
-        KeyState::Absent
+        KeyState {
+            held: Held::Absent,
+            early: vec![],
+        }
     }
 
-    fn apply(op: &KeyOp, state: &KeyState) -> (bool, KeyState) {
+    fn apply(op: &ModelOp, state: &KeyState) -> (bool, KeyState) {
+        let mut next = state.clone();
+        if let KeyOp::Expire {
+            value: expiring,
+            may_precede_write,
+        } = op.op
+        {
+            if matches!(next.held, Held::Present { value, .. } if value == expiring) {
+                next.held = Held::Absent;
+            } else if may_precede_write {
+                // Its write may not have been placed yet: if it is placed later, it finds
+                // its TTL run out. (If it was placed and overwritten, the value never
+                // comes back, so remembering it changes nothing.)
+                insert_sorted(&mut next.early, expiring);
+            }
+            return (true, next);
+        }
+        let (valid, held) = apply_to_content(&op.op, &state.held);
+        if !valid {
+            return (false, next);
+        }
+        next.held = held;
+        if op.ttl {
+            // Values are unique: holding this op's value means this op just wrote it.
+            if let Held::Present { value, .. } = next.held {
+                if remove_sorted(&mut next.early, value) {
+                    next.held = Held::Absent;
+                }
+            }
+        }
+        (true, next)
+    }
+}
+
+/// Applies a get or a write to what the key holds: whether the operation's answer is
+/// possible, and the content after it.
+fn apply_to_content(op: &KeyOp, state: &Held) -> (bool, Held) {
+    {
         let invalid = (false, state.clone());
-        let present = |value: u32, version: Version| (true, KeyState::Present { value, version });
+        let present = |value: u32, version: Version| (true, Held::Present { value, version });
         match op {
-            KeyOp::Get(None) => (*state == KeyState::Absent, state.clone()),
+            KeyOp::Get(None) => (*state == Held::Absent, state.clone()),
             KeyOp::Get(Some((read, reported))) => match state {
-                KeyState::Present { value, version } if value == read => match reported {
+                Held::Present { value, version } if value == read => match reported {
                     None => (true, state.clone()),
                     Some(v) if version.admits(*v) => present(*value, Version::Known(*v)),
                     Some(_) => invalid,
@@ -171,11 +242,11 @@ impl Specification for KeyModel {
                 version,
                 ended,
             } => match (ended, state) {
-                (Ended::Ok | Ended::Unknown, KeyState::Absent) => match next_version(*version, 0) {
+                (Ended::Ok | Ended::Unknown, Held::Absent) => match next_version(*version, 0) {
                     Some(v) => present(*value, v),
                     None => invalid,
                 },
-                (Ended::Fail | Ended::Unknown, KeyState::Present { .. }) => (true, state.clone()),
+                (Ended::Fail | Ended::Unknown, Held::Present { .. }) => (true, state.clone()),
                 _ => invalid,
             },
             KeyOp::Cas {
@@ -203,17 +274,14 @@ impl Specification for KeyModel {
                 }
             }
             KeyOp::Delete(found) => {
-                let was_present = *state != KeyState::Absent;
+                let was_present = *state != Held::Absent;
                 if found.is_some_and(|f| f != was_present) {
                     invalid
                 } else {
-                    (true, KeyState::Absent)
+                    (true, Held::Absent)
                 }
             }
-            KeyOp::Expire(expiring) => match state {
-                KeyState::Present { value, .. } if value == expiring => (true, KeyState::Absent),
-                _ => (true, state.clone()),
-            },
+            KeyOp::Expire { .. } => (true, state.clone()),
         }
     }
 }
@@ -290,7 +358,7 @@ pub fn check(history: &[Op], options: CheckOptions) -> Verdict {
 
 /// A model operation open over `[call, ret]` (`None`: to the end of the history).
 struct Timed {
-    op: KeyOp,
+    op: ModelOp,
     call: u64,
     ret: Option<u64>,
 }
@@ -343,16 +411,27 @@ fn check_key(ops: &[&Op], options: CheckOptions) -> (usize, bool) {
         };
         let wrote =
             matches!(op.op, OpKind::Put | OpKind::Create | OpKind::Cas) && ended != Ended::Fail;
-        if let (true, Some(ttl)) = (wrote, op.ttl_ms.filter(|t| *t > 0)) {
+        let ttl = op.ttl_ms.filter(|t| *t > 0 && wrote);
+        if let Some(ttl) = ttl {
             let ttl_ns = ttl * 1_000_000;
+            let opens = (op.call + ttl_ns).saturating_sub(slack_ns);
             timed.push(Timed {
-                op: KeyOp::Expire(intern(op.value.as_ref())),
-                call: (op.call + ttl_ns).saturating_sub(slack_ns),
+                op: ModelOp {
+                    op: KeyOp::Expire {
+                        value: intern(op.value.as_ref()),
+                        may_precede_write: ret.is_none_or(|r| opens <= r),
+                    },
+                    ttl: false,
+                },
+                call: opens,
                 ret: ret.map(|r| r + ttl_ns + slack_ns),
             });
         }
         timed.push(Timed {
-            op: model,
+            op: ModelOp {
+                op: model,
+                ttl: ttl.is_some(),
+            },
             call: op.call,
             ret,
         });

@@ -121,6 +121,53 @@ fn ttl_expiry_is_checked_against_its_window() {
     assert!(verdict_of(&overwritten));
 }
 
+/// A put with `ttl_ms` over `[0, write_ms]`, then a get at `[at, at + 1 ms]` that sees
+/// the value, checked with `slack_ms`.
+fn late_read_accepted(ttl_ms: u64, write_ms: u64, at_ms: u64, slack_ms: u64) -> bool {
+    let text = format!(
+        r#"{{"client":0,"op":"put","key":"k","value":"v","ttl_ms":{ttl_ms},"call":0,"return":{},"result":"ok"}}
+{{"client":1,"op":"get","key":"k","call":{},"return":{},"result":"ok","found":true,"value":"v"}}"#,
+        write_ms * MS,
+        at_ms * MS,
+        (at_ms + 1) * MS
+    );
+    let ops = history::parse(&text).expect("valid");
+    check(
+        &ops,
+        CheckOptions {
+            ttl_slack_ms: slack_ms,
+        },
+    )
+    .ok()
+}
+
+#[test]
+fn expiry_windows_that_open_before_the_write_returns_still_close() {
+    // The window opens at call + ttl - slack, before the write returned (a slow write, or
+    // a slack as large as the TTL): the expiry may not be placed before the write and
+    // thereby never happen.
+    assert!(late_read_accepted(100, 500, 700, 250));
+    assert!(!late_read_accepted(100, 500, 900, 250));
+    assert!(late_read_accepted(1000, 9, 1500, 1000));
+    assert!(!late_read_accepted(1000, 9, 3200, 1000));
+    // An unknown TTL write that shows up may expire (its window never closes: its\n    // answer, the window's end, never came).
+    let unknown = format!(
+        r#"{{"client":0,"op":"put","key":"k","value":"v","ttl_ms":1000,"call":0,"result":"unknown"}}
+{{"client":1,"op":"get","key":"k","call":{},"return":{},"result":"ok","found":true,"value":"v"}}
+{{"client":1,"op":"get","key":"k","call":{},"return":{},"result":"ok","found":false}}"#,
+        100 * MS,
+        101 * MS,
+        2000 * MS,
+        2001 * MS
+    );
+    assert!(verdict_of(&unknown));
+    // Seen absent before its window opens (call + 1000 - 250 ms): too early.
+    let too_early = unknown
+        .replace(&format!("{}", 2000 * MS), &format!("{}", 500 * MS))
+        .replace(&format!("{}", 2001 * MS), &format!("{}", 501 * MS));
+    assert!(!verdict_of(&too_early));
+}
+
 #[test]
 fn versions_revealed_late_and_cas_on_unknown_versions() {
     // An unknown put's version is learnt from a read; a cas on a stale version must fail.

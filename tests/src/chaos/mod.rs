@@ -598,6 +598,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         Recorder::create(&config.history)?,
         cluster.nodes.iter().map(|n| n.client_addr).collect(),
         run_id,
+        config.ttl_slack_ms(),
     )?);
     let leaders = Arc::new(Mutex::new(BTreeSet::new()));
     let watcher = tokio::spawn(watch_leaders(shared.clone(), leaders.clone()));

@@ -24,8 +24,6 @@ use crate::history::{self, Op, OpKind, Outcome};
 /// Keys per generation; the last one is the TTL key (written rarely, with a TTL, and
 /// read often, so expiries are observed).
 const KEYS_PER_GENERATION: u64 = 6;
-/// A generation of keys lasts this long, so no key's history grows too long to check.
-const GENERATION: Duration = Duration::from_secs(6);
 /// A single request's timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a write is retried (with its idempotency key) before it is `unknown`.
@@ -88,11 +86,25 @@ pub struct Shared {
     pub keys: Mutex<std::collections::BTreeSet<String>>,
     started: Instant,
     retries: AtomicU64,
+    /// The shortest TTL written, in seconds.
+    ttl_s: u64,
+    /// A generation of keys lasts this long, so no key's history grows too long to
+    /// check, yet long enough to see the TTL key expire.
+    generation: Duration,
 }
 
 impl Shared {
-    /// Workers' shared state for a cluster whose client addresses are `nodes`.
-    pub fn new(recorder: Recorder, nodes: Vec<SocketAddr>, run_id: String) -> Result<Self> {
+    /// Workers' shared state for a cluster whose client addresses are `nodes`. TTLs are
+    /// at least a second longer than the checker's `ttl_slack_ms`, so an expiry window
+    /// opens after its write returned unless the write was slow: a window that opens
+    /// earlier leaves the checker more orders to try.
+    pub fn new(
+        recorder: Recorder,
+        nodes: Vec<SocketAddr>,
+        run_id: String,
+        ttl_slack_ms: u64,
+    ) -> Result<Self> {
+        let ttl_s = 1 + ttl_slack_ms.div_ceil(1000);
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_millis(300))
@@ -108,6 +120,8 @@ impl Shared {
             keys: Mutex::new(Default::default()),
             started: Instant::now(),
             retries: AtomicU64::new(0),
+            ttl_s,
+            generation: Duration::from_secs(4 * ttl_s),
         })
     }
 
@@ -290,7 +304,7 @@ impl Worker {
     }
 
     fn pick_key(&mut self, shared: &Shared) -> (String, bool) {
-        let generation = shared.started.elapsed().as_nanos() / GENERATION.as_nanos();
+        let generation = shared.started.elapsed().as_nanos() / shared.generation.as_nanos();
         let slot = self.rng.gen_range(0..KEYS_PER_GENERATION);
         let key = format!("{}/g{generation}/k{slot}", shared.run_id);
         shared.keys.lock().expect("keys lock").insert(key.clone());
@@ -308,7 +322,7 @@ impl Worker {
                 kind: OpKind::Put,
                 key: key.clone(),
                 value,
-                ttl_s: Some(1),
+                ttl_s: Some(shared.ttl_s),
                 expected: None,
             })
         } else {
@@ -322,7 +336,7 @@ impl Worker {
             kind.map(|kind| WriteReq {
                 kind,
                 ttl_s: (kind == OpKind::Put && self.rng.gen_bool(0.15))
-                    .then(|| self.rng.gen_range(1..=2)),
+                    .then(|| self.rng.gen_range(shared.ttl_s..=shared.ttl_s + 1)),
                 expected: (kind == OpKind::Cas)
                     .then(|| self.seen.get(&key).map(|(v, r)| (*r, v.clone())))
                     .flatten(),
