@@ -75,7 +75,14 @@ async fn main() -> Result<ExitCode> {
         config.duration,
         config.history.display()
     );
-    let report = run(config).await?;
+    // On Ctrl-C or SIGTERM the run is dropped, which kills its nodes and removes the
+    // firewall chain.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let report = tokio::select! {
+        report = run(config) => report?,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted: nodes stopped, firewall rules removed"),
+        _ = term.recv() => bail!("terminated: nodes stopped, firewall rules removed"),
+    };
     println!("{report}");
     Ok(if report.passed() {
         ExitCode::SUCCESS
