@@ -1,14 +1,209 @@
 #!/usr/bin/env bash
-# Throughput and latency of the local cluster (release build) at 1, 16 and 64 clients.
-# Usage: scripts/bench.sh [SECONDS]   (starts the cluster with cluster.sh up if needed)
+# quorum-kv side by side with etcd 3.4 on this machine, driven by the same wrk scripts.
+#
+# Usage: scripts/bench.sh [--quick] [--reps N] [--seconds S]
+#   --quick      one repetition of each scenario (default: 3)
+#   --seconds S  seconds per measured run (default 10), after a 3 s warm-up
+#
+# Starts a three-node quorum-kv cluster (release build; client ports 7201-7203) and a
+# three-node etcd cluster (client ports 23791-23793, through its HTTP/JSON gateway),
+# fills 10,000 keys of 100 bytes in each, then runs every scenario on both systems in
+# turn (A B A B ...): writes at 1, 16, 64 connections to the leader and at 64 to a
+# follower; linearizable reads at 16 and 64; stale (etcd: serializable) reads at 64.
+# A run with non-2xx answers or socket errors, or whose writes did not all land (the
+# servers' write counters against wrk's completed requests), is reported and not
+# counted. Prints a table of medians and writes target/bench/results.{json,md}.
+# Installs etcd-server, wrk, curl and python3 when missing (as root). Stops everything
+# it started, by PID, and removes its data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-secs="${1:-10}"
-scripts/cluster.sh up >/dev/null
+
+REPS=3
+SECS=10
+WARM=3
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) REPS=1 ;;
+        --reps) REPS="$2"; shift ;;
+        --seconds) SECS="$2"; shift ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+ensure_bench_deps() {
+    local missing=()
+    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+}
+ensure_build_deps
+ensure_bench_deps
 cargo build --release --locked --workspace --bins
-for op in put get; do
-    for clients in 1 16 64; do
-        "$CARGO_TARGET_DIR/release/kv-bench" --op "$op" --clients "$clients" --seconds "$secs"
+
+WORK=$(mktemp -d /tmp/quorum-kv-bench.XXXXXX)
+OUT=target/bench
+mkdir -p "$OUT"
+RESULTS="$OUT/runs.jsonl"
+: > "$RESULTS"
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+json() {  # json EXPR: evaluates EXPR on the JSON document read from stdin as `d`
+    python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"
+}
+
+wait_for() {  # wait_for WHAT COMMAND...: retries for 30 s
+    local what=$1; shift
+    for _ in $(seq 300); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "error: $what did not come up; logs in $WORK" >&2
+    exit 1
+}
+
+# ---- quorum-kv ----
+QKV=(127.0.0.1:7201 127.0.0.1:7202 127.0.0.1:7203)
+start_quorum_kv() {
+    local members="members = [" n
+    for n in 1 2 3; do
+        members+="{ id = $n, client_addr = \"127.0.0.1:720$n\", raft_addr = \"127.0.0.1:730$n\" },"
+    done
+    members+="]"
+    for n in 1 2 3; do
+        mkdir -p "$WORK/qkv"
+        cat > "$WORK/qkv/node$n.toml" <<EOF
+id = $n
+client_addr = "127.0.0.1:720$n"
+raft_addr = "127.0.0.1:730$n"
+data_dir = "$WORK/qkv/node$n"
+cluster_secret = "bench"
+$members
+EOF
+        RUST_LOG=warn "$CARGO_TARGET_DIR/release/kv-server" --config "$WORK/qkv/node$n.toml" \
+            > "$WORK/qkv/node$n.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for addr in "${QKV[@]}"; do wait_for "quorum-kv $addr" curl -sf "http://$addr/readyz"; done
+}
+qkv_leader() { curl -sf "http://${QKV[0]}/v1/cluster" | json 'd["leader"]["client_addr"]'; }
+# Writes applied so far to the benchmark keys: the sum of their versions.
+qkv_writes() {
+    python3 - "${QKV[0]}" <<'EOF'
+import json, sys, urllib.request
+total, after = 0, None
+while True:
+    url = f"http://{sys.argv[1]}/v1/kv?prefix=bench/&limit=1000&keys_only=true"
+    if after:
+        url += "&after=" + after
+    page = json.load(urllib.request.urlopen(url))
+    total += sum(item["version"] for item in page["items"])
+    after = page["next"]
+    if not after:
+        break
+print(total)
+EOF
+}
+qkv_keys() {
+    python3 - "${QKV[0]}" <<'EOF'
+import json, sys, urllib.request
+count, after = 0, None
+while True:
+    url = f"http://{sys.argv[1]}/v1/kv?prefix=bench/&limit=1000&keys_only=true"
+    if after:
+        url += "&after=" + after
+    page = json.load(urllib.request.urlopen(url))
+    count += len(page["items"])
+    after = page["next"]
+    if not after:
+        break
+print(count)
+EOF
+}
+
+# ---- etcd ----
+ETCD=(127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793)
+start_etcd() {
+    local cluster="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803" n
+    for n in 1 2 3; do
+        etcd --name "e$n" --data-dir "$WORK/etcd/e$n" \
+            --listen-client-urls "http://127.0.0.1:2379$n" --advertise-client-urls "http://127.0.0.1:2379$n" \
+            --listen-peer-urls "http://127.0.0.1:2380$n" --initial-advertise-peer-urls "http://127.0.0.1:2380$n" \
+            --initial-cluster "$cluster" --initial-cluster-token quorum-kv-bench \
+            --initial-cluster-state new --logger zap --log-level warn \
+            > "$WORK/etcd-e$n.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for addr in "${ETCD[@]}"; do wait_for "etcd $addr" curl -sf "http://$addr/health"; done
+}
+etcd_status() { curl -sf -X POST "http://$1/v3/maintenance/status" -d '{}'; }
+etcd_leader() {
+    local addr
+    for addr in "${ETCD[@]}"; do
+        if etcd_status "$addr" | json 'int(d["leader"] == d["header"]["member_id"])' | grep -q 1; then
+            echo "$addr"; return
+        fi
+    done
+}
+# etcd's revision counts every write.
+etcd_writes() { etcd_status "${ETCD[0]}" | json 'd["header"]["revision"]'; }
+etcd_keys() {
+    # count_only over the range [bench/, bench0)
+    curl -sf -X POST "http://${ETCD[0]}/v3/kv/range" \
+        -d '{"key":"YmVuY2gv","range_end":"YmVuY2gw","count_only":true}' | json 'd.get("count", 0)'
+}
+
+# ---- runs ----
+wrk_run() {  # wrk_run SYSTEM OP CONNS TARGET SECONDS: prints wrk's JSON line
+    local threads=2
+    [ "$3" -lt 2 ] && threads=1
+    BENCH_OP=$2 wrk -t"$threads" -c"$3" -d"$5"s -s "scripts/bench/$1.lua" "http://$4" | tail -n 1
+}
+
+fill() {  # fill SYSTEM TARGET: writes all 10,000 keys in order
+    BENCH_OP=load wrk -t1 -c16 -d8s -s "scripts/bench/$1.lua" "http://$2" | tail -n 1 >/dev/null
+}
+
+start_quorum_kv
+start_etcd
+QL=$(qkv_leader); EL=$(etcd_leader)
+for addr in "${QKV[@]}"; do [ "$addr" != "$QL" ] && QF=$addr && break; done
+for addr in "${ETCD[@]}"; do [ "$addr" != "$EL" ] && EF=$addr && break; done
+echo "quorum-kv leader $QL (follower $QF); etcd leader $EL (follower $EF)"
+fill quorum-kv "$QL"; fill etcd "$EL"
+echo "keys filled: quorum-kv $(qkv_keys), etcd $(etcd_keys)"
+[ "$(qkv_keys)" = 10000 ] && [ "$(etcd_keys)" = 10000 ] || { echo "error: fill incomplete" >&2; exit 1; }
+
+SCENARIOS=("put-c1 put 1 leader" "put-c16 put 16 leader" "put-c64 put 64 leader"
+           "put-c64-follower put 64 follower" "get-c16 get 16 leader" "get-c64 get 64 leader"
+           "stale-c64 stale 64 leader")
+for rep in $(seq "$REPS"); do
+    for sc in "${SCENARIOS[@]}"; do
+        read -r name op conns where <<< "$sc"
+        for system in quorum-kv etcd; do
+            if [ $system = quorum-kv ]; then
+                target=$QL; [ "$where" = follower ] && target=$QF; count=qkv_writes
+            else
+                target=$EL; [ "$where" = follower ] && target=$EF; count=etcd_writes
+            fi
+            wrk_run $system "$op" "$conns" "$target" "$WARM" >/dev/null
+            before=$($count)
+            line=$(wrk_run $system "$op" "$conns" "$target" "$SECS")
+            landed=$(( $($count) - before ))
+            echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(system='$system', scenario='$name', rep=$rep, landed=$landed); print(json.dumps(d))" >> "$RESULTS"
+            printf '%-10s %-18s rep %d: %s, landed %d\n' $system "$name" "$rep" "$line" "$landed"
+        done
     done
 done
+python3 scripts/bench/report.py "$RESULTS" "$OUT"
+echo "written: $OUT/results.json $OUT/results.md ($RESULTS has every run)"
