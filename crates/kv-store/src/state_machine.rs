@@ -93,9 +93,15 @@ impl StateMachine {
         self.clock_ms.load(Ordering::Acquire)
     }
 
-    async fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    /// Writes one batch; `sync` makes it durable before returning.
+    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let db = self.db.clone();
-        blocking(move || Ok(db.write_opt(batch, &synced())?)).await
+        let opts = if sync {
+            synced()
+        } else {
+            rocksdb::WriteOptions::default()
+        };
+        blocking(move || Ok(db.write_opt(batch, &opts)?)).await
     }
 
     /// Encodes the applied state as of now. Called where openraft serializes it with
@@ -159,7 +165,8 @@ impl StateMachine {
             &meta.last_membership,
             state.clock_ms,
         )?;
-        self.write(batch).await?;
+        // Synced: the log the snapshot replaces may be purged right after.
+        self.write(batch, true).await?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.clock_ms.store(state.clock_ms, Ordering::Release);
@@ -243,9 +250,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         put_meta(db, &mut batch, &last_applied, &membership, overlay.clock_ms)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
-        // Synced: the snapshot that lets openraft purge the log is built from this state,
-        // so it must not be lost behind a purged log.
-        self.write(batch)
+        // Not synced: every entry applied here is already synced in the raft log, and
+        // the log and the state machine share one RocksDB WAL, written in order. A crash
+        // can only lose a suffix of apply batches (last_applied goes back with them, and
+        // openraft applies those entries again from the log); and the log is never
+        // purged past them, because every log write (append, purge) is a synced WAL
+        // write, which makes every earlier apply batch durable too.
+        self.write(batch, false)
             .await
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         self.last_applied = last_applied;
