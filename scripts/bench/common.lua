@@ -2,7 +2,8 @@
 -- 100-byte values, and one JSON line of results printed when wrk finishes.
 --
 -- Settings come from the environment: BENCH_OP (put, get, stale, load), BENCH_KEYS
--- (10000). `load` writes keys 0..KEYS-1 in order (one wrk thread), to fill the space.
+-- (10000), BENCH_START (0). `load` writes keys in order from BENCH_START, wrapping at
+-- KEYS (one wrk thread), to fill the space.
 
 local M = {}
 
@@ -31,7 +32,7 @@ function M.key_name(i)
     return "bench/k" .. i
 end
 
-local counter = -1
+local counter = tonumber(os.getenv("BENCH_START") or "0") - 1
 -- The next key index: sequential for `load`, uniform otherwise.
 function M.next_key()
     if M.op == "load" then
