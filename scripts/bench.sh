@@ -97,39 +97,27 @@ EOF
     for addr in "${QKV[@]}"; do wait_for "quorum-kv $addr" curl -sf "http://$addr/readyz"; done
 }
 qkv_leader() { curl -sf "http://${QKV[0]}/v1/cluster" | json 'd["leader"]["client_addr"]'; }
-# Writes applied so far to the benchmark keys: the sum of their versions.
-qkv_writes() {
+# The benchmark keys on quorum-kv: "<count> <sum of versions>" (versions count the
+# writes each key has had, so the sum counts writes applied).
+qkv_scan() {
     python3 - "${QKV[0]}" <<'EOF'
 import json, sys, urllib.request
-total, after = 0, None
-while True:
-    url = f"http://{sys.argv[1]}/v1/kv?prefix=bench/&limit=1000&keys_only=true"
-    if after:
-        url += "&after=" + after
-    page = json.load(urllib.request.urlopen(url))
-    total += sum(item["version"] for item in page["items"])
-    after = page["next"]
-    if not after:
-        break
-print(total)
-EOF
-}
-qkv_keys() {
-    python3 - "${QKV[0]}" <<'EOF'
-import json, sys, urllib.request
-count, after = 0, None
+count, total, after = 0, 0, None
 while True:
     url = f"http://{sys.argv[1]}/v1/kv?prefix=bench/&limit=1000&keys_only=true"
     if after:
         url += "&after=" + after
     page = json.load(urllib.request.urlopen(url))
     count += len(page["items"])
+    total += sum(item["version"] for item in page["items"])
     after = page["next"]
     if not after:
         break
-print(count)
+print(count, total)
 EOF
 }
+qkv_keys() { qkv_scan | cut -d' ' -f1; }
+qkv_writes() { qkv_scan | cut -d' ' -f2; }
 
 # ---- etcd ----
 ETCD=(127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793)
