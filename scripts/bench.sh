@@ -191,11 +191,13 @@ for rep in $(seq "$REPS"); do
                 target=$EL; [ "$where" = follower ] && target=$EF; count=etcd_writes
             fi
             wrk_run $system "$op" "$conns" "$target" "$WARM" >/dev/null
-            before=$($count)
+            # Only writes are counted: reads leave the counters alone.
+            landed=None
+            [ "$op" = put ] && before=$($count)
             line=$(wrk_run $system "$op" "$conns" "$target" "$SECS")
-            landed=$(( $($count) - before ))
+            [ "$op" = put ] && landed=$(( $($count) - before ))
             echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(system='$system', scenario='$name', rep=$rep, landed=$landed); print(json.dumps(d))" >> "$RESULTS"
-            printf '%-10s %-18s rep %d: %s, landed %d\n' $system "$name" "$rep" "$line" "$landed"
+            printf '%-10s %-18s rep %d: %s, landed %s\n' $system "$name" "$rep" "$line" "$landed"
         done
     done
 done

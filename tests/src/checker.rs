@@ -66,7 +66,7 @@ enum Held {
 }
 
 /// The model state of one key: what it holds, and the expiries that were placed before
-/// their own write (sorted; see [`KeyOp::Expire`]).
+/// their own write (sorted; see [`ModelOp::Expire`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct KeyState {
     held: Held,
@@ -106,11 +106,16 @@ enum Ended {
     Unknown,
 }
 
-/// One operation of the model, and whether it writes with a TTL.
+/// One operation of the model.
 #[derive(Debug, Clone)]
-struct ModelOp {
-    op: KeyOp,
-    ttl: bool,
+enum ModelOp {
+    /// A get or a write; `ttl` when it writes with a TTL.
+    Client { op: KeyOp, ttl: bool },
+    /// The TTL of the write of `value` ran out. `may_precede_write` when its window opens
+    /// before that write returned (a slow write, or one whose answer never came): placed
+    /// before the write, it is remembered in [`KeyState::early`] and the write, when
+    /// placed, finds its TTL run out. Otherwise real-time order places the write first.
+    Expire { value: u32, may_precede_write: bool },
 }
 
 /// What one operation does to the key's content.
@@ -134,11 +139,6 @@ enum KeyOp {
     },
     /// An ok delete (with `found` if reported) or an unknown one (`None`).
     Delete(Option<bool>),
-    /// The TTL of the write of `value` ran out. `may_precede_write` when its window opens
-    /// before that write returned (a slow write, or one whose answer never came): placed
-    /// before the write, it is remembered in [`KeyState::early`] and the write, when
-    /// placed, finds its TTL run out. Otherwise real-time order places the write first.
-    Expire { value: u32, may_precede_write: bool },
 }
 
 struct KeyModel;
@@ -185,27 +185,29 @@ impl Specification for KeyModel {
 
     fn apply(op: &ModelOp, state: &KeyState) -> (bool, KeyState) {
         let mut next = state.clone();
-        if let KeyOp::Expire {
-            value: expiring,
-            may_precede_write,
-        } = op.op
-        {
-            if matches!(next.held, Held::Present { value, .. } if value == expiring) {
-                next.held = Held::Absent;
-            } else if may_precede_write {
-                // Its write may not have been placed yet: if it is placed later, it finds
-                // its TTL run out. (If it was placed and overwritten, the value never
-                // comes back, so remembering it changes nothing.)
-                insert_sorted(&mut next.early, expiring);
+        let (op, ttl) = match *op {
+            ModelOp::Expire {
+                value: expiring,
+                may_precede_write,
+            } => {
+                if matches!(next.held, Held::Present { value, .. } if value == expiring) {
+                    next.held = Held::Absent;
+                } else if may_precede_write {
+                    // Its write may not have been placed yet: if it is placed later, it
+                    // finds its TTL run out. (If it was placed and overwritten, the value
+                    // never comes back, so remembering it changes nothing.)
+                    insert_sorted(&mut next.early, expiring);
+                }
+                return (true, next);
             }
-            return (true, next);
-        }
-        let (valid, held) = apply_to_content(&op.op, &state.held);
+            ModelOp::Client { ref op, ttl } => (op, ttl),
+        };
+        let (valid, held) = apply_to_content(op, &state.held);
         if !valid {
             return (false, next);
         }
         next.held = held;
-        if op.ttl {
+        if ttl {
             // Values are unique: holding this op's value means this op just wrote it.
             if let Held::Present { value, .. } = next.held {
                 if remove_sorted(&mut next.early, value) {
@@ -281,7 +283,6 @@ fn apply_to_content(op: &KeyOp, state: &Held) -> (bool, Held) {
                     (true, Held::Absent)
                 }
             }
-            KeyOp::Expire { .. } => (true, state.clone()),
         }
     }
 }
@@ -421,12 +422,9 @@ fn check_key(ops: &[&Op], options: CheckOptions) -> (usize, bool) {
             let moot = ret.is_some_and(|r| overwritten.between(r, opens));
             if !moot {
                 timed.push(Timed {
-                    op: ModelOp {
-                        op: KeyOp::Expire {
-                            value: intern(op.value.as_ref()),
-                            may_precede_write: ret.is_none_or(|r| opens <= r),
-                        },
-                        ttl: false,
+                    op: ModelOp::Expire {
+                        value: intern(op.value.as_ref()),
+                        may_precede_write: ret.is_none_or(|r| opens <= r),
                     },
                     call: opens,
                     ret: ret.map(|r| r + ttl_ns + slack_ns),
@@ -434,7 +432,7 @@ fn check_key(ops: &[&Op], options: CheckOptions) -> (usize, bool) {
             }
         }
         timed.push(Timed {
-            op: ModelOp {
+            op: ModelOp::Client {
                 op: model,
                 ttl: ttl.is_some(),
             },

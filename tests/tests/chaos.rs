@@ -5,17 +5,13 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use kv_tests::chaos::{run, ChaosConfig, FaultKind};
+use kv_tests::chaos::{fresh_seed, run, ChaosConfig, FaultKind};
 
 fn seed() -> u64 {
     std::env::var("KV_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        })
+        .unwrap_or_else(fresh_seed)
 }
 
 async fn run_and_check(config: ChaosConfig) -> Result<()> {

@@ -3,7 +3,8 @@
 use std::io::Cursor;
 
 use kv_core::{Command, OpResult, Precondition, Request, Response, Ttl};
-use kv_store::typ::{LogEntry, StoredMembership};
+use kv_store::typ::{LogEntry, Snapshot, StoredMembership};
+use kv_store::StateMachine;
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership, RaftSnapshotBuilder};
 
@@ -25,6 +26,23 @@ fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> Command {
         ttl: ttl_ms.map_or(Ttl::Clear, Ttl::AfterMs),
         precondition: Precondition::Always,
     }
+}
+
+/// A snapshot of the state machine as it is now.
+async fn snapshot_of(sm: &mut StateMachine) -> Snapshot {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build")
+}
+
+/// Installs `snapshot` as another node receives it.
+async fn install(sm: &mut StateMachine, snapshot: Snapshot) {
+    let data = snapshot.snapshot.into_inner();
+    sm.install_snapshot(&snapshot.meta, Box::new(Cursor::new(data)))
+        .await
+        .expect("install");
 }
 
 fn membership_entry(index: u64) -> LogEntry {
@@ -131,11 +149,8 @@ async fn snapshot_moves_the_whole_state_to_another_node_and_replaces_its_own() {
         .expect("persisted");
     assert_eq!(current.meta, snapshot.meta);
 
-    let data = snapshot.snapshot.into_inner();
-    b.state_machine
-        .install_snapshot(&snapshot.meta, Box::new(Cursor::new(data)))
-        .await
-        .expect("install");
+    let meta = snapshot.meta.clone();
+    install(&mut b.state_machine, snapshot).await;
     let (applied, membership) = b
         .state_machine
         .applied_state()
@@ -167,7 +182,7 @@ async fn snapshot_moves_the_whole_state_to_another_node_and_replaces_its_own() {
         .await
         .expect("current")
         .expect("persisted");
-    assert_eq!(installed.meta.snapshot_id, snapshot.meta.snapshot_id);
+    assert_eq!(installed.meta.snapshot_id, meta.snapshot_id);
 }
 
 #[tokio::test]
@@ -178,20 +193,8 @@ async fn snapshot_ids_are_unique() {
         .apply([normal(1, 1, set("k", "1", None))])
         .await
         .expect("apply");
-    let first = s
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    let second = s
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
+    let first = snapshot_of(&mut s.state_machine).await;
+    let second = snapshot_of(&mut s.state_machine).await;
     assert_ne!(first.meta.snapshot_id, second.meta.snapshot_id);
 }
 
@@ -204,12 +207,7 @@ async fn corrupt_snapshot_file_is_an_error_not_an_absent_snapshot() {
             .apply([normal(1, 1, set("k", "1", None))])
             .await
             .expect("apply");
-        s.state_machine
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .expect("build");
+        snapshot_of(&mut s.state_machine).await;
     }
     std::fs::write(dir.path().join("snapshot/current"), b"\xff\xff garbage").expect("write");
     let mut s = kv_store::open(dir.path()).expect("reopen");
@@ -249,20 +247,8 @@ async fn idempotency_records_travel_in_snapshots() {
         )
     };
     let first = a.state_machine.apply([keyed(1)]).await.expect("apply");
-    let snapshot = a
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    b.state_machine
-        .install_snapshot(
-            &snapshot.meta,
-            Box::new(Cursor::new(snapshot.snapshot.into_inner())),
-        )
-        .await
-        .expect("install");
+    let snapshot = snapshot_of(&mut a.state_machine).await;
+    install(&mut b.state_machine, snapshot).await;
     // The retry reaches the node that only knows the snapshot: it replays.
     let retry = b.state_machine.apply([keyed(2)]).await.expect("apply");
     let Response::Applied(original) = &first[0] else {
@@ -301,19 +287,8 @@ async fn digest_agrees_between_applying_and_installing_and_tells_states_apart() 
     let [a, b, c] = log();
     stores[1].state_machine.apply([a, b]).await.expect("apply");
     stores[1].state_machine.apply([c]).await.expect("apply");
-    let snapshot = stores[0]
-        .state_machine
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    let data = snapshot.snapshot.into_inner();
-    stores[2]
-        .state_machine
-        .install_snapshot(&snapshot.meta, Box::new(Cursor::new(data)))
-        .await
-        .expect("install");
+    let snapshot = snapshot_of(&mut stores[0].state_machine).await;
+    install(&mut stores[2].state_machine, snapshot).await;
     let [a, b, _] = log();
     stores[3]
         .state_machine

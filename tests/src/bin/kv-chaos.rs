@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use kv_tests::chaos::{run, ChaosConfig, FaultKind};
+use kv_tests::chaos::{fresh_seed, run, ChaosConfig, FaultKind};
 
 #[derive(Parser)]
 #[command(
@@ -57,11 +57,7 @@ fn parse_duration(s: &str) -> Result<Duration> {
 #[tokio::main]
 async fn main() -> Result<ExitCode> {
     let args = Args::parse();
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
+    let seed = args.seed.unwrap_or_else(fresh_seed);
     let history = args
         .history
         .unwrap_or_else(|| PathBuf::from(format!("target/chaos/history-{seed}.jsonl")));

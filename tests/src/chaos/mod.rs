@@ -47,17 +47,24 @@ impl FaultKind {
     /// Every kind.
     pub const ALL: [FaultKind; 4] = [Self::Kill, Self::Pause, Self::Partition, Self::Skew];
 
+    /// The name on the command line and in the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Kill => "kill",
+            Self::Pause => "pause",
+            Self::Partition => "partition",
+            Self::Skew => "skew",
+        }
+    }
+
     /// Parses `kill,pause,partition,skew`.
     pub fn parse_list(s: &str) -> Result<Vec<FaultKind>> {
         let mut kinds = BTreeSet::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            kinds.insert(match part {
-                "kill" => Self::Kill,
-                "pause" => Self::Pause,
-                "partition" => Self::Partition,
-                "skew" => Self::Skew,
-                other => bail!("unknown fault {other:?} (kill, pause, partition, skew)"),
-            });
+            match Self::ALL.into_iter().find(|k| k.name() == part) {
+                Some(kind) => kinds.insert(kind),
+                None => bail!("unknown fault {part:?} (kill, pause, partition, skew)"),
+            };
         }
         Ok(kinds.into_iter().collect())
     }
@@ -100,6 +107,13 @@ impl Fault {
             Fault::SkewedLeader => "skewed-leader",
         }
     }
+}
+
+/// A seed for a run that was not given one: the clock's nanoseconds.
+pub fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A chaos run's settings.
@@ -173,16 +187,7 @@ impl ChaosReport {
 impl fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
-        let kinds: Vec<&str> = c
-            .faults
-            .iter()
-            .map(|k| match k {
-                FaultKind::Kill => "kill",
-                FaultKind::Pause => "pause",
-                FaultKind::Partition => "partition",
-                FaultKind::Skew => "skew",
-            })
-            .collect();
+        let kinds: Vec<&str> = c.faults.iter().map(|k| k.name()).collect();
         writeln!(
             f,
             "chaos run: {} nodes, seed {}, {:.1} s, faults {}, {} workers, ttl slack {} ms",
@@ -279,13 +284,15 @@ impl Nemesis {
             .ok_or_else(|| anyhow!("partition faults need the firewall"))
     }
 
-    fn cut(&mut self, side_a: &[u64], side_b: &[u64]) -> Result<()> {
+    /// Cuts every node of `side_a` off from every node of `side_b` for `hold`, then heals.
+    async fn partition(&mut self, side_a: &[u64], side_b: &[u64], hold: Duration) -> Result<()> {
         for a in side_a {
             for b in side_b {
                 self.firewall()?.block(node_ip(*a), node_ip(*b))?;
             }
         }
-        Ok(())
+        tokio::time::sleep(hold).await;
+        self.firewall()?.heal()
     }
 
     /// Injects `fault`, holds it, undoes it. Returns a line for the log.
@@ -342,18 +349,14 @@ impl Nemesis {
             Fault::IsolateLeader => {
                 let l = self.leader_or_any().await;
                 let others: Vec<u64> = ids.iter().copied().filter(|id| *id != l).collect();
-                self.cut(&[l], &others)?;
-                tokio::time::sleep(hold).await;
-                self.firewall()?.heal()?;
+                self.partition(&[l], &others, hold).await?;
                 format!("isolated leader n{l}, healed")
             }
             Fault::SplitMajority => {
                 let mut order = ids.clone();
                 order.shuffle(&mut self.rng);
                 let (minority, majority) = order.split_at((ids.len() - 1) / 2);
-                self.cut(minority, majority)?;
-                tokio::time::sleep(hold).await;
-                self.firewall()?.heal()?;
+                self.partition(minority, majority, hold).await?;
                 format!("split {minority:?} | {majority:?}, healed")
             }
             Fault::Bridge => {
@@ -362,9 +365,7 @@ impl Nemesis {
                 let half = ids.len() / 2;
                 let (left, rest) = order.split_at(half);
                 let (bridge, right) = rest.split_at(1);
-                self.cut(left, right)?;
-                tokio::time::sleep(hold).await;
-                self.firewall()?.heal()?;
+                self.partition(left, right, hold).await?;
                 format!("bridge {left:?} | {bridge:?} | {right:?} (the middle sees both), healed")
             }
             Fault::SkewedLeader => {
@@ -400,7 +401,7 @@ impl Nemesis {
     }
 
     /// Undoes whatever a failed fault left behind: heal, resume, restart.
-    async fn heal_all(&mut self) -> Result<()> {
+    fn heal_all(&mut self) -> Result<()> {
         if let Some(fw) = self.firewall.as_mut() {
             fw.heal()?;
         }
@@ -434,7 +435,7 @@ impl Nemesis {
             let what = match what {
                 Ok(w) => w,
                 Err(e) => {
-                    self.heal_all().await?;
+                    self.heal_all()?;
                     return Err(e.context(format!("injecting {}", fault.name())));
                 }
             };
@@ -472,10 +473,11 @@ async fn watch_leaders(shared: Arc<Shared>, seen: Arc<Mutex<BTreeSet<(u64, u64)>
     }
 }
 
-/// Waits until every node reports the same applied index and digest.
+/// Waits until every node reports the same applied index and digest; the error says
+/// what was seen last.
 async fn converged_digests(
     cluster: &TestCluster,
-) -> Result<std::result::Result<Vec<(u64, u64, String)>, String>> {
+) -> std::result::Result<Vec<(u64, u64, String)>, String> {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last = String::new();
     loop {
@@ -494,14 +496,14 @@ async fn converged_digests(
             let same_index = seen.iter().all(|s| s.1 == seen[0].1);
             let same_digest = seen.iter().all(|s| s.2 == seen[0].2);
             if same_index && same_digest {
-                return Ok(Ok(seen));
+                return Ok(seen);
             }
             last = format!("{seen:?}");
         }
         if Instant::now() > deadline {
-            return Ok(Err(format!(
+            return Err(format!(
                 "replicas did not converge to one digest at one applied index within 40 s: {last}"
-            )));
+            ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -617,7 +619,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         started,
     };
     let scheduled = nemesis.schedule(&config).await;
-    nemesis.heal_all().await?;
+    nemesis.heal_all()?;
     // Keep the load on while the cluster recovers, then stop the clients.
     tokio::time::sleep(Duration::from_secs(2)).await;
     shared.stop.store(true, Ordering::Relaxed);
@@ -655,7 +657,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         }
     }
     let mut violations = shared.violations.lock().expect("violations").clone();
-    let digests = match converged_digests(cluster).await? {
+    let digests = match converged_digests(cluster).await {
         Ok(d) => d,
         Err(e) => {
             violations.push(e);
