@@ -2,8 +2,13 @@
 # quorum-kv side by side with etcd 3.4 on this machine, driven by the same wrk scripts.
 #
 # Usage: scripts/bench.sh [--quick] [--reps N] [--seconds S]
+#        scripts/bench.sh --scale [--keys N]
 #   --quick      one repetition of each scenario (default: 3)
 #   --seconds S  seconds per measured run (default 10), after a 3 s warm-up
+#   --scale      quorum-kv alone with N keys of 100 bytes (default 1,000,000): RSS per
+#                node, a follower's restart until it serves, and the catch-up by snapshot
+#                of a follower that was down while the keys were written (the leader's
+#                log purged past it); writes target/bench/scale.{json,md}
 #
 # Starts a three-node quorum-kv cluster (release build; client ports 7201-7203) and a
 # three-node etcd cluster (client ports 23791-23793, through its HTTP/JSON gateway),
@@ -22,12 +27,16 @@ source scripts/env.sh
 REPS=3
 SECS=10
 WARM=3
+SCALE=
+SCALE_KEYS=1000000
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) REPS=1 ;;
+        --scale) SCALE=1 ;;
+        --keys) SCALE_KEYS="$2"; shift ;;
         --reps) REPS="$2"; shift ;;
         --seconds) SECS="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -42,7 +51,13 @@ ensure_bench_deps() {
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 ensure_build_deps
-ensure_bench_deps
+if [ -n "$SCALE" ]; then
+    command -v wrk >/dev/null 2>&1 || apt_install wrk
+    command -v curl >/dev/null 2>&1 || apt_install curl
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+else
+    ensure_bench_deps
+fi
 cargo build --release --locked --workspace --bins
 
 WORK=$(mktemp -d /tmp/quorum-kv-bench.XXXXXX)
@@ -80,8 +95,8 @@ start_quorum_kv() {
         members+="{ id = $n, client_addr = \"127.0.0.1:720$n\", raft_addr = \"127.0.0.1:730$n\" },"
     done
     members+="]"
+    mkdir -p "$WORK/qkv"
     for n in 1 2 3; do
-        mkdir -p "$WORK/qkv"
         cat > "$WORK/qkv/node$n.toml" <<EOF
 id = $n
 client_addr = "127.0.0.1:720$n"
@@ -90,11 +105,20 @@ data_dir = "$WORK/qkv/node$n"
 cluster_secret = "bench"
 $members
 EOF
-        RUST_LOG=warn "$CARGO_TARGET_DIR/release/kv-server" --config "$WORK/qkv/node$n.toml" \
-            > "$WORK/qkv/node$n.log" 2>&1 &
-        PIDS+=($!)
+        start_qkv_node $n
     done
     for addr in "${QKV[@]}"; do wait_for "quorum-kv $addr" curl -sf "http://$addr/readyz"; done
+}
+QPID=()
+start_qkv_node() {  # start_qkv_node N: starts node N on its data; its pid in QPID[N]
+    RUST_LOG=warn "$CARGO_TARGET_DIR/release/kv-server" --config "$WORK/qkv/node$1.toml" \
+        >> "$WORK/qkv/node$1.log" 2>&1 &
+    QPID[$1]=$!
+    PIDS+=($!)
+}
+stop_qkv_node() {  # stop_qkv_node N SIGNAL: stops node N and waits until it has exited
+    kill -"$2" "${QPID[$1]}"
+    wait "${QPID[$1]}" 2>/dev/null || true
 }
 qkv_leader() { curl -sf "http://${QKV[0]}/v1/cluster" | json 'd["leader"]["client_addr"]'; }
 # The benchmark keys on quorum-kv: "<count> <sum of versions>" (versions count the
@@ -162,6 +186,116 @@ fill() {  # fill SYSTEM TARGET START: writes keys in order from START
     BENCH_OP=load BENCH_START=$3 wrk -t1 -c16 -d8s -s "scripts/bench/$1.lua" "http://$2" \
         | tail -n 1 >/dev/null
 }
+
+# ---- scale: quorum-kv alone with SCALE_KEYS keys ----
+now() { date +%s.%N; }
+since() { python3 -c "print(round($(now) - $1, 2))"; }
+node_status() { curl -sf "http://127.0.0.1:720$1/v1/cluster"; }
+rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/${QPID[$1]}/status"; }
+stored_keys() { curl -sf "http://127.0.0.1:720$1/v1/admin/digest" | json 'd["keys"]'; }
+
+scale() {
+    start_quorum_kv
+    local leader down up n
+    leader=$(qkv_leader); leader=${leader##*:720}
+    for n in 1 2 3; do [ "$n" != "$leader" ] && { [ -z "${down:-}" ] && down=$n || up=$n; }; done
+    echo "leader node $leader; node $down goes down while the keys are written; node $up restarts"
+
+    local down_last
+    down_last=$(node_status "$down" | json 'd["last_log_index"]')
+    stop_qkv_node "$down" 9
+    echo "node $down killed at log index $down_last; writing $SCALE_KEYS keys of 100 bytes"
+    local t0 load_secs keys purged
+    t0=$(now)
+    keys=0
+    for _ in $(seq 60); do
+        BENCH_OP=load BENCH_KEYS=$SCALE_KEYS BENCH_START=$keys wrk -t1 -c64 -d20s \
+            -s scripts/bench/quorum-kv.lua "http://127.0.0.1:720$leader" >/dev/null
+        keys=$(stored_keys "$leader")
+        [ "$keys" -ge "$SCALE_KEYS" ] && break
+    done
+    load_secs=$(since "$t0")
+    [ "$keys" -ge "$SCALE_KEYS" ] || { echo "error: only $keys keys after loading" >&2; exit 1; }
+    # The catch-up must be by snapshot: overwrite keys until the leader's log is purged
+    # past the down node's last entry.
+    for _ in $(seq 60); do
+        purged=$(node_status "$leader" | json 'd["purged_index"] or 0')
+        [ "$purged" -gt "$down_last" ] && break
+        BENCH_OP=load BENCH_KEYS=$SCALE_KEYS wrk -t1 -c64 -d5s \
+            -s scripts/bench/quorum-kv.lua "http://127.0.0.1:720$leader" >/dev/null
+    done
+    [ "$purged" -gt "$down_last" ] || { echo "error: the leader never purged its log" >&2; exit 1; }
+    echo "$keys keys in ${load_secs} s; leader purged its log up to $purged"
+    sleep 2  # let the live follower apply the tail
+    local rss_leader rss_follower
+    rss_leader=$(rss_mib "$leader"); rss_follower=$(rss_mib "$up")
+
+    # Catch-up by snapshot: from start until it has applied what the leader applied.
+    local target catch_secs caught
+    target=$(node_status "$leader" | json 'd["applied_index"]')
+    t0=$(now)
+    start_qkv_node "$down"
+    for _ in $(seq 6000); do
+        caught=$(node_status "$down" 2>/dev/null | json 'd["applied_index"] or 0' 2>/dev/null || echo 0)
+        [ "$caught" -ge "$target" ] && break
+        sleep 0.05
+    done
+    catch_secs=$(since "$t0")
+    [ "$caught" -ge "$target" ] || { echo "error: node $down did not catch up" >&2; exit 1; }
+    local snap
+    snap=$(node_status "$down" | json 'd["snapshot_index"] or 0')
+    [ "$snap" -gt "$down_last" ] || { echo "error: node $down caught up without a snapshot" >&2; exit 1; }
+    [ "$(stored_keys "$down")" = "$keys" ] || { echo "error: node $down holds the wrong key count" >&2; exit 1; }
+    local rss_caught
+    rss_caught=$(rss_mib "$down")
+    echo "node $down caught up by snapshot (index $snap) in ${catch_secs} s"
+
+    # Restart: a clean stop, then from start until it is ready and serves a read.
+    stop_qkv_node "$up" TERM
+    t0=$(now)
+    start_qkv_node "$up"
+    local ready_secs read_secs
+    wait_for "node $up ready" curl -sf "http://127.0.0.1:720$up/readyz"
+    ready_secs=$(since "$t0")
+    wait_for "node $up serving" curl -sf "http://127.0.0.1:720$up/v1/kv/bench/k$((SCALE_KEYS - 1))?consistency=stale"
+    read_secs=$(since "$t0")
+    local rss_restarted
+    rss_restarted=$(rss_mib "$up")
+    echo "node $up restarted: ready in ${ready_secs} s, serving reads in ${read_secs} s"
+    local du
+    du=$(du -sm "$WORK/qkv/node$leader" | cut -f1)
+
+    python3 - "$OUT" <<EOF
+import json, sys
+d = {"keys": $keys, "value_bytes": 100, "load_seconds": $load_secs,
+     "rss_mib": {"leader": $rss_leader, "follower": $rss_follower,
+                 "after_snapshot_catch_up": $rss_caught, "after_restart": $rss_restarted},
+     "data_dir_mib": $du,
+     "restart_ready_seconds": $ready_secs, "restart_serving_seconds": $read_secs,
+     "snapshot_catch_up_seconds": $catch_secs,
+     "down_node_last_index": $down_last, "leader_purged_index": $purged,
+     "snapshot_index": $snap}
+out = sys.argv[1]
+json.dump(d, open(f"{out}/scale.json", "w"), indent=2)
+md = f"""| {d['keys']:,} keys of 100 bytes | |
+| --- | ---: |
+| load (64 connections, sequential keys) | {d['load_seconds']} s |
+| RSS leader / follower after loading | {d['rss_mib']['leader']} / {d['rss_mib']['follower']} MiB |
+| data directory per node | {d['data_dir_mib']} MiB |
+| restart until ready / serving reads | {d['restart_ready_seconds']} / {d['restart_serving_seconds']} s |
+| RSS after restart | {d['rss_mib']['after_restart']} MiB |
+| catch-up by snapshot (log purged past the node) | {d['snapshot_catch_up_seconds']} s |
+| RSS after the snapshot catch-up | {d['rss_mib']['after_snapshot_catch_up']} MiB |
+"""
+open(f"{out}/scale.md", "w").write(md)
+print(md)
+EOF
+    echo "written: $OUT/scale.json $OUT/scale.md"
+}
+if [ -n "$SCALE" ]; then
+    scale
+    exit 0
+fi
 
 start_quorum_kv
 start_etcd

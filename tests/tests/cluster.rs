@@ -2,9 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use anyhow::{ensure, Result};
 use kv_tests::{TestCluster, Tuning};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Reads `key` on node `id` without asking the leader (local state).
 async fn stale(c: &TestCluster, id: u64, key: &str) -> Result<(u16, Value)> {
@@ -402,25 +406,75 @@ async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
     Ok(())
 }
 
+/// One frame of the raft protocol (see kv-server's `raft_network`): a big-endian length,
+/// then the bytes.
+async fn send_frame(stream: &mut TcpStream, bytes: &[u8]) -> Result<()> {
+    let len = u32::try_from(bytes.len())?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(bytes).await?;
+    Ok(())
+}
+
+/// The next frame, or None when the node closed the connection.
+async fn recv_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len)).await?;
+    if read.is_err() {
+        return Ok(None);
+    }
+    let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
 #[tokio::test]
 async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<()> {
+    const HELLO: &[u8] = b"quorum-kv-raft/1\n";
     let c = TestCluster::start(3).await?;
     for node in &c.nodes {
-        let r = c
-            .http
-            .post(format!("http://{}/raft/vote", node.raft_addr))
-            .body(vec![0u8; 8])
-            .send()
+        // A wrong secret: refused with a reason, then the connection is closed, and a
+        // request sent anyway is never answered.
+        let mut s = TcpStream::connect(node.raft_addr).await?;
+        send_frame(&mut s, &[HELLO, b"wrong-secret"].concat()).await?;
+        let answer = recv_frame(&mut s).await?.unwrap_or_default();
+        ensure!(
+            answer.first() == Some(&2) && answer.ends_with(b"wrong cluster secret"),
+            "node {}: {:?}",
+            node.id,
+            String::from_utf8_lossy(&answer)
+        );
+        let _ = send_frame(&mut s, &[2, 0, 0]).await;
+        ensure!(
+            recv_frame(&mut s).await?.is_none(),
+            "answered after a refusal"
+        );
+
+        // Not our protocol at all (an HTTP request): closed without an answer.
+        let mut s = TcpStream::connect(node.raft_addr).await?;
+        s.write_all(b"POST /raft/vote HTTP/1.1\r\nhost: x\r\n\r\n")
             .await?;
-        ensure!(r.status() == 401, "node {}: {}", node.id, r.status());
-        let r = c
-            .http
-            .post(format!("http://{}/raft/append", node.raft_addr))
-            .header("x-quorum-kv-secret", "test-secret")
-            .body(b"garbage".to_vec())
-            .send()
-            .await?;
-        ensure!(r.status() == 400, "garbage raft body: {}", r.status());
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await?;
+        ensure!(
+            !rest.windows(8).any(|w| w == b"HTTP/1.1"),
+            "node {}: answered an HTTP request",
+            node.id
+        );
+
+        // The right secret, then garbage: answered as a bad request, the connection
+        // stays usable.
+        let mut s = TcpStream::connect(node.raft_addr).await?;
+        send_frame(&mut s, &[HELLO, b"test-secret"].concat()).await?;
+        ensure!(recv_frame(&mut s).await? == Some(vec![0]), "hello refused");
+        for garbage in [&b"\x01garbage"[..], b"\x09", b""] {
+            send_frame(&mut s, garbage).await?;
+            let answer = recv_frame(&mut s).await?.unwrap_or_default();
+            ensure!(
+                answer.first() == Some(&1),
+                "node {}: garbage {garbage:?} answered {answer:?}",
+                node.id
+            );
+        }
     }
     ensure!(
         c.leader().await.is_ok(),

@@ -238,7 +238,13 @@ mod tests {
 
     #[test]
     fn every_shipped_cluster_config_loads() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster-config");
+        // Taken at run time (cargo sets it then too), so a test binary built from another
+        // checkout sharing the target directory still reads this checkout's files.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
+        );
+        let root = manifest_dir.join("../../cluster-config");
         let mut seen = 0;
         for cluster in std::fs::read_dir(&root).expect("cluster-config exists") {
             for file in std::fs::read_dir(cluster.expect("entry").path()).expect("a cluster folder")

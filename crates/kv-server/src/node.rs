@@ -80,7 +80,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Connections to peers leave from this node's own address, so address-based
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
-    let network = Network::new(config.cluster_secret.clone(), outgoing)?;
+    let network = Network::new(config.cluster_secret.clone(), outgoing);
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -141,14 +141,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         limits,
     });
 
-    let raft_server = tokio::spawn(
-        axum::serve(
-            raft_listener,
-            raft_network::router(raft.clone(), config.cluster_secret.clone()),
-        )
-        .with_graceful_shutdown(raft_stop.clone().cancelled_owned())
-        .into_future(),
-    );
+    let raft_server = tokio::spawn(raft_network::serve(
+        raft_listener,
+        raft.clone(),
+        config.cluster_secret.clone(),
+        tracker.clone(),
+        raft_stop.clone(),
+    ));
     let client_server = tokio::spawn(
         axum::serve(client_listener, http::router(app))
             .with_graceful_shutdown(client_stop.clone().cancelled_owned())

@@ -1,18 +1,27 @@
-//! Raft RPCs between nodes: postcard bodies over HTTP on the separate raft listener.
+//! Raft RPCs between nodes: postcard frames over one plain TCP connection per peer.
 //!
-//! Each RPC is `POST /raft/{append,vote,snapshot}`; the answer body is the postcard
-//! encoding of the whole `Result` the receiving raft returned, so remote raft errors
-//! reach the sender's openraft as `RemoteError`.
+//! Raft traffic is small, frequent and always between members, so it skips HTTP: one
+//! write and usually one read per RPC, no headers to encode or parse, and no connection
+//! task between openraft's replication task and the socket. The protocol:
+//!
+//! - Every frame is a big-endian `u32` length, then that many bytes (at most
+//!   [`MAX_FRAME`]).
+//! - The connecting node's first frame is [`HELLO`] followed by the cluster secret
+//!   (empty when none is set). The listener answers [`OK`], or [`REJECTED`] with a
+//!   reason and closes the connection.
+//! - Then each request is one frame, a kind byte ([`APPEND`], [`VOTE`], [`SNAPSHOT`])
+//!   and the postcard encoding of openraft's request; each answer is one frame, [`OK`]
+//!   and the postcard encoding of the whole `Result` the receiving raft returned (so
+//!   remote raft errors reach the sender's openraft as `RemoteError`), or [`BAD_REQUEST`]
+//!   and a reason. One request at a time per connection: openraft sends one RPC at a time
+//!   to each peer per replication stream.
+//!
+//! A connection that fails or times out mid-RPC is dropped (its stream may hold half an
+//! answer); the next RPC connects again.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::Router;
 use kv_store::typ::{NodeId, NodeInfo, Raft, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -24,43 +33,97 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Header carrying the cluster secret on raft RPCs.
-pub const SECRET_HEADER: &str = "x-quorum-kv-secret";
+/// First bytes of the connecting node's first frame; the cluster secret follows.
+pub const HELLO: &[u8] = b"quorum-kv-raft/1\n";
+/// Request kinds: the first byte of a request frame.
+pub const APPEND: u8 = 1;
+pub const VOTE: u8 = 2;
+pub const SNAPSHOT: u8 = 3;
+/// Answer kinds: the first byte of an answer frame.
+pub const OK: u8 = 0;
+pub const BAD_REQUEST: u8 = 1;
+pub const REJECTED: u8 = 2;
 
-/// Largest raft RPC body: snapshot chunks (1 MiB) and AppendEntries batches of up to
-/// `max_payload_entries` values (1 MiB each at most) fit with room to spare.
-pub const RAFT_BODY_LIMIT: usize = 512 * 1024 * 1024;
+/// Largest frame: snapshot chunks (1 MiB) and AppendEntries batches of up to
+/// `max_payload_entries` entries (each at most 4 MiB of values) fit with room to spare.
+pub const MAX_FRAME: usize = 512 * 1024 * 1024;
 
-/// Makes connections to peers; all share one HTTP client (one connection pool).
+/// Bytes buffered for reading answers; most answers fit in one read.
+const READ_BUFFER: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+}
+
+/// Prepends the length to `frame`, whose first 4 bytes were reserved for it, and sends it
+/// in one write.
+async fn write_frame(stream: &mut TcpStream, mut frame: Vec<u8>) -> Result<(), FrameError> {
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    stream.write_all(&frame).await?;
+    Ok(())
+}
+
+/// A frame with 4 bytes reserved for the length, then `kind`.
+fn frame_with(kind: u8, capacity: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + capacity);
+    frame.extend_from_slice(&[0, 0, 0, 0, kind]);
+    frame
+}
+
+/// Reads one frame; `None` at a clean end of stream before its first byte.
+async fn read_frame(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    match reader.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut frame = vec![0u8; len];
+    reader.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}
+
+/// Makes connections to peers.
 #[derive(Clone)]
 pub struct Network {
-    client: reqwest::Client,
-    secret: Option<Arc<str>>,
+    secret: Arc<str>,
+    local_address: Option<IpAddr>,
 }
 
 impl Network {
-    /// A network whose requests carry `secret`, if set, and leave from `local_address`,
-    /// if set.
-    pub fn new(secret: Option<String>, local_address: Option<IpAddr>) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .local_address(local_address)
-            .pool_max_idle_per_host(8)
-            .build()?;
-        Ok(Self {
-            client,
-            secret: secret.map(Into::into),
-        })
+    /// A network that presents `secret`, if set, and connects from `local_address`, if
+    /// set (so address-based firewall rules see which node is talking).
+    pub fn new(secret: Option<String>, local_address: Option<IpAddr>) -> Self {
+        Self {
+            secret: secret.unwrap_or_default().into(),
+            local_address,
+        }
     }
 }
 
-/// The way to one peer.
+/// The way to one peer: one connection, opened on first use and after a failure.
 pub struct Peer {
     target: NodeId,
-    base: String,
-    client: reqwest::Client,
-    secret: Option<Arc<str>>,
+    addr: String,
+    network: Network,
+    conn: Option<BufReader<TcpStream>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -69,19 +132,98 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Peer {
         Peer {
             target,
-            base: format!("http://{}/raft", node.raft_addr),
-            client: self.client.clone(),
-            secret: self.secret.clone(),
+            addr: node.raft_addr.clone(),
+            network: self.clone(),
+            conn: None,
         }
     }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, E>>;
 
+/// Why one RPC attempt failed before an answer was decoded.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("the peer refused the connection: {0}")]
+    Rejected(String),
+    #[error("the peer could not decode the request: {0}")]
+    BadRequest(String),
+    #[error("undecodable answer: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("answer of unknown kind {0}")]
+    UnknownAnswer(u8),
+}
+
 impl Peer {
+    async fn connect(&self) -> Result<BufReader<TcpStream>, CallError> {
+        let connect_error = |source| CallError::Connect {
+            addr: self.addr.clone(),
+            source,
+        };
+        let addr: SocketAddr = tokio::net::lookup_host(&self.addr)
+            .await
+            .map_err(connect_error)?
+            .next()
+            .ok_or_else(|| connect_error(std::io::Error::other("no address")))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(connect_error)?;
+        if let Some(ip) = self.network.local_address {
+            socket.bind(SocketAddr::new(ip, 0)).map_err(connect_error)?;
+        }
+        socket.set_nodelay(true).map_err(connect_error)?;
+        let mut stream = socket.connect(addr).await.map_err(connect_error)?;
+        let mut hello = Vec::with_capacity(4 + HELLO.len() + self.network.secret.len());
+        hello.extend_from_slice(&[0; 4]);
+        hello.extend_from_slice(HELLO);
+        hello.extend_from_slice(self.network.secret.as_bytes());
+        write_frame(&mut stream, hello).await?;
+        let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
+        let answer = read_frame(&mut conn).await?.ok_or(CallError::Closed)?;
+        match answer.split_first() {
+            Some((&OK, _)) => Ok(conn),
+            Some((&REJECTED, reason)) => Err(CallError::Rejected(
+                String::from_utf8_lossy(reason).into_owned(),
+            )),
+            Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
+            None => Err(CallError::Closed),
+        }
+    }
+
+    /// Sends one request on the open connection (connecting first if needed) and reads
+    /// the raw answer.
+    async fn exchange(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(self.connect().await?),
+        };
+        write_frame(conn.get_mut(), frame).await?;
+        let answer = read_frame(conn).await?.ok_or(CallError::Closed)?;
+        match answer.split_first() {
+            Some((&OK, _)) => Ok(answer),
+            Some((&BAD_REQUEST, reason)) => Err(CallError::BadRequest(
+                String::from_utf8_lossy(reason).into_owned(),
+            )),
+            Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
+            None => Err(CallError::Closed),
+        }
+    }
+
     async fn call<Req, Resp, E>(
-        &self,
-        path: &str,
+        &mut self,
+        kind: u8,
         req: &Req,
         option: &RPCOption,
     ) -> RpcResult<Resp, E>
@@ -90,37 +232,25 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body =
-            postcard::to_stdvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = self
-            .client
-            .post(format!("{}/{path}", self.base))
-            .timeout(option.soft_ttl())
-            .body(body);
-        if let Some(secret) = &self.secret {
-            request = request.header(SECRET_HEADER, secret.as_ref());
-        }
-        let response = request.send().await.map_err(|e| {
-            if e.is_connect() {
-                // Unreachable makes openraft back off instead of retrying at once.
-                RPCError::Unreachable(Unreachable::new(&e))
-            } else {
-                RPCError::Network(NetworkError::new(&e))
-            }
-        })?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
+        let frame = postcard::to_io(req, frame_with(kind, 256))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        if status != StatusCode::OK {
-            let msg = format!("{status}: {}", String::from_utf8_lossy(&bytes));
-            return Err(RPCError::Network(NetworkError::new(
-                &std::io::Error::other(msg),
-            )));
-        }
-        let result: Result<Resp, E> =
-            postcard::from_bytes(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer = match tokio::time::timeout(option.soft_ttl(), self.exchange(frame)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                self.conn = None;
+                return Err(match e {
+                    // Unreachable makes openraft back off instead of retrying at once.
+                    CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                    e => RPCError::Network(NetworkError::new(&e)),
+                });
+            }
+            Err(elapsed) => {
+                self.conn = None;
+                return Err(RPCError::Network(NetworkError::new(&elapsed)));
+            }
+        };
+        let result: Result<Resp, E> = postcard::from_bytes(&answer[1..])
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -131,7 +261,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
-        self.call("append", &rpc, &option).await
+        self.call(APPEND, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -139,7 +269,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call("snapshot", &rpc, &option).await
+        self.call(SNAPSHOT, &rpc, &option).await
     }
 
     async fn vote(
@@ -147,86 +277,99 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
-        self.call("vote", &rpc, &option).await
+        self.call(VOTE, &rpc, &option).await
     }
 }
 
-#[derive(Clone)]
-struct RaftState {
+/// Serves raft RPCs on `listener` until `stop` fires; every connection is a task on
+/// `tracker` that also ends when `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
     raft: Raft,
-    secret: Option<Arc<str>>,
-}
-
-/// The raft listener's routes.
-pub fn router(raft: Raft, secret: Option<String>) -> Router {
-    let state = RaftState {
-        raft,
-        secret: secret.map(Into::into),
-    };
-    Router::new()
-        .route("/raft/append", post(append))
-        .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
-        .layer(DefaultBodyLimit::max(RAFT_BODY_LIMIT))
-        // Checked before any body is read, so a stranger cannot make a node buffer one.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_secret,
-        ))
-        .with_state(state)
-}
-
-async fn require_secret(
-    State(state): State<RaftState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(secret) = &state.secret {
-        let given = request.headers().get(SECRET_HEADER).map(|v| v.as_bytes());
-        if given != Some(secret.as_bytes()) {
-            return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
-        }
-    }
-    next.run(request).await
-}
-
-/// Decodes a request and answers the encoded `Result`.
-async fn serve<Req, Resp, Fut>(body: &[u8], f: impl FnOnce(Req) -> Fut) -> Response
-where
-    Req: DeserializeOwned,
-    Resp: Serialize,
-    Fut: std::future::Future<Output = Resp>,
-{
-    let req: Req = match postcard::from_bytes(body) {
-        Ok(req) => req,
-        Err(e) => {
-            let msg = format!("undecodable raft request: {e}");
-            return (StatusCode::BAD_REQUEST, msg).into_response();
-        }
-    };
-    match postcard::to_stdvec(&f(req).await) {
-        Ok(raw) => (StatusCode::OK, raw).into_response(),
-        Err(e) => {
-            let msg = format!("encoding raft response: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
-        }
+    secret: Option<String>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    let secret: Arc<[u8]> = secret.unwrap_or_default().into_bytes().into();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, don't spin.
+                    tracing::warn!(error = %e, "accepting a raft connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (raft, secret, stop) = (raft.clone(), secret.clone(), stop.clone());
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                result = serve_connection(stream, raft, &secret) => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "raft connection ended");
+                    }
+                }
+            }
+        });
     }
 }
 
-async fn append(State(s): State<RaftState>, body: Bytes) -> Response {
-    serve(&body, |req: AppendEntriesRequest<TypeConfig>| {
-        s.raft.append_entries(req)
-    })
-    .await
+async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Result<(), FrameError> {
+    stream.set_nodelay(true)?;
+    let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
+    // Nothing but the hello is read before the secret checks out, so a stranger can
+    // make this node buffer at most one frame.
+    let Some(hello) = read_frame(&mut conn).await? else {
+        return Ok(());
+    };
+    let given = hello.strip_prefix(HELLO);
+    if given != Some(secret) {
+        let reason = if given.is_none() {
+            "not a quorum-kv raft connection"
+        } else {
+            "missing or wrong cluster secret"
+        };
+        let mut answer = frame_with(REJECTED, reason.len());
+        answer.extend_from_slice(reason.as_bytes());
+        return write_frame(conn.get_mut(), answer).await;
+    }
+    write_frame(conn.get_mut(), frame_with(OK, 0)).await?;
+    while let Some(request) = read_frame(&mut conn).await? {
+        let answer = answer(&raft, &request).await;
+        write_frame(conn.get_mut(), answer).await?;
+    }
+    Ok(())
 }
 
-async fn vote(State(s): State<RaftState>, body: Bytes) -> Response {
-    serve(&body, |req: VoteRequest<NodeId>| s.raft.vote(req)).await
+/// Decodes one request, runs it on `raft`, and encodes the answer frame.
+async fn answer(raft: &Raft, request: &[u8]) -> Vec<u8> {
+    let result = match request.split_first() {
+        Some((&APPEND, body)) => match postcard::from_bytes(body) {
+            Ok(req) => encode(&raft.append_entries(req).await),
+            Err(e) => Err(format!("undecodable append request: {e}")),
+        },
+        Some((&VOTE, body)) => match postcard::from_bytes(body) {
+            Ok(req) => encode(&raft.vote(req).await),
+            Err(e) => Err(format!("undecodable vote request: {e}")),
+        },
+        Some((&SNAPSHOT, body)) => match postcard::from_bytes(body) {
+            Ok(req) => encode(&raft.install_snapshot(req).await),
+            Err(e) => Err(format!("undecodable snapshot request: {e}")),
+        },
+        Some((kind, _)) => Err(format!("unknown request kind {kind}")),
+        None => Err("empty request".to_owned()),
+    };
+    result.unwrap_or_else(|reason| {
+        let mut frame = frame_with(BAD_REQUEST, reason.len());
+        frame.extend_from_slice(reason.as_bytes());
+        frame
+    })
 }
 
-async fn snapshot(State(s): State<RaftState>, body: Bytes) -> Response {
-    serve(&body, |req: InstallSnapshotRequest<TypeConfig>| {
-        s.raft.install_snapshot(req)
-    })
-    .await
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    postcard::to_io(value, frame_with(OK, 64)).map_err(|e| format!("encoding the answer: {e}"))
 }

@@ -93,15 +93,11 @@ impl StateMachine {
         self.clock_ms.load(Ordering::Acquire)
     }
 
-    /// Writes one batch; `sync` makes it durable before returning.
-    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+    /// Writes one batch and makes it durable, on the blocking pool (snapshot installs
+    /// are large).
+    async fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let db = self.db.clone();
-        let opts = if sync {
-            synced()
-        } else {
-            rocksdb::WriteOptions::default()
-        };
-        blocking(move || Ok(db.write_opt(batch, &opts)?)).await
+        blocking(move || Ok(db.write_opt(batch, &synced())?)).await
     }
 
     /// Encodes the applied state as of now. Called where openraft serializes it with
@@ -166,7 +162,7 @@ impl StateMachine {
             state.clock_ms,
         )?;
         // Synced: the log the snapshot replaces may be purged right after.
-        self.write(batch, true).await?;
+        self.write_synced(batch).await?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.clock_ms.store(state.clock_ms, Ordering::Release);
@@ -256,8 +252,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // openraft applies those entries again from the log); and the log is never
         // purged past them, because every log write (append, purge) is a synced WAL
         // write, which makes every earlier apply batch durable too.
-        self.write(batch, false)
-            .await
+        // Written on the calling task: an unsynced write only fills the memtable and
+        // the WAL's page cache, cheaper than a handoff to the blocking pool.
+        self.db
+            .write(batch)
+            .map_err(StoreError::from)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         self.last_applied = last_applied;
         self.membership = membership;
