@@ -20,7 +20,11 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 
 /// Batches proposed concurrently; more writes wait in the queue and form larger batches.
-const IN_FLIGHT_BATCHES: usize = 4;
+/// One: openraft 0.9's core fsyncs each proposal as its own append, one at a time, so a
+/// second batch in flight only splits the queue into more fsyncs. Measured against 2 and
+/// 4 (two A/B rounds each): writes at 16 connections 7-30% and at 64 connections 11-27%
+/// faster than with 4, and never slower at 1 connection.
+const IN_FLIGHT_BATCHES: usize = 1;
 /// Writes waiting for a batch before new ones wait to be queued.
 const QUEUED_WRITES: usize = 4096;
 /// Most bytes of values in one batch, so one raft entry stays well under the RPC limit.
