@@ -21,6 +21,15 @@ ROCKSDB_LIB_DIR="$CARGO_TARGET_DIR/clippy-without-rocksdb-lib" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Everything shares the dev profile with clippy, so RocksDB is compiled once.
+# `cargo test` does not build other packages' binaries, and the cluster tests run
+# kv-server and kvctl: build them from this checkout, and run private copies, so a stale
+# binary left in the shared target directory (or one another checkout builds there
+# meanwhile) is never what gets tested.
+cargo build --workspace --bins --locked
+bins=$(mktemp -d /tmp/quorum-kv-bins.XXXXXX)
+trap 'rm -rf "$bins"' EXIT
+cp "$CARGO_TARGET_DIR/debug/kv-server" "$CARGO_TARGET_DIR/debug/kvctl" "$bins/"
+export KV_SERVER_BIN="$bins/kv-server" KVCTL_BIN="$bins/kvctl"
 # Cluster tests start three kv-server processes each; two at a time suit two cores.
 log="$CARGO_TARGET_DIR/test-output.log"
 cargo test --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" \

@@ -54,6 +54,9 @@ pub struct RaftConfig {
     /// Purge the log only once this many entries can go, so purging is not a
     /// delete_range after every entry.
     pub purge_batch_size: u64,
+    /// Size of one raft log segment file, in MiB. Each is zero-filled before use (in the
+    /// background), so appends never grow a file.
+    pub log_segment_mib: u64,
 }
 
 impl Default for RaftConfig {
@@ -66,6 +69,7 @@ impl Default for RaftConfig {
             logs_kept_after_snapshot: 2_000,
             install_snapshot_timeout_ms: 10_000,
             purge_batch_size: 256,
+            log_segment_mib: 32,
         }
     }
 }
@@ -175,6 +179,9 @@ impl NodeConfig {
         }
         if r.purge_batch_size == 0 || r.snapshot_every == 0 {
             return invalid("purge_batch_size and snapshot_every must be positive".into());
+        }
+        if !(1..=1024).contains(&r.log_segment_mib) {
+            return invalid("log_segment_mib must be between 1 and 1024".into());
         }
         if self.limits.max_value_bytes == 0
             || self.limits.max_batch == 0

@@ -76,7 +76,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
-    let stores = kv_store::open(&config.data_dir)?;
+    let stores = kv_store::open_with(&config.data_dir, config.raft.log_segment_mib << 20)?;
     // Connections to peers leave from this node's own address, so address-based
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());

@@ -16,11 +16,14 @@
 //!   and a reason. One request at a time per connection: openraft sends one RPC at a time
 //!   to each peer per replication stream.
 //!
-//! A connection that fails or times out mid-RPC is dropped (its stream may hold half an
-//! answer); the next RPC connects again.
+//! openraft makes a new client for every linearizable-read round and every election, so
+//! idle connections go back to a small pool per peer address when a client is dropped,
+//! and the next client takes one from there instead of connecting. A connection that
+//! fails or times out mid-RPC is closed instead (its stream may hold half an answer).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kv_store::typ::{NodeId, NodeInfo, Raft, TypeConfig};
 use openraft::error::{
@@ -55,6 +58,10 @@ pub const MAX_FRAME: usize = 512 * 1024 * 1024;
 
 /// Bytes buffered for reading answers; most answers fit in one read.
 const READ_BUFFER: usize = 16 * 1024;
+/// Idle connections kept per peer address.
+const IDLE_PER_PEER: usize = 8;
+
+type Conn = BufReader<TcpStream>;
 
 #[derive(Debug, thiserror::Error)]
 enum FrameError {
@@ -64,15 +71,15 @@ enum FrameError {
     TooLarge(usize),
 }
 
-/// Prepends the length to `frame`, whose first 4 bytes were reserved for it, and sends it
+/// Fills in the length of `frame`, whose first 4 bytes were reserved for it, and sends it
 /// in one write.
-async fn write_frame(stream: &mut TcpStream, mut frame: Vec<u8>) -> Result<(), FrameError> {
+async fn write_frame(stream: &mut TcpStream, frame: &mut [u8]) -> Result<(), FrameError> {
     let len = frame.len() - 4;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    stream.write_all(&frame).await?;
+    stream.write_all(frame).await?;
     Ok(())
 }
 
@@ -100,11 +107,12 @@ async fn read_frame(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>
     Ok(Some(frame))
 }
 
-/// Makes connections to peers.
+/// Makes connections to peers, and keeps the idle ones.
 #[derive(Clone)]
 pub struct Network {
     secret: Arc<str>,
     local_address: Option<IpAddr>,
+    idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
 }
 
 impl Network {
@@ -114,16 +122,43 @@ impl Network {
         Self {
             secret: secret.unwrap_or_default().into(),
             local_address,
+            idle: Arc::default(),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Conn>>> {
+        // The map stays consistent even if a holder panicked: every change is one call.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<Conn> {
+        self.idle().get_mut(addr)?.pop()
+    }
+
+    fn put_idle(&self, addr: &str, conn: Conn) {
+        let mut idle = self.idle();
+        let conns = idle.entry(addr.to_owned()).or_default();
+        if conns.len() < IDLE_PER_PEER {
+            conns.push(conn);
         }
     }
 }
 
-/// The way to one peer: one connection, opened on first use and after a failure.
+/// The way to one peer: one connection, taken from the idle ones or opened on first
+/// use and after a failure, and given back when the client is dropped.
 pub struct Peer {
     target: NodeId,
     addr: String,
     network: Network,
-    conn: Option<BufReader<TcpStream>>,
+    conn: Option<Conn>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.network.put_idle(&self.addr, conn);
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -164,7 +199,7 @@ enum CallError {
 }
 
 impl Peer {
-    async fn connect(&self) -> Result<BufReader<TcpStream>, CallError> {
+    async fn connect(&self) -> Result<Conn, CallError> {
         let connect_error = |source| CallError::Connect {
             addr: self.addr.clone(),
             source,
@@ -189,7 +224,7 @@ impl Peer {
         hello.extend_from_slice(&[0; 4]);
         hello.extend_from_slice(HELLO);
         hello.extend_from_slice(self.network.secret.as_bytes());
-        write_frame(&mut stream, hello).await?;
+        write_frame(&mut stream, &mut hello).await?;
         let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
         let answer = read_frame(&mut conn).await?.ok_or(CallError::Closed)?;
         match answer.split_first() {
@@ -202,23 +237,22 @@ impl Peer {
         }
     }
 
-    /// Sends one request on the open connection (connecting first if needed) and reads
-    /// the raw answer.
-    async fn exchange(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, CallError> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            None => self.conn.insert(self.connect().await?),
-        };
-        write_frame(conn.get_mut(), frame).await?;
-        let answer = read_frame(conn).await?.ok_or(CallError::Closed)?;
-        match answer.split_first() {
-            Some((&OK, _)) => Ok(answer),
-            Some((&BAD_REQUEST, reason)) => Err(CallError::BadRequest(
-                String::from_utf8_lossy(reason).into_owned(),
-            )),
-            Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
-            None => Err(CallError::Closed),
+    /// Sends one request and reads the raw answer, on this client's connection, an idle
+    /// one, or a new one. A kept connection may have been closed by the peer since (it
+    /// restarted, say): if it fails, the request goes once more on a new connection.
+    /// Raft RPCs may be repeated, so a request the peer did see is no harm.
+    async fn exchange(&mut self, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
+        if self.conn.is_none() {
+            self.conn = self.network.take_idle(&self.addr);
         }
+        if let Some(conn) = &mut self.conn {
+            match send(conn, frame).await {
+                Err(CallError::Frame(_) | CallError::Closed) => self.conn = None,
+                done => return done,
+            }
+        }
+        let conn = self.conn.insert(self.connect().await?);
+        send(conn, frame).await
     }
 
     async fn call<Req, Resp, E>(
@@ -232,9 +266,10 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let frame = postcard::to_io(req, frame_with(kind, 256))
+        let mut frame = postcard::to_io(req, frame_with(kind, 256))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = match tokio::time::timeout(option.soft_ttl(), self.exchange(frame)).await {
+        let exchange = self.exchange(&mut frame);
+        let answer = match tokio::time::timeout(option.soft_ttl(), exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 self.conn = None;
@@ -252,6 +287,20 @@ impl Peer {
         let result: Result<Resp, E> = postcard::from_bytes(&answer[1..])
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// One request and its answer on `conn`.
+async fn send(conn: &mut Conn, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
+    write_frame(conn.get_mut(), frame).await?;
+    let answer = read_frame(conn).await?.ok_or(CallError::Closed)?;
+    match answer.split_first() {
+        Some((&OK, _)) => Ok(answer),
+        Some((&BAD_REQUEST, reason)) => Err(CallError::BadRequest(
+            String::from_utf8_lossy(reason).into_owned(),
+        )),
+        Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
+        None => Err(CallError::Closed),
     }
 }
 
@@ -335,12 +384,12 @@ async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Resul
         };
         let mut answer = frame_with(REJECTED, reason.len());
         answer.extend_from_slice(reason.as_bytes());
-        return write_frame(conn.get_mut(), answer).await;
+        return write_frame(conn.get_mut(), &mut answer).await;
     }
-    write_frame(conn.get_mut(), frame_with(OK, 0)).await?;
+    write_frame(conn.get_mut(), &mut frame_with(OK, 0)).await?;
     while let Some(request) = read_frame(&mut conn).await? {
-        let answer = answer(&raft, &request).await;
-        write_frame(conn.get_mut(), answer).await?;
+        let mut answer = answer(&raft, &request).await;
+        write_frame(conn.get_mut(), &mut answer).await?;
     }
     Ok(())
 }

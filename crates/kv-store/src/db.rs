@@ -8,10 +8,12 @@ use std::sync::Arc;
 use kv_core::{Due, Entry, Fingerprinter, Record, Slot, StateView};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
+use crate::log_files::LogFiles;
 use crate::typ::LogId;
 use crate::{LogStore, StateMachine, StoreError};
 
-/// Raft log entries, keyed by big-endian index.
+/// Raft log entries, keyed by big-endian index, in databases written before the log
+/// moved to its own files; opened only to refuse such a database.
 pub(crate) const CF_LOG: &str = "raft_log";
 /// Vote, committed log id, last purged log id.
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
@@ -92,9 +94,18 @@ pub struct Stores {
     pub reader: StateReader,
 }
 
-/// Opens (creating if needed) the database under `dir`: RocksDB in `dir/db`, the
-/// current snapshot in `dir/snapshot`.
+/// Size of one raft log segment file.
+pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Opens (creating if needed) the stores under `dir`: RocksDB in `dir/db`, the raft log
+/// in `dir/log`, the current snapshot in `dir/snapshot`.
 pub fn open(dir: &Path) -> Result<Stores, StoreError> {
+    open_with(dir, DEFAULT_LOG_SEGMENT_BYTES)
+}
+
+/// [`open`] with raft log segments of `log_segment_bytes` (each is zero-filled ahead of
+/// use, so small test clusters use small ones).
+pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -108,6 +119,23 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
     ]
     .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
+    if db
+        .iterator_cf(cf(&db, CF_LOG), IteratorMode::Start)
+        .next()
+        .is_some()
+    {
+        return Err(StoreError::Corrupt(
+            "this data directory keeps its raft log in RocksDB, an older layout this \
+             version does not read"
+                .into(),
+        ));
+    }
+    let last_purged: Option<LogId> =
+        match db.get_pinned_cf(cf(&db, CF_RAFT_META), META_LAST_PURGED)? {
+            Some(raw) => Some(postcard::from_bytes(&raw)?),
+            None => None,
+        };
+    let files = LogFiles::open(&dir.join("log"), log_segment_bytes, last_purged)?;
     let snapshot_dir: PathBuf = dir.join("snapshot");
     std::fs::create_dir_all(&snapshot_dir)?;
     let state_machine = StateMachine::load(db.clone(), snapshot_dir)?;
@@ -116,7 +144,7 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
         clock_ms: state_machine.clock_handle(),
     };
     Ok(Stores {
-        log: LogStore::new(db),
+        log: LogStore::new(db, files),
         state_machine,
         reader,
     })

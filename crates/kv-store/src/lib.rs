@@ -12,12 +12,13 @@
 
 mod db;
 mod error;
+mod log_files;
 mod log_store;
 mod snapshot;
 mod state_machine;
 pub mod typ;
 
-pub use db::{open, Digest, StateReader, Stores};
+pub use db::{open, open_with, Digest, StateReader, Stores, DEFAULT_LOG_SEGMENT_BYTES};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use state_machine::StateMachine;

@@ -1,4 +1,5 @@
-//! The raft log and raft metadata in RocksDB.
+//! The raft log (entries in segment files, see `log_files`) and raft metadata (vote,
+//! committed, last purged) in RocksDB.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -6,31 +7,32 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader};
-use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
+use rocksdb::{WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::db::{cf, synced, CF_LOG, CF_RAFT_META, META_COMMITTED, META_LAST_PURGED, META_VOTE};
+use crate::db::{cf, synced, CF_RAFT_META, META_COMMITTED, META_LAST_PURGED, META_VOTE};
 use crate::error::OrRaft;
+use crate::log_files::LogFiles;
 use crate::typ::{LogEntry, LogId, StorageError, TypeConfig, Vote};
 use crate::StoreError;
 
-/// The raft log store. Cloning shares the database.
+/// The raft log store. Cloning shares the database and the log files.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-}
-
-fn index_key(index: u64) -> [u8; 8] {
-    index.to_be_bytes()
+    files: LogFiles,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+    pub(crate) fn new(db: Arc<DB>, files: LogFiles) -> Self {
+        Self { db, files }
     }
 
-    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+    pub(crate) fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         match self.db.get_pinned_cf(cf(&self.db, CF_RAFT_META), key)? {
             Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
             None => Ok(None),
@@ -60,47 +62,6 @@ impl LogStore {
     fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         Ok(self.db.write_opt(batch, &synced())?)
     }
-
-    fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
-        match self
-            .db
-            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End)
-            .next()
-        {
-            Some(item) => {
-                let (_, raw) = item?;
-                let entry: LogEntry = postcard::from_bytes(&raw)?;
-                Ok(Some(entry.log_id))
-            }
-            None => Ok(None),
-        }
-    }
-
-    fn entries(&self, start: u64, end: Bound<u64>) -> Result<Vec<LogEntry>, StoreError> {
-        let mut out = vec![];
-        let from = index_key(start);
-        for item in self.db.iterator_cf(
-            cf(&self.db, CF_LOG),
-            IteratorMode::From(&from, Direction::Forward),
-        ) {
-            let (k, raw) = item?;
-            let index = u64::from_be_bytes(
-                k.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("log key is not 8 bytes".into()))?,
-            );
-            let past_end = match end {
-                Bound::Included(e) => index > e,
-                Bound::Excluded(e) => index >= e,
-                Bound::Unbounded => false,
-            };
-            if past_end {
-                break;
-            }
-            out.push(postcard::from_bytes(&raw)?);
-        }
-        Ok(out)
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -113,7 +74,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(s) => s.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        self.entries(start, range.end_bound().cloned())
+        let end = match range.end_bound() {
+            Bound::Included(e) => e.saturating_add(1),
+            Bound::Excluded(e) => *e,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.files
+            .entries(start, end)
             .or_raft(ErrorSubject::Logs, ErrorVerb::Read)
     }
 }
@@ -125,10 +92,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id: Option<LogId> = self
             .read_meta(META_LAST_PURGED)
             .or_raft(ErrorSubject::Store, ErrorVerb::Read)?;
-        let last_log_id = self
-            .last_log_id()
-            .or_raft(ErrorSubject::Logs, ErrorVerb::Read)?
-            .or(last_purged_log_id);
+        let last_log_id = self.files.last_log_id().or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -173,16 +137,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let log = cf(&self.db, CF_LOG);
-        for entry in entries {
-            let raw = postcard::to_stdvec(&entry)
-                .or_raft(ErrorSubject::Log(entry.log_id), ErrorVerb::Write)?;
-            batch.put_cf(log, index_key(entry.log_id.index), raw);
-        }
-        // One synced batch: the callback tells openraft the entries are durable, and a
-        // leader counts itself toward the quorum on that word.
-        let result = self.write_synced(batch);
+        // One write and one fdatasync for all of them: the callback tells openraft the
+        // entries are durable, and a leader counts itself toward the quorum on that word.
+        let result = self.files.append(entries.into_iter().collect());
         let io_result = result
             .as_ref()
             .map(|_| ())
@@ -192,31 +149,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            cf(&self.db, CF_LOG),
-            index_key(log_id.index),
-            index_key(u64::MAX),
-        );
-        batch.delete_cf(cf(&self.db, CF_LOG), index_key(u64::MAX));
-        // Synced: a conflicting suffix that came back after a crash could be applied.
-        self.write_synced(batch)
+        // Durable before returning: a conflicting suffix that came back after a crash
+        // could be applied.
+        self.files
+            .truncate(log_id.index)
             .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
         let last_purged =
             postcard::to_stdvec(&log_id).or_raft(ErrorSubject::Store, ErrorVerb::Write)?;
-        // last_purged and the deletion go in one batch, so the log never has a hole
-        // that last_purged does not explain.
+        let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_RAFT_META), META_LAST_PURGED, last_purged);
-        batch.delete_range_cf(
-            cf(&self.db, CF_LOG),
-            index_key(0),
-            index_key(log_id.index + 1),
-        );
+        // Synced, and before any entry is dropped: the log never has a hole that
+        // last_purged does not explain. The sync also makes every earlier (unsynced)
+        // apply batch durable, as they share RocksDB's WAL; openraft purges only entries
+        // that are applied and in a snapshot, so the state machine never needs a purged
+        // entry again after a crash.
         self.write_synced(batch)
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)?;
+        self.files
+            .purge(log_id.index)
             .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)
     }
 }

@@ -1,0 +1,776 @@
+//! The raft log's entries in segment files of preallocated space, written with one
+//! `write` and one `fdatasync` per append.
+//!
+//! Why not RocksDB: there every append's `fdatasync` also has to journal the WAL file's new
+//! size, and each entry is inserted into a memtable, flushed and compacted only to be
+//! deleted by the next purge. Here a segment is zero-filled and fsynced before it is used
+//! (by a background thread, ahead of need), so an append's `fdatasync` writes only data.
+//!
+//! Layout: `dir/<first index, 20 digits>.seg`, each [`HEADER`] bytes (magic, the CRC chain
+//! value before its first record) and then records: `u32` payload length, `u32` CRC, the
+//! postcard-encoded entry. The CRC of each record covers the previous record's CRC, its
+//! length and its payload (a chain, as in etcd's WAL), so after a truncation or a torn
+//! write no leftover record can pass as the continuation of newer ones: reading stops at
+//! the first record that is zero, short or breaks the chain, and segments that do not
+//! continue the chain are stale and removed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::typ::{LogEntry, LogId};
+use crate::StoreError;
+
+const MAGIC: &[u8; 8] = b"QKVLOG01";
+/// Magic, then the chain value before the segment's first record, then 4 spare bytes.
+const HEADER: u64 = 16;
+/// Length and CRC before each record's payload.
+const RECORD_HEADER: usize = 8;
+/// Zeroes written at a time when preparing a segment.
+const ZERO_CHUNK: usize = 1024 * 1024;
+/// Decoded entries kept for replication, which reads what was just appended.
+const CACHED_ENTRIES: usize = 4096;
+const CACHED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Where one entry is.
+#[derive(Clone, Copy)]
+struct Pos {
+    log_id: LogId,
+    /// First index of the segment holding it.
+    segment: u64,
+    offset: u64,
+    len: u32,
+    /// The chain value after this record.
+    crc: u32,
+}
+
+/// What readers see: positions of every entry after the last purge, open segments, and
+/// the most recent entries decoded.
+struct Index {
+    positions: VecDeque<Pos>,
+    segments: BTreeMap<u64, Arc<File>>,
+    /// The chain value before `positions[0]` (or before the next append if empty).
+    chain_before: u32,
+    /// Entries for the last `cache.len()` positions.
+    cache: VecDeque<(LogEntry, usize)>,
+    cache_bytes: usize,
+}
+
+impl Index {
+    fn first_index(&self) -> Option<u64> {
+        self.positions.front().map(|p| p.log_id.index)
+    }
+
+    fn slot(&self, index: u64) -> Option<usize> {
+        let first = self.first_index()?;
+        let slot = index.checked_sub(first)? as usize;
+        (slot < self.positions.len()).then_some(slot)
+    }
+
+    fn cache_entry(&mut self, entry: LogEntry, bytes: usize) {
+        self.cache.push_back((entry, bytes));
+        self.cache_bytes += bytes;
+        while self.cache.len() > CACHED_ENTRIES || self.cache_bytes > CACHED_BYTES {
+            if let Some((_, b)) = self.cache.pop_front() {
+                self.cache_bytes -= b;
+            }
+        }
+    }
+
+    /// Drops positions (and cached entries) from `slot` on.
+    fn cut(&mut self, slot: usize) {
+        let removed = self.positions.len() - slot;
+        self.positions.truncate(slot);
+        let keep = self.cache.len().saturating_sub(removed);
+        while self.cache.len() > keep {
+            if let Some((_, b)) = self.cache.pop_back() {
+                self.cache_bytes -= b;
+            }
+        }
+    }
+}
+
+/// The segment appends go to.
+struct Active {
+    first: u64,
+    file: Arc<File>,
+    size: u64,
+    offset: u64,
+}
+
+/// State only the writer (openraft's core, through `LogStore`) touches.
+struct Writer {
+    active: Option<Active>,
+    chain: u32,
+    spare: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The raft log entries of one node. Cloning shares them.
+#[derive(Clone)]
+pub(crate) struct LogFiles {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    segment_bytes: u64,
+    index: Mutex<Index>,
+    writer: Mutex<Writer>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data: every update is made
+    // after the I/O it describes succeeded.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn segment_path(dir: &Path, first: u64) -> PathBuf {
+    dir.join(format!("{first:020}.seg"))
+}
+
+fn spare_path(dir: &Path) -> PathBuf {
+    dir.join("spare.tmp")
+}
+
+fn chain(prev: u32, len: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(prev);
+    h.update(&len.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `size` bytes of zeroes to `path` and syncs them, so later writes into it change
+/// no file metadata.
+fn prepare_segment(path: &Path, size: u64) -> std::io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut written = 0u64;
+    while written < size {
+        let n = (size - written).min(ZERO_CHUNK as u64) as usize;
+        file.write_all_at(&zeros[..n], written)?;
+        written += n as u64;
+    }
+    file.sync_all()
+}
+
+fn corrupt(what: String) -> StoreError {
+    StoreError::Corrupt(what)
+}
+
+/// A segment's records as read at open: positions (with decoded entries) until the
+/// first record that is zero, short, or breaks the chain.
+struct Scanned {
+    /// The chain value in the header: before the segment's first record.
+    prev: u32,
+    records: Vec<(Pos, LogEntry, usize)>,
+    end: u64,
+    chain: u32,
+}
+
+fn scan(file: &File, first: u64, chain_in: Option<u32>) -> Result<Option<Scanned>, StoreError> {
+    let size = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1024 * 1024, file);
+    let mut header = [0u8; HEADER as usize];
+    if size < HEADER || reader.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+        return Ok(None);
+    }
+    let prev = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if chain_in.is_some_and(|c| c != prev) {
+        return Ok(None);
+    }
+    let mut out = Scanned {
+        prev,
+        records: vec![],
+        end: HEADER,
+        chain: prev,
+    };
+    let mut expected = first;
+    loop {
+        let mut rh = [0u8; RECORD_HEADER];
+        if out.end + RECORD_HEADER as u64 > size || reader.read_exact(&mut rh).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes(rh[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(rh[4..].try_into().expect("4 bytes"));
+        let body_at = out.end + RECORD_HEADER as u64;
+        if len == 0 || body_at + u64::from(len) > size {
+            break;
+        }
+        let mut payload = vec![0u8; len as usize];
+        if reader.read_exact(&mut payload).is_err() || chain(out.chain, len, &payload) != crc {
+            break;
+        }
+        let Ok(entry) = postcard::from_bytes::<LogEntry>(&payload) else {
+            break;
+        };
+        if entry.log_id.index != expected {
+            break;
+        }
+        let pos = Pos {
+            log_id: entry.log_id,
+            segment: first,
+            offset: out.end,
+            len,
+            crc,
+        };
+        out.records.push((pos, entry, len as usize));
+        out.chain = crc;
+        out.end = body_at + u64::from(len);
+        expected += 1;
+    }
+    Ok(Some(out))
+}
+
+impl LogFiles {
+    /// Opens the log in `dir` (created if missing), dropping entries at or before
+    /// `last_purged` and anything that does not continue the chain.
+    pub(crate) fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        last_purged: Option<LogId>,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::remove_file(spare_path(dir));
+        let mut names = BTreeMap::new();
+        for item in std::fs::read_dir(dir)? {
+            let path = item?.path();
+            let first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(first) = first {
+                names.insert(first, path);
+            }
+        }
+        // Index 0 is a real entry (openraft's first membership), so "nothing purged" is
+        // not "purged up to 0".
+        let is_purged = |index: u64| last_purged.is_some_and(|l| index <= l.index);
+        let mut index = Index {
+            positions: VecDeque::new(),
+            segments: BTreeMap::new(),
+            chain_before: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        };
+        let mut writer = Writer {
+            active: None,
+            chain: 0,
+            spare: None,
+        };
+        let mut chain_at: Option<u32> = None;
+        let mut stale = false;
+        for (&first, path) in &names {
+            let continues = index
+                .positions
+                .back()
+                .is_none_or(|p| p.log_id.index + 1 == first);
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let scanned = if stale || !continues {
+                None
+            } else {
+                scan(&file, first, chain_at)?
+            };
+            let Some(scanned) = scanned else {
+                stale = true;
+                std::fs::remove_file(path)?;
+                continue;
+            };
+            if chain_at.is_none() {
+                index.chain_before = scanned.prev;
+            }
+            let size = file.metadata()?.len();
+            let file = Arc::new(file);
+            for (pos, entry, bytes) in scanned.records {
+                if is_purged(pos.log_id.index) {
+                    index.chain_before = pos.crc;
+                    continue;
+                }
+                index.positions.push_back(pos);
+                index.cache_entry(entry, bytes);
+            }
+            chain_at = Some(scanned.chain);
+            writer.chain = scanned.chain;
+            writer.active = Some(Active {
+                first,
+                file: file.clone(),
+                size,
+                offset: scanned.end,
+            });
+            index.segments.insert(first, file);
+        }
+        // A log purged past its last entry (a snapshot installed) starts over after
+        // the purge point.
+        if index.positions.is_empty() {
+            for first in std::mem::take(&mut index.segments).into_keys() {
+                std::fs::remove_file(segment_path(dir, first))?;
+            }
+            writer.active = None;
+            writer.chain = 0;
+            index.chain_before = 0;
+            index.cache.clear();
+            index.cache_bytes = 0;
+        } else {
+            // Segments wholly at or before the purge point.
+            let first_kept = index.positions[0].segment;
+            let gone: Vec<u64> = index
+                .segments
+                .range(..first_kept)
+                .map(|(k, _)| *k)
+                .collect();
+            for first in gone {
+                index.segments.remove(&first);
+                std::fs::remove_file(segment_path(dir, first))?;
+            }
+        }
+        sync_dir(dir)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_owned(),
+                segment_bytes,
+                index: Mutex::new(index),
+                writer: Mutex::new(writer),
+            }),
+        })
+    }
+
+    /// The id of the last entry, if any.
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        lock(&self.inner.index).positions.back().map(|p| p.log_id)
+    }
+
+    /// Entries `start..end` that exist, in order.
+    pub(crate) fn entries(&self, start: u64, end: u64) -> Result<Vec<LogEntry>, StoreError> {
+        let mut out: Vec<Option<LogEntry>> = vec![];
+        let mut to_read = vec![];
+        {
+            let index = lock(&self.inner.index);
+            let Some(first) = index.first_index() else {
+                return Ok(vec![]);
+            };
+            let last = first + index.positions.len() as u64 - 1;
+            let cached_from = last + 1 - index.cache.len() as u64;
+            for i in start.max(first)..end.min(last + 1) {
+                if i >= cached_from {
+                    out.push(Some(index.cache[(i - cached_from) as usize].0.clone()));
+                } else {
+                    let pos = index.positions[(i - first) as usize];
+                    let file = index.segments.get(&pos.segment).cloned().ok_or_else(|| {
+                        corrupt(format!("log segment {} is not open", pos.segment))
+                    })?;
+                    to_read.push((out.len(), pos, file));
+                    out.push(None);
+                }
+            }
+        }
+        // Older entries are read from their files without holding the lock.
+        for (slot, pos, file) in to_read {
+            let mut raw = vec![0u8; pos.len as usize];
+            file.read_exact_at(&mut raw, pos.offset + RECORD_HEADER as u64)?;
+            out[slot] = Some(postcard::from_bytes(&raw)?);
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Appends `entries` after the last one and makes them durable.
+    pub(crate) fn append(&self, entries: Vec<LogEntry>) -> Result<(), StoreError> {
+        let Some(first_new) = entries.first().map(|e| e.log_id.index) else {
+            return Ok(());
+        };
+        let mut w = lock(&self.inner.writer);
+        let mut buf = Vec::with_capacity(entries.len() * 256);
+        let mut records = Vec::with_capacity(entries.len());
+        let chain_start = w.chain;
+        let mut crc = chain_start;
+        for entry in entries {
+            let at = buf.len();
+            buf.extend_from_slice(&[0u8; RECORD_HEADER]);
+            let mut buf2 = postcard::to_extend(&entry, buf)?;
+            let len = (buf2.len() - at - RECORD_HEADER) as u32;
+            crc = chain(crc, len, &buf2[at + RECORD_HEADER..]);
+            buf2[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            buf2[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+            buf = buf2;
+            records.push((entry, at as u64, len, crc));
+        }
+        let fits = w
+            .active
+            .as_ref()
+            .is_some_and(|a| a.offset + buf.len() as u64 <= a.size);
+        let mut header = None;
+        if !fits {
+            let size = self.inner.segment_bytes.max(HEADER + buf.len() as u64);
+            let file = self.new_segment(&mut w, first_new, size)?;
+            let mut h = [0u8; HEADER as usize];
+            h[..8].copy_from_slice(MAGIC);
+            h[8..12].copy_from_slice(&w.chain.to_le_bytes());
+            header = Some(h);
+            w.active = Some(Active {
+                first: first_new,
+                file,
+                size,
+                offset: HEADER,
+            });
+        }
+        let active = w
+            .active
+            .as_mut()
+            .expect("an active segment was just ensured");
+        if let Some(h) = header {
+            active.file.write_all_at(&h, 0)?;
+        }
+        active.file.write_all_at(&buf, active.offset)?;
+        // The one sync that makes the entries (and a new segment's header) durable.
+        active.file.sync_data()?;
+        let (segment, base, file) = (active.first, active.offset, active.file.clone());
+        active.offset += buf.len() as u64;
+        w.chain = crc;
+
+        let mut index = lock(&self.inner.index);
+        if index.positions.is_empty() {
+            index.chain_before = chain_start;
+        }
+        index.segments.entry(segment).or_insert(file);
+        for (entry, at, len, crc) in records {
+            index.positions.push_back(Pos {
+                log_id: entry.log_id,
+                segment,
+                offset: base + at,
+                len,
+                crc,
+            });
+            index.cache_entry(entry, len as usize);
+        }
+        Ok(())
+    }
+
+    /// Creates the segment starting at `first` from the prepared spare when there is one
+    /// (then prepares the next in the background), else by preparing it now.
+    fn new_segment(&self, w: &mut Writer, first: u64, size: u64) -> Result<Arc<File>, StoreError> {
+        let dir = &self.inner.dir;
+        let path = segment_path(dir, first);
+        let spare_ready = match w.spare.take() {
+            Some(handle) if size == self.inner.segment_bytes => {
+                matches!(handle.join(), Ok(Ok(())))
+            }
+            Some(handle) => {
+                let _ = handle.join();
+                false
+            }
+            None => false,
+        };
+        if spare_ready {
+            std::fs::rename(spare_path(dir), &path)?;
+        } else {
+            prepare_segment(&path, size)?;
+        }
+        // The new name must survive a crash before entries in it are acknowledged.
+        sync_dir(dir)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let (spare, bytes) = (spare_path(dir), self.inner.segment_bytes);
+        w.spare = Some(std::thread::spawn(move || prepare_segment(&spare, bytes)));
+        Ok(Arc::new(file))
+    }
+
+    /// Removes entries from `index` on, durably: the record there is zeroed so a restart
+    /// stops before it, and later segments are removed.
+    pub(crate) fn truncate(&self, index_from: u64) -> Result<(), StoreError> {
+        let mut w = lock(&self.inner.writer);
+        let mut index = lock(&self.inner.index);
+        let Some(slot) = index.slot(index_from) else {
+            return Ok(());
+        };
+        let pos = index.positions[slot];
+        let chain_before = match slot {
+            0 => index.chain_before,
+            s => index.positions[s - 1].crc,
+        };
+        let file = index
+            .segments
+            .get(&pos.segment)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("log segment {} is not open", pos.segment)))?;
+        file.write_all_at(&[0u8; RECORD_HEADER], pos.offset)?;
+        file.sync_data()?;
+        let later: Vec<u64> = index
+            .segments
+            .range(pos.segment + 1..)
+            .map(|(k, _)| *k)
+            .collect();
+        for first in later {
+            index.segments.remove(&first);
+            std::fs::remove_file(segment_path(&self.inner.dir, first))?;
+        }
+        index.cut(slot);
+        let size = file.metadata()?.len();
+        w.active = Some(Active {
+            first: pos.segment,
+            file,
+            size,
+            offset: pos.offset,
+        });
+        w.chain = chain_before;
+        Ok(())
+    }
+
+    /// Forgets entries up to and including `upto` and removes segments holding only such
+    /// entries. The caller has made the purge point durable first.
+    pub(crate) fn purge(&self, upto: u64) -> Result<(), StoreError> {
+        let mut w = lock(&self.inner.writer);
+        let mut index = lock(&self.inner.index);
+        let removed = match index.first_index() {
+            Some(first) if upto >= first => {
+                ((upto - first + 1) as usize).min(index.positions.len())
+            }
+            Some(_) => return Ok(()),
+            None => 0,
+        };
+        if removed > 0 {
+            index.chain_before = index.positions[removed - 1].crc;
+            let cached_from = index.positions.len() - index.cache.len();
+            for _ in cached_from..removed {
+                if let Some((_, b)) = index.cache.pop_front() {
+                    index.cache_bytes -= b;
+                }
+            }
+            index.positions.drain(..removed);
+        }
+        if index.positions.is_empty() {
+            // Purged up to or past the last entry (a snapshot was installed): the next
+            // entry may not follow the last one, so it starts a segment of its own.
+            w.active = None;
+        }
+        // Keep the segment of the next entry (or the active one when all are purged).
+        let keep_from = index
+            .positions
+            .front()
+            .map(|p| p.segment)
+            .or(w.active.as_ref().map(|a| a.first))
+            .unwrap_or(u64::MAX);
+        let gone: Vec<u64> = index.segments.range(..keep_from).map(|(k, _)| *k).collect();
+        for first in gone {
+            index.segments.remove(&first);
+            std::fs::remove_file(segment_path(&self.inner.dir, first))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kv_core::{Command, Precondition, Request, Ttl};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    /// Small segments, so a few entries span several files.
+    const SMALL: u64 = 2048;
+
+    fn entry(term: u64, index: u64) -> LogEntry {
+        LogEntry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Request {
+                stamp_ms: index,
+                command: Command::Set {
+                    key: format!("k{index}"),
+                    value: vec![b'v'; 100],
+                    ttl: Ttl::Clear,
+                    precondition: Precondition::Always,
+                },
+            }),
+        }
+    }
+
+    fn entries(term: u64, range: std::ops::RangeInclusive<u64>) -> Vec<LogEntry> {
+        range.map(|i| entry(term, i)).collect()
+    }
+
+    /// (term, index) of every entry the log holds.
+    fn ids(log: &LogFiles) -> Vec<(u64, u64)> {
+        log.entries(0, u64::MAX)
+            .expect("read")
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    fn expected(parts: &[(u64, std::ops::RangeInclusive<u64>)]) -> Vec<(u64, u64)> {
+        parts
+            .iter()
+            .flat_map(|(t, r)| r.clone().map(move |i| (*t, i)))
+            .collect()
+    }
+
+    fn segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .expect("dir")
+            .filter(|e| {
+                e.as_ref()
+                    .expect("entry")
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    }
+
+    fn purged(index: u64) -> Option<LogId> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    #[test]
+    fn entries_survive_reopen_across_segments_and_are_read_back_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            for start in (1..=100).step_by(3) {
+                log.append(entries(1, start..=(start + 2).min(100)))
+                    .expect("append");
+            }
+            assert_eq!(ids(&log), expected(&[(1, 1..=100)]));
+        }
+        assert!(segments(dir.path()) > 5, "small segments roll over");
+        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 1..=100)]));
+        // Without the cache every entry comes from its file.
+        lock(&log.inner.index).cache.clear();
+        lock(&log.inner.index).cache_bytes = 0;
+        assert_eq!(ids(&log), expected(&[(1, 1..=100)]));
+        assert_eq!(
+            log.entries(40, 43).expect("read")[0].log_id.index,
+            40,
+            "a range starts where asked"
+        );
+        assert_eq!(log.entries(40, 43).expect("read").len(), 3);
+    }
+
+    #[test]
+    fn the_entry_at_index_zero_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            log.append(entries(1, 0..=3)).expect("append");
+        }
+        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 0..=3)]));
+        drop(log);
+        let log = LogFiles::open(dir.path(), SMALL, purged(0)).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 1..=3)]));
+    }
+
+    #[test]
+    fn truncated_entries_never_come_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            log.append(entries(1, 1..=40)).expect("append");
+            log.truncate(21).expect("truncate");
+            assert_eq!(ids(&log), expected(&[(1, 1..=20)]));
+        }
+        // Reopened before anything else was written: the truncation held.
+        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 1..=20)]));
+        // New entries of the same size land exactly where old ones were; the old ones
+        // after them do not pass as their continuation.
+        log.append(entries(2, 21..=25)).expect("append");
+        drop(log);
+        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=25)]));
+        log.append(entries(2, 26..=30)).expect("append");
+        assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=30)]));
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), 1 << 20, None).expect("open");
+            log.append(entries(1, 1..=5)).expect("append");
+        }
+        // Damage the last record's payload, as a crash mid-write can.
+        let seg = segment_path(dir.path(), 1);
+        let raw = std::fs::read(&seg).expect("read segment");
+        let end = raw.iter().rposition(|b| *b != 0).expect("data");
+        let file = OpenOptions::new().write(true).open(&seg).expect("open");
+        file.write_all_at(&[raw[end] ^ 0xFF], end as u64)
+            .expect("write");
+        drop(file);
+        let log = LogFiles::open(dir.path(), 1 << 20, None).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 1..=4)]));
+        log.append(entries(2, 5..=6)).expect("append");
+        drop(log);
+        let log = LogFiles::open(dir.path(), 1 << 20, None).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 1..=4), (2, 5..=6)]));
+    }
+
+    #[test]
+    fn purge_forgets_entries_and_their_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            for i in 1..=60 {
+                log.append(vec![entry(1, i)]).expect("append");
+            }
+            let before = segments(dir.path());
+            log.purge(40).expect("purge");
+            assert_eq!(ids(&log), expected(&[(1, 41..=60)]));
+            assert!(segments(dir.path()) < before, "whole segments are removed");
+        }
+        let log = LogFiles::open(dir.path(), SMALL, purged(40)).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(1, 41..=60)]));
+        log.append(entries(1, 61..=62)).expect("append");
+        assert_eq!(ids(&log), expected(&[(1, 41..=62)]));
+    }
+
+    #[test]
+    fn a_log_purged_past_its_end_goes_on_after_the_purge_point() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            log.append(entries(1, 1..=10)).expect("append");
+            // A snapshot up to 100 was installed.
+            log.purge(100).expect("purge");
+            assert_eq!(ids(&log), vec![]);
+            assert_eq!(log.last_log_id(), None);
+            log.append(entries(3, 101..=105)).expect("append");
+        }
+        let log = LogFiles::open(dir.path(), SMALL, purged(100)).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(3, 101..=105)]));
+        // Purged past the end and reopened before the next append.
+        log.purge(200).expect("purge");
+        drop(log);
+        let log = LogFiles::open(dir.path(), SMALL, purged(200)).expect("reopen");
+        assert_eq!(ids(&log), vec![]);
+        log.append(entries(4, 201..=202)).expect("append");
+        drop(log);
+        let log = LogFiles::open(dir.path(), SMALL, purged(200)).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(4, 201..=202)]));
+    }
+
+    #[test]
+    fn truncating_everything_then_purging_keeps_the_next_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            log.append(entries(1, 1..=10)).expect("append");
+            log.purge(5).expect("purge");
+            log.truncate(6).expect("truncate");
+            assert_eq!(ids(&log), vec![]);
+            log.append(entries(2, 6..=8)).expect("append");
+        }
+        let log = LogFiles::open(dir.path(), SMALL, purged(5)).expect("reopen");
+        assert_eq!(ids(&log), expected(&[(2, 6..=8)]));
+    }
+}
