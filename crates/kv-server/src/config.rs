@@ -54,8 +54,9 @@ pub struct RaftConfig {
     /// Purge the log only once this many entries can go, so purging is not a
     /// delete_range after every entry.
     pub purge_batch_size: u64,
-    /// Size of one raft log segment file, in MiB. Each is zero-filled before use (in the
-    /// background), so appends never grow a file.
+    /// Size of one raft log segment file, in MiB (1 to 256). Each is zero-filled before
+    /// use, paced in the background while the previous one fills, so appends never grow a
+    /// file; larger segments mean longer preparations competing with appends for the disk.
     pub log_segment_mib: u64,
 }
 
@@ -180,8 +181,8 @@ impl NodeConfig {
         if r.purge_batch_size == 0 || r.snapshot_every == 0 {
             return invalid("purge_batch_size and snapshot_every must be positive".into());
         }
-        if !(1..=1024).contains(&r.log_segment_mib) {
-            return invalid("log_segment_mib must be between 1 and 1024".into());
+        if !(1..=256).contains(&r.log_segment_mib) {
+            return invalid("log_segment_mib must be between 1 and 256".into());
         }
         if self.limits.max_value_bytes == 0
             || self.limits.max_batch == 0

@@ -70,20 +70,6 @@ fn utf8_key(raw: Box<[u8]>, cf_name: &str) -> Result<String, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("a key in {cf_name} is not UTF-8")))
 }
 
-/// Every `(key, value)` of a column family keyed by UTF-8 strings, decoded.
-pub(crate) fn read_all<T: serde::de::DeserializeOwned>(
-    db: &DB,
-    name: &str,
-) -> Result<Vec<(String, T)>, StoreError> {
-    let mut out = vec![];
-    for item in db.iterator_cf(cf(db, name), IteratorMode::Start) {
-        let (k, v) = item?;
-        let key = utf8_key(k, name)?;
-        out.push((key, postcard::from_bytes(&v)?));
-    }
-    Ok(out)
-}
-
 /// Everything a node needs from its database.
 pub struct Stores {
     /// The raft log store, for `Raft::new`.

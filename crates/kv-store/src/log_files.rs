@@ -32,6 +32,12 @@ const HEADER: u64 = 16;
 const RECORD_HEADER: usize = 8;
 /// Zeroes written at a time when preparing a segment.
 const ZERO_CHUNK: usize = 1024 * 1024;
+/// The background preparation writes small synced chunks with pauses between them: one
+/// burst of 32 MiB of zeroes queued every append's fdatasync behind it (measured: p99 of
+/// writes at 64 connections 15 ms with 32 MiB segments and 189 ms with 1 GiB ones, against
+/// about 5 ms without a preparation running).
+const PACED_CHUNK: usize = 64 * 1024;
+const PACED_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
 /// Decoded entries kept for replication, which reads what was just appended.
 const CACHED_ENTRIES: usize = 4096;
 const CACHED_BYTES: usize = 64 * 1024 * 1024;
@@ -148,19 +154,26 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes `size` bytes of zeroes to `path` and syncs them, so later writes into it change
-/// no file metadata.
-fn prepare_segment(path: &Path, size: u64) -> std::io::Result<()> {
+/// no file metadata (fallocate would leave unwritten extents, whose conversion on first
+/// write costs the same journal commit). `paced`: in small synced chunks with pauses, for
+/// the background, so appends' fdatasyncs never wait behind a long flush.
+fn prepare_segment(path: &Path, size: u64, paced: bool) -> std::io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
-    let zeros = vec![0u8; ZERO_CHUNK];
+    let chunk = if paced { PACED_CHUNK } else { ZERO_CHUNK };
+    let zeros = vec![0u8; chunk];
     let mut written = 0u64;
     while written < size {
-        let n = (size - written).min(ZERO_CHUNK as u64) as usize;
+        let n = (size - written).min(chunk as u64) as usize;
         file.write_all_at(&zeros[..n], written)?;
         written += n as u64;
+        if paced {
+            file.sync_data()?;
+            std::thread::sleep(PACED_PAUSE);
+        }
     }
     file.sync_all()
 }
@@ -474,13 +487,15 @@ impl LogFiles {
         if spare_ready {
             std::fs::rename(spare_path(dir), &path)?;
         } else {
-            prepare_segment(&path, size)?;
+            prepare_segment(&path, size, false)?;
         }
         // The new name must survive a crash before entries in it are acknowledged.
         sync_dir(dir)?;
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let (spare, bytes) = (spare_path(dir), self.inner.segment_bytes);
-        w.spare = Some(std::thread::spawn(move || prepare_segment(&spare, bytes)));
+        w.spare = Some(std::thread::spawn(move || {
+            prepare_segment(&spare, bytes, true)
+        }));
         Ok(Arc::new(file))
     }
 

@@ -1,7 +1,7 @@
 //! Snapshot encoding and the current-snapshot file.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +25,18 @@ struct SnapshotFile {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
+
+/// [`SnapshotFile`] borrowed, for writing without copying the data (postcard encodes a
+/// slice and a `Vec` alike).
+#[derive(Serialize)]
+struct SnapshotFileRef<'a> {
+    meta: &'a SnapshotMeta,
+    data: &'a [u8],
+}
+
+/// Bytes read from the start of the file to decode just the meta (it comes first, and
+/// holds little more than the membership).
+const META_PREFIX: u64 = 1024 * 1024;
 
 /// The one file holding the current snapshot, replaced atomically.
 #[derive(Clone)]
@@ -58,6 +70,19 @@ impl SnapshotFiles {
         }
     }
 
+    /// The meta of the current snapshot, read from the start of its file only.
+    fn load_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
+        let file = match File::open(self.current()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut prefix = vec![];
+        file.take(META_PREFIX).read_to_end(&mut prefix)?;
+        let (meta, _) = postcard::take_from_bytes::<SnapshotMeta>(&prefix)?;
+        Ok(Some(meta))
+    }
+
     /// Makes `meta`/`data` the current snapshot unless a newer one is already there:
     /// write a temporary file, fsync it, rename it over the old one, fsync the folder.
     pub fn store(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
@@ -65,18 +90,15 @@ impl SnapshotFiles {
             .lock
             .lock()
             .map_err(|_| StoreError::Task("snapshot lock poisoned".into()))?;
-        if let Some((existing, _)) = self.load()? {
+        if let Some(existing) = self.load_meta()? {
             if existing.last_log_id > meta.last_log_id {
                 return Ok(());
             }
         }
-        let raw = postcard::to_stdvec(&SnapshotFile {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        })?;
         let tmp = self.dir.join("current.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&raw)?;
+        let mut f = std::io::BufWriter::with_capacity(1024 * 1024, File::create(&tmp)?);
+        postcard::to_io(&SnapshotFileRef { meta, data }, &mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         fs::rename(&tmp, self.current())?;
         sync_dir(&self.dir)

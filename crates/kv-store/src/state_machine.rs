@@ -9,12 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kv_core::{apply_request, Overlay, Response, Slot};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 
 use crate::db::{
-    blocking, cf, expiry_key, read_all, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS, CF_SM_META,
-    DATA_END, EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
+    blocking, cf, expiry_key, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS, CF_SM_META, DATA_END,
+    EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
 };
 use crate::error::OrRaft;
 use crate::snapshot::{SnapshotFiles, SnapshotState};
@@ -102,12 +102,25 @@ impl StateMachine {
 
     /// Encodes the applied state as of now. Called where openraft serializes it with
     /// apply, so data and metadata describe the same instant.
+    ///
+    /// Writes the encoding of [`SnapshotState`] straight from RocksDB: a stored value is
+    /// already the postcard encoding of its `Entry` or `Record`, so each pair is the key
+    /// with its length and the stored bytes, and nothing is decoded or held twice.
     fn capture(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
-        let data = postcard::to_stdvec(&SnapshotState {
-            clock_ms: self.clock(),
-            entries: read_all(&self.db, CF_DATA)?,
-            records: read_all(&self.db, CF_RECORDS)?,
-        })?;
+        let snap = self.db.snapshot();
+        let mut data = postcard::to_stdvec(&self.clock())?;
+        for name in [CF_DATA, CF_RECORDS] {
+            let cf = cf(&self.db, name);
+            let count = snap.iterator_cf(cf, IteratorMode::Start).count();
+            data = postcard::to_extend(&count, data)?;
+            for item in snap.iterator_cf(cf, IteratorMode::Start) {
+                let (key, value) = item?;
+                let key = std::str::from_utf8(&key)
+                    .map_err(|_| StoreError::Corrupt(format!("a key in {name} is not UTF-8")))?;
+                data = postcard::to_extend(key, data)?;
+                data.extend_from_slice(&value);
+            }
+        }
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
