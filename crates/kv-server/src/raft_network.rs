@@ -56,6 +56,9 @@ pub const REJECTED: u8 = 2;
 /// `max_payload_entries` entries (each at most 4 MiB of values) fit with room to spare.
 pub const MAX_FRAME: usize = 512 * 1024 * 1024;
 
+/// Largest hello: the protocol line and a cluster secret.
+const MAX_HELLO: usize = 4096;
+
 /// Bytes buffered for reading answers; most answers fit in one read.
 const READ_BUFFER: usize = 16 * 1024;
 /// Idle connections kept per peer address.
@@ -90,8 +93,12 @@ fn frame_with(kind: u8, capacity: usize) -> Vec<u8> {
     frame
 }
 
-/// Reads one frame; `None` at a clean end of stream before its first byte.
-async fn read_frame(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>, FrameError> {
+/// Reads one frame of at most `max` bytes; `None` at a clean end of stream before its
+/// first byte.
+async fn read_frame(
+    reader: &mut BufReader<TcpStream>,
+    max: usize,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -99,7 +106,7 @@ async fn read_frame(reader: &mut BufReader<TcpStream>) -> Result<Option<Vec<u8>>
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     let mut frame = vec![0u8; len];
@@ -226,7 +233,9 @@ impl Peer {
         hello.extend_from_slice(self.network.secret.as_bytes());
         write_frame(&mut stream, &mut hello).await?;
         let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
-        let answer = read_frame(&mut conn).await?.ok_or(CallError::Closed)?;
+        let answer = read_frame(&mut conn, MAX_FRAME)
+            .await?
+            .ok_or(CallError::Closed)?;
         match answer.split_first() {
             Some((&OK, _)) => Ok(conn),
             Some((&REJECTED, reason)) => Err(CallError::Rejected(
@@ -293,7 +302,9 @@ impl Peer {
 /// One request and its answer on `conn`.
 async fn send(conn: &mut Conn, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
     write_frame(conn.get_mut(), frame).await?;
-    let answer = read_frame(conn).await?.ok_or(CallError::Closed)?;
+    let answer = read_frame(conn, MAX_FRAME)
+        .await?
+        .ok_or(CallError::Closed)?;
     match answer.split_first() {
         Some((&OK, _)) => Ok(answer),
         Some((&BAD_REQUEST, reason)) => Err(CallError::BadRequest(
@@ -370,9 +381,9 @@ pub async fn serve(
 async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
-    // Nothing but the hello is read before the secret checks out, so a stranger can
-    // make this node buffer at most one frame.
-    let Some(hello) = read_frame(&mut conn).await? else {
+    // Nothing but the hello is read before the secret checks out, and a hello is small,
+    // so a stranger cannot make this node buffer more than a few KiB.
+    let Some(hello) = read_frame(&mut conn, MAX_HELLO).await? else {
         return Ok(());
     };
     let given = hello.strip_prefix(HELLO);
@@ -387,7 +398,7 @@ async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Resul
         return write_frame(conn.get_mut(), &mut answer).await;
     }
     write_frame(conn.get_mut(), &mut frame_with(OK, 0)).await?;
-    while let Some(request) = read_frame(&mut conn).await? {
+    while let Some(request) = read_frame(&mut conn, MAX_FRAME).await? {
         let mut answer = answer(&raft, &request).await;
         write_frame(conn.get_mut(), &mut answer).await?;
     }
