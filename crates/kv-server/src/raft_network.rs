@@ -93,6 +93,13 @@ fn frame_with(kind: u8, capacity: usize) -> Vec<u8> {
     frame
 }
 
+/// A refusal or bad-request frame: `kind`, then the reason.
+fn reason_frame(kind: u8, reason: &str) -> Vec<u8> {
+    let mut frame = frame_with(kind, reason.len());
+    frame.extend_from_slice(reason.as_bytes());
+    frame
+}
+
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream before its
 /// first byte.
 async fn read_frame(
@@ -199,8 +206,6 @@ enum CallError {
     Rejected(String),
     #[error("the peer could not decode the request: {0}")]
     BadRequest(String),
-    #[error("undecodable answer: {0}")]
-    Decode(#[from] postcard::Error),
     #[error("answer of unknown kind {0}")]
     UnknownAnswer(u8),
 }
@@ -233,17 +238,8 @@ impl Peer {
         hello.extend_from_slice(self.network.secret.as_bytes());
         write_frame(&mut stream, &mut hello).await?;
         let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
-        let answer = read_frame(&mut conn, MAX_FRAME)
-            .await?
-            .ok_or(CallError::Closed)?;
-        match answer.split_first() {
-            Some((&OK, _)) => Ok(conn),
-            Some((&REJECTED, reason)) => Err(CallError::Rejected(
-                String::from_utf8_lossy(reason).into_owned(),
-            )),
-            Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
-            None => Err(CallError::Closed),
-        }
+        read_answer(&mut conn).await?;
+        Ok(conn)
     }
 
     /// Sends one request and reads the raw answer, on this client's connection, an idle
@@ -302,14 +298,20 @@ impl Peer {
 /// One request and its answer on `conn`.
 async fn send(conn: &mut Conn, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
     write_frame(conn.get_mut(), frame).await?;
+    read_answer(conn).await
+}
+
+/// Reads one answer frame: `OK` and its body, or the error a refusal, a bad request, an
+/// unknown kind or a closed connection stands for.
+async fn read_answer(conn: &mut Conn) -> Result<Vec<u8>, CallError> {
     let answer = read_frame(conn, MAX_FRAME)
         .await?
         .ok_or(CallError::Closed)?;
+    let reason = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
     match answer.split_first() {
         Some((&OK, _)) => Ok(answer),
-        Some((&BAD_REQUEST, reason)) => Err(CallError::BadRequest(
-            String::from_utf8_lossy(reason).into_owned(),
-        )),
+        Some((&REJECTED, r)) => Err(CallError::Rejected(reason(r))),
+        Some((&BAD_REQUEST, r)) => Err(CallError::BadRequest(reason(r))),
         Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
         None => Err(CallError::Closed),
     }
@@ -393,9 +395,7 @@ async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Resul
         } else {
             "missing or wrong cluster secret"
         };
-        let mut answer = frame_with(REJECTED, reason.len());
-        answer.extend_from_slice(reason.as_bytes());
-        return write_frame(conn.get_mut(), &mut answer).await;
+        return write_frame(conn.get_mut(), &mut reason_frame(REJECTED, reason)).await;
     }
     write_frame(conn.get_mut(), &mut frame_with(OK, 0)).await?;
     while let Some(request) = read_frame(&mut conn, MAX_FRAME).await? {
@@ -408,28 +408,27 @@ async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Resul
 /// Decodes one request, runs it on `raft`, and encodes the answer frame.
 async fn answer(raft: &Raft, request: &[u8]) -> Vec<u8> {
     let result = match request.split_first() {
-        Some((&APPEND, body)) => match postcard::from_bytes(body) {
-            Ok(req) => encode(&raft.append_entries(req).await),
-            Err(e) => Err(format!("undecodable append request: {e}")),
-        },
-        Some((&VOTE, body)) => match postcard::from_bytes(body) {
-            Ok(req) => encode(&raft.vote(req).await),
-            Err(e) => Err(format!("undecodable vote request: {e}")),
-        },
-        Some((&SNAPSHOT, body)) => match postcard::from_bytes(body) {
-            Ok(req) => encode(&raft.install_snapshot(req).await),
-            Err(e) => Err(format!("undecodable snapshot request: {e}")),
-        },
+        Some((&APPEND, body)) => run(body, "append", |req| raft.append_entries(req)).await,
+        Some((&VOTE, body)) => run(body, "vote", |req| raft.vote(req)).await,
+        Some((&SNAPSHOT, body)) => run(body, "snapshot", |req| raft.install_snapshot(req)).await,
         Some((kind, _)) => Err(format!("unknown request kind {kind}")),
         None => Err("empty request".to_owned()),
     };
-    result.unwrap_or_else(|reason| {
-        let mut frame = frame_with(BAD_REQUEST, reason.len());
-        frame.extend_from_slice(reason.as_bytes());
-        frame
-    })
+    result.unwrap_or_else(|reason| reason_frame(BAD_REQUEST, &reason))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    postcard::to_io(value, frame_with(OK, 64)).map_err(|e| format!("encoding the answer: {e}"))
+/// Decodes a `what` request from `body`, runs it with `f`, and encodes the `OK` frame.
+async fn run<Req, Resp, Fut>(
+    body: &[u8],
+    what: &str,
+    f: impl FnOnce(Req) -> Fut,
+) -> Result<Vec<u8>, String>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let req = postcard::from_bytes(body).map_err(|e| format!("undecodable {what} request: {e}"))?;
+    postcard::to_io(&f(req).await, frame_with(OK, 64))
+        .map_err(|e| format!("encoding the answer: {e}"))
 }

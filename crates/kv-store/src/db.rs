@@ -64,6 +64,18 @@ fn parse_expiry_key(raw: &[u8]) -> Result<Due, StoreError> {
     Ok((u64::from_be_bytes(*at), slot, key.to_owned()))
 }
 
+/// The postcard-decoded value of `key` in column family `cf_name`, if present.
+pub(crate) fn read_value<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    cf_name: &str,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match db.get_pinned_cf(cf(db, cf_name), key)? {
+        Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
+        None => Ok(None),
+    }
+}
+
 /// A stored key as a string; keys are written from `&str`, so anything else is corruption.
 fn utf8_key(raw: Box<[u8]>, cf_name: &str) -> Result<String, StoreError> {
     String::from_utf8(raw.into_vec())
@@ -116,11 +128,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
                 .into(),
         ));
     }
-    let last_purged: Option<LogId> =
-        match db.get_pinned_cf(cf(&db, CF_RAFT_META), META_LAST_PURGED)? {
-            Some(raw) => Some(postcard::from_bytes(&raw)?),
-            None => None,
-        };
+    let last_purged: Option<LogId> = read_value(&db, CF_RAFT_META, META_LAST_PURGED)?;
     let files = LogFiles::open(&dir.join("log"), log_segment_bytes, last_purged)?;
     let snapshot_dir: PathBuf = dir.join("snapshot");
     std::fs::create_dir_all(&snapshot_dir)?;
@@ -254,10 +262,7 @@ impl StateView for DbView<'_> {
     type Error = StoreError;
 
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        match self.0.get_pinned_cf(cf(self.0, CF_DATA), key.as_bytes())? {
-            Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
-            None => Ok(None),
-        }
+        read_value(self.0, CF_DATA, key.as_bytes())
     }
 
     fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -274,13 +279,7 @@ impl StateView for DbView<'_> {
     }
 
     fn get_record(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        match self
-            .0
-            .get_pinned_cf(cf(self.0, CF_RECORDS), id.as_bytes())?
-        {
-            Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
-            None => Ok(None),
-        }
+        read_value(self.0, CF_RECORDS, id.as_bytes())
     }
 
     fn due(

@@ -56,6 +56,7 @@ struct Pos {
 
 /// What readers see: positions of every entry after the last purge, open segments, and
 /// the most recent entries decoded.
+#[derive(Default)]
 struct Index {
     positions: VecDeque<Pos>,
     segments: BTreeMap<u64, Arc<File>>,
@@ -81,8 +82,20 @@ impl Index {
         self.cache.push_back((entry, bytes));
         self.cache_bytes += bytes;
         while self.cache.len() > CACHED_ENTRIES || self.cache_bytes > CACHED_BYTES {
-            if let Some((_, b)) = self.cache.pop_front() {
-                self.cache_bytes -= b;
+            self.uncache(1, true);
+        }
+    }
+
+    /// Drops up to `n` cached entries from the oldest end (`oldest`) or the newest.
+    fn uncache(&mut self, n: usize, oldest: bool) {
+        for _ in 0..n.min(self.cache.len()) {
+            let dropped = if oldest {
+                self.cache.pop_front()
+            } else {
+                self.cache.pop_back()
+            };
+            if let Some((_, bytes)) = dropped {
+                self.cache_bytes -= bytes;
             }
         }
     }
@@ -91,12 +104,36 @@ impl Index {
     fn cut(&mut self, slot: usize) {
         let removed = self.positions.len() - slot;
         self.positions.truncate(slot);
-        let keep = self.cache.len().saturating_sub(removed);
-        while self.cache.len() > keep {
-            if let Some((_, b)) = self.cache.pop_back() {
-                self.cache_bytes -= b;
-            }
+        self.uncache(removed, false);
+    }
+
+    /// Drops the first `n` positions (and their cached entries, if still cached).
+    fn forget(&mut self, n: usize) {
+        let uncached = self.positions.len() - self.cache.len();
+        self.uncache(n.saturating_sub(uncached), true);
+        self.positions.drain(..n);
+    }
+
+    /// The open segment starting at `first`.
+    fn segment(&self, first: u64) -> Result<Arc<File>, StoreError> {
+        self.segments
+            .get(&first)
+            .cloned()
+            .ok_or_else(|| corrupt(format!("log segment {first} is not open")))
+    }
+
+    /// Closes the segments whose first index is in `range` and removes their files.
+    fn remove_segments(
+        &mut self,
+        dir: &Path,
+        range: impl std::ops::RangeBounds<u64>,
+    ) -> Result<(), StoreError> {
+        let gone: Vec<u64> = self.segments.range(range).map(|(k, _)| *k).collect();
+        for first in gone {
+            self.segments.remove(&first);
+            std::fs::remove_file(segment_path(dir, first))?;
         }
+        Ok(())
     }
 }
 
@@ -109,6 +146,7 @@ struct Active {
 }
 
 /// State only the writer (openraft's core, through `LogStore`) touches.
+#[derive(Default)]
 struct Writer {
     active: Option<Active>,
     chain: u32,
@@ -271,18 +309,8 @@ impl LogFiles {
         // Index 0 is a real entry (openraft's first membership), so "nothing purged" is
         // not "purged up to 0".
         let is_purged = |index: u64| last_purged.is_some_and(|l| index <= l.index);
-        let mut index = Index {
-            positions: VecDeque::new(),
-            segments: BTreeMap::new(),
-            chain_before: 0,
-            cache: VecDeque::new(),
-            cache_bytes: 0,
-        };
-        let mut writer = Writer {
-            active: None,
-            chain: 0,
-            spare: None,
-        };
+        let mut index = Index::default();
+        let mut writer = Writer::default();
         let mut chain_at: Option<u32> = None;
         let mut stale = false;
         for (&first, path) in &names {
@@ -327,26 +355,13 @@ impl LogFiles {
         // A log purged past its last entry (a snapshot installed) starts over after
         // the purge point.
         if index.positions.is_empty() {
-            for first in std::mem::take(&mut index.segments).into_keys() {
-                std::fs::remove_file(segment_path(dir, first))?;
-            }
-            writer.active = None;
-            writer.chain = 0;
-            index.chain_before = 0;
-            index.cache.clear();
-            index.cache_bytes = 0;
+            index.remove_segments(dir, ..)?;
+            index = Index::default();
+            writer = Writer::default();
         } else {
             // Segments wholly at or before the purge point.
             let first_kept = index.positions[0].segment;
-            let gone: Vec<u64> = index
-                .segments
-                .range(..first_kept)
-                .map(|(k, _)| *k)
-                .collect();
-            for first in gone {
-                index.segments.remove(&first);
-                std::fs::remove_file(segment_path(dir, first))?;
-            }
+            index.remove_segments(dir, ..first_kept)?;
         }
         sync_dir(dir)?;
         Ok(Self {
@@ -380,10 +395,7 @@ impl LogFiles {
                     out.push(Some(index.cache[(i - cached_from) as usize].0.clone()));
                 } else {
                     let pos = index.positions[(i - first) as usize];
-                    let file = index.segments.get(&pos.segment).cloned().ok_or_else(|| {
-                        corrupt(format!("log segment {} is not open", pos.segment))
-                    })?;
-                    to_read.push((out.len(), pos, file));
+                    to_read.push((out.len(), pos, index.segment(pos.segment)?));
                     out.push(None);
                 }
             }
@@ -410,12 +422,11 @@ impl LogFiles {
         for entry in entries {
             let at = buf.len();
             buf.extend_from_slice(&[0u8; RECORD_HEADER]);
-            let mut buf2 = postcard::to_extend(&entry, buf)?;
-            let len = (buf2.len() - at - RECORD_HEADER) as u32;
-            crc = chain(crc, len, &buf2[at + RECORD_HEADER..]);
-            buf2[at..at + 4].copy_from_slice(&len.to_le_bytes());
-            buf2[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-            buf = buf2;
+            buf = postcard::to_extend(&entry, buf)?;
+            let len = (buf.len() - at - RECORD_HEADER) as u32;
+            crc = chain(crc, len, &buf[at + RECORD_HEADER..]);
+            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
             records.push((entry, at as u64, len, crc));
         }
         let fits = w
@@ -512,22 +523,10 @@ impl LogFiles {
             0 => index.chain_before,
             s => index.positions[s - 1].crc,
         };
-        let file = index
-            .segments
-            .get(&pos.segment)
-            .cloned()
-            .ok_or_else(|| corrupt(format!("log segment {} is not open", pos.segment)))?;
+        let file = index.segment(pos.segment)?;
         file.write_all_at(&[0u8; RECORD_HEADER], pos.offset)?;
         file.sync_data()?;
-        let later: Vec<u64> = index
-            .segments
-            .range(pos.segment + 1..)
-            .map(|(k, _)| *k)
-            .collect();
-        for first in later {
-            index.segments.remove(&first);
-            std::fs::remove_file(segment_path(&self.inner.dir, first))?;
-        }
+        index.remove_segments(&self.inner.dir, pos.segment + 1..)?;
         index.cut(slot);
         let size = file.metadata()?.len();
         w.active = Some(Active {
@@ -554,31 +553,16 @@ impl LogFiles {
         };
         if removed > 0 {
             index.chain_before = index.positions[removed - 1].crc;
-            let cached_from = index.positions.len() - index.cache.len();
-            for _ in cached_from..removed {
-                if let Some((_, b)) = index.cache.pop_front() {
-                    index.cache_bytes -= b;
-                }
-            }
-            index.positions.drain(..removed);
+            index.forget(removed);
         }
         if index.positions.is_empty() {
             // Purged up to or past the last entry (a snapshot was installed): the next
             // entry may not follow the last one, so it starts a segment of its own.
             w.active = None;
         }
-        // Keep the segment of the next entry (or the active one when all are purged).
-        let keep_from = index
-            .positions
-            .front()
-            .map(|p| p.segment)
-            .or(w.active.as_ref().map(|a| a.first))
-            .unwrap_or(u64::MAX);
-        let gone: Vec<u64> = index.segments.range(..keep_from).map(|(k, _)| *k).collect();
-        for first in gone {
-            index.segments.remove(&first);
-            std::fs::remove_file(segment_path(&self.inner.dir, first))?;
-        }
+        // Keep the segment of the next entry; with none left, keep none.
+        let keep_from = index.positions.front().map_or(u64::MAX, |p| p.segment);
+        index.remove_segments(&self.inner.dir, ..keep_from)?;
         Ok(())
     }
 }
@@ -641,6 +625,10 @@ mod tests {
             .count()
     }
 
+    fn open_small(dir: &Path, last_purged: Option<LogId>) -> LogFiles {
+        LogFiles::open(dir, SMALL, last_purged).expect("open")
+    }
+
     fn purged(index: u64) -> Option<LogId> {
         Some(LogId::new(CommittedLeaderId::new(1, 1), index))
     }
@@ -649,7 +637,7 @@ mod tests {
     fn entries_survive_reopen_across_segments_and_are_read_back_from_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            let log = open_small(dir.path(), None);
             for start in (1..=100).step_by(3) {
                 log.append(entries(1, start..=(start + 2).min(100)))
                     .expect("append");
@@ -657,7 +645,7 @@ mod tests {
             assert_eq!(ids(&log), expected(&[(1, 1..=100)]));
         }
         assert!(segments(dir.path()) > 5, "small segments roll over");
-        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        let log = open_small(dir.path(), None);
         assert_eq!(ids(&log), expected(&[(1, 1..=100)]));
         // Without the cache every entry comes from its file.
         lock(&log.inner.index).cache.clear();
@@ -675,13 +663,13 @@ mod tests {
     fn the_entry_at_index_zero_survives_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            let log = open_small(dir.path(), None);
             log.append(entries(1, 0..=3)).expect("append");
         }
-        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        let log = open_small(dir.path(), None);
         assert_eq!(ids(&log), expected(&[(1, 0..=3)]));
         drop(log);
-        let log = LogFiles::open(dir.path(), SMALL, purged(0)).expect("reopen");
+        let log = open_small(dir.path(), purged(0));
         assert_eq!(ids(&log), expected(&[(1, 1..=3)]));
     }
 
@@ -689,19 +677,19 @@ mod tests {
     fn truncated_entries_never_come_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            let log = open_small(dir.path(), None);
             log.append(entries(1, 1..=40)).expect("append");
             log.truncate(21).expect("truncate");
             assert_eq!(ids(&log), expected(&[(1, 1..=20)]));
         }
         // Reopened before anything else was written: the truncation held.
-        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        let log = open_small(dir.path(), None);
         assert_eq!(ids(&log), expected(&[(1, 1..=20)]));
         // New entries of the same size land exactly where old ones were; the old ones
         // after them do not pass as their continuation.
         log.append(entries(2, 21..=25)).expect("append");
         drop(log);
-        let log = LogFiles::open(dir.path(), SMALL, None).expect("reopen");
+        let log = open_small(dir.path(), None);
         assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=25)]));
         log.append(entries(2, 26..=30)).expect("append");
         assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=30)]));
@@ -734,7 +722,7 @@ mod tests {
     fn purge_forgets_entries_and_their_segments() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            let log = open_small(dir.path(), None);
             for i in 1..=60 {
                 log.append(vec![entry(1, i)]).expect("append");
             }
@@ -743,7 +731,7 @@ mod tests {
             assert_eq!(ids(&log), expected(&[(1, 41..=60)]));
             assert!(segments(dir.path()) < before, "whole segments are removed");
         }
-        let log = LogFiles::open(dir.path(), SMALL, purged(40)).expect("reopen");
+        let log = open_small(dir.path(), purged(40));
         assert_eq!(ids(&log), expected(&[(1, 41..=60)]));
         log.append(entries(1, 61..=62)).expect("append");
         assert_eq!(ids(&log), expected(&[(1, 41..=62)]));
@@ -753,7 +741,7 @@ mod tests {
     fn a_log_purged_past_its_end_goes_on_after_the_purge_point() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            let log = open_small(dir.path(), None);
             log.append(entries(1, 1..=10)).expect("append");
             // A snapshot up to 100 was installed.
             log.purge(100).expect("purge");
@@ -761,16 +749,16 @@ mod tests {
             assert_eq!(log.last_log_id(), None);
             log.append(entries(3, 101..=105)).expect("append");
         }
-        let log = LogFiles::open(dir.path(), SMALL, purged(100)).expect("reopen");
+        let log = open_small(dir.path(), purged(100));
         assert_eq!(ids(&log), expected(&[(3, 101..=105)]));
         // Purged past the end and reopened before the next append.
         log.purge(200).expect("purge");
         drop(log);
-        let log = LogFiles::open(dir.path(), SMALL, purged(200)).expect("reopen");
+        let log = open_small(dir.path(), purged(200));
         assert_eq!(ids(&log), vec![]);
         log.append(entries(4, 201..=202)).expect("append");
         drop(log);
-        let log = LogFiles::open(dir.path(), SMALL, purged(200)).expect("reopen");
+        let log = open_small(dir.path(), purged(200));
         assert_eq!(ids(&log), expected(&[(4, 201..=202)]));
     }
 
@@ -778,14 +766,14 @@ mod tests {
     fn truncating_everything_then_purging_keeps_the_next_entries() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let log = LogFiles::open(dir.path(), SMALL, None).expect("open");
+            let log = open_small(dir.path(), None);
             log.append(entries(1, 1..=10)).expect("append");
             log.purge(5).expect("purge");
             log.truncate(6).expect("truncate");
             assert_eq!(ids(&log), vec![]);
             log.append(entries(2, 6..=8)).expect("append");
         }
-        let log = LogFiles::open(dir.path(), SMALL, purged(5)).expect("reopen");
+        let log = open_small(dir.path(), purged(5));
         assert_eq!(ids(&log), expected(&[(2, 6..=8)]));
     }
 }

@@ -11,7 +11,9 @@ use rocksdb::{WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::db::{cf, synced, CF_RAFT_META, META_COMMITTED, META_LAST_PURGED, META_VOTE};
+use crate::db::{
+    cf, read_value, synced, CF_RAFT_META, META_COMMITTED, META_LAST_PURGED, META_VOTE,
+};
 use crate::error::OrRaft;
 use crate::log_files::LogFiles;
 use crate::typ::{LogEntry, LogId, StorageError, TypeConfig, Vote};
@@ -29,14 +31,8 @@ impl LogStore {
         Self { db, files }
     }
 
-    pub(crate) fn read_meta<T: DeserializeOwned>(
-        &self,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        match self.db.get_pinned_cf(cf(&self.db, CF_RAFT_META), key)? {
-            Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
-            None => Ok(None),
-        }
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        read_value(&self.db, CF_RAFT_META, key)
     }
 
     /// Writes one metadata value; `sync` makes it durable before returning.

@@ -13,8 +13,8 @@ use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 
 use crate::db::{
-    blocking, cf, expiry_key, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS, CF_SM_META, DATA_END,
-    EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
+    blocking, cf, expiry_key, read_value, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS,
+    CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
 };
 use crate::error::OrRaft;
 use crate::snapshot::{SnapshotFiles, SnapshotState};
@@ -34,10 +34,7 @@ pub struct StateMachine {
 }
 
 fn read_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, StoreError> {
-    match db.get_pinned_cf(cf(db, CF_SM_META), key)? {
-        Some(raw) => Ok(Some(postcard::from_bytes(&raw)?)),
-        None => Ok(None),
-    }
+    read_value(db, CF_SM_META, key)
 }
 
 /// Adds the metadata writes that end every apply or install batch.
