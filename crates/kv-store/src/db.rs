@@ -92,6 +92,28 @@ pub struct Stores {
     pub reader: StateReader,
 }
 
+/// Memtable size of the state machine's entries, expiry index and idempotency records.
+/// Small on purpose: apply writes every key it changes into the memtable, a skiplist,
+/// and each insert searches it. A key rewritten often leaves a version per write
+/// there, so RocksDB's default 64 MiB grows to hundreds of thousands of nodes whose
+/// searches miss the CPU caches (inserts were a quarter of a follower's CPU at 64
+/// connections). Measured against 64, 16, 8 and 2 MiB (two A/B rounds, 20 s at 64
+/// connections): 4 MiB wrote 12-17% more per second than 64 MiB, and reads at 64
+/// connections 8-13% more.
+const DATA_MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
+/// Memtable size of the metadata column families: a handful of keys, each rewritten
+/// with every apply or commit.
+const META_MEMTABLE_BYTES: usize = 1024 * 1024;
+
+fn cf_options(name: &str) -> Options {
+    let mut opts = Options::default();
+    opts.set_write_buffer_size(match name {
+        CF_DATA | CF_EXPIRY | CF_RECORDS => DATA_MEMTABLE_BYTES,
+        _ => META_MEMTABLE_BYTES,
+    });
+    opts
+}
+
 /// Size of one raft log segment file.
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -115,7 +137,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
         CF_EXPIRY,
         CF_RECORDS,
     ]
-    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
     if db
         .iterator_cf(cf(&db, CF_LOG), IteratorMode::Start)

@@ -2,15 +2,19 @@
 //! implementing openraft's storage-v2 traits.
 //!
 //! Invariants:
-//! - One RocksDB database per node, with column families for the raft log, raft
-//!   metadata, state-machine data, state-machine metadata and the expiry index.
+//! - Per node: the raft log in segment files, and one RocksDB database with column
+//!   families for raft metadata, state-machine data, state-machine metadata, the expiry
+//!   index and idempotency records.
 //! - Every write openraft must find after a crash (vote, appended entries, truncation,
 //!   purge) is fsynced before the call returns or its flush callback fires.
-//! - One apply call is one synced `WriteBatch`: data, expiry index, `last_applied`,
-//!   membership and the clock change together or not at all.
+//! - One apply call is one `WriteBatch`: data, expiry index, `last_applied`, membership
+//!   and the clock change together or not at all. It is not synced: the entries are in
+//!   the synced log, and the log is purged only after a synced RocksDB write.
+//! - The state machine's in-memory entry cache holds only what RocksDB holds.
 //! - Command semantics live in kv-core; this crate only persists their effects.
 
 mod db;
+mod entry_cache;
 mod error;
 mod log_files;
 mod log_store;

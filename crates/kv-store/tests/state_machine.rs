@@ -45,6 +45,13 @@ async fn install(sm: &mut StateMachine, snapshot: Snapshot) {
         .expect("install");
 }
 
+/// A node's stores in a new temporary directory (removed when the guard drops).
+fn fresh_node() -> (tempfile::TempDir, kv_store::Stores) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stores = kv_store::open(dir.path()).expect("open");
+    (dir, stores)
+}
+
 fn membership_entry(index: u64) -> LogEntry {
     let m = Membership::new(vec![[1u64, 2, 3].into_iter().collect()], None);
     LogEntry {
@@ -114,10 +121,8 @@ async fn applied_state_survives_reopen() {
 
 #[tokio::test]
 async fn snapshot_moves_the_whole_state_to_another_node_and_replaces_its_own() {
-    let a_dir = tempfile::tempdir().expect("tempdir");
-    let b_dir = tempfile::tempdir().expect("tempdir");
-    let mut a = kv_store::open(a_dir.path()).expect("open");
-    let mut b = kv_store::open(b_dir.path()).expect("open");
+    let (_a_dir, mut a) = fresh_node();
+    let (_b_dir, mut b) = fresh_node();
     a.state_machine
         .apply([
             membership_entry(1),
@@ -185,10 +190,84 @@ async fn snapshot_moves_the_whole_state_to_another_node_and_replaces_its_own() {
     assert_eq!(installed.meta.snapshot_id, meta.snapshot_id);
 }
 
+/// Apply keeps recently written entries in memory; after a snapshot replaces the data,
+/// it must read the snapshot's entries, not the ones it wrote before.
+#[tokio::test]
+async fn apply_after_a_snapshot_install_reads_the_installed_entries() {
+    let (_a_dir, mut a) = fresh_node();
+    let (_b_dir, mut b) = fresh_node();
+    a.state_machine
+        .apply([
+            normal(1, 1000, set("x", "1", None)),
+            normal(2, 1000, set("y", "2", None)),
+        ])
+        .await
+        .expect("apply");
+    let delete = |key: &str| Command::Delete {
+        key: key.into(),
+        precondition: Precondition::Always,
+    };
+    b.state_machine
+        .apply([
+            normal(1, 900, set("x", "old", None)),
+            normal(2, 900, set("x", "older", None)),
+            normal(3, 900, set("y", "b", None)),
+            normal(4, 900, delete("y")),
+            normal(5, 900, set("gone", "0", None)),
+        ])
+        .await
+        .expect("apply");
+
+    let snapshot = snapshot_of(&mut a.state_machine).await;
+    install(&mut b.state_machine, snapshot).await;
+    let create = |key: &str| Command::Set {
+        key: key.into(),
+        value: b"9".to_vec(),
+        ttl: Ttl::Clear,
+        precondition: Precondition::Absent,
+    };
+    let responses = b
+        .state_machine
+        .apply([
+            normal(3, 2000, set("x", "3", None)),
+            normal(4, 2000, create("y")),
+            normal(5, 2000, create("gone")),
+        ])
+        .await
+        .expect("apply");
+    let results: Vec<OpResult> = responses
+        .into_iter()
+        .map(|r| match r {
+            Response::Applied(r) => r,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let written = |revision, create_revision, version| OpResult::Written {
+        revision,
+        create_revision,
+        version,
+        expires_at_ms: None,
+    };
+    assert_eq!(
+        results[0],
+        written(3, 1, 2),
+        "x continues from the snapshot's entry"
+    );
+    assert!(
+        matches!(&results[1], OpResult::Failed { current: Some(e), .. } if e.value == b"2"),
+        "y exists in the snapshot: {:?}",
+        results[1]
+    );
+    assert_eq!(
+        results[2],
+        written(5, 5, 1),
+        "gone is absent in the snapshot"
+    );
+}
+
 #[tokio::test]
 async fn snapshot_ids_are_unique() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = kv_store::open(dir.path()).expect("open");
+    let (_dir, mut s) = fresh_node();
     s.state_machine
         .apply([normal(1, 1, set("k", "1", None))])
         .await
@@ -230,10 +309,8 @@ async fn purged_log_keeps_its_last_purged_id_across_reopen() {
 
 #[tokio::test]
 async fn idempotency_records_travel_in_snapshots() {
-    let a_dir = tempfile::tempdir().expect("tempdir");
-    let b_dir = tempfile::tempdir().expect("tempdir");
-    let mut a = kv_store::open(a_dir.path()).expect("open");
-    let mut b = kv_store::open(b_dir.path()).expect("open");
+    let (_a_dir, mut a) = fresh_node();
+    let (_b_dir, mut b) = fresh_node();
     let keyed = |index: u64| {
         normal(
             index,
