@@ -30,6 +30,8 @@ pub struct Tuning {
     pub limits: Vec<String>,
     /// Top-level lines for one node only (e.g. `clock_offset_ms = 1000`).
     pub node_lines: Vec<(u64, String)>,
+    /// One node's election timeout range in ms, instead of 500-1000.
+    pub node_election_ms: Vec<(u64, (u64, u64))>,
     /// Give node N its own loopback address 127.0.0.(10+N) for both ports, so
     /// address-based firewall rules can tell nodes apart (the nodes bind their outgoing
     /// connections to it). Otherwise every node listens on 127.0.0.1.
@@ -147,8 +149,13 @@ impl TestCluster {
                 .filter(|(n, _)| *n == id)
                 .map(|(_, l)| l.as_str())
                 .collect();
+            let (election_min, election_max) = tuning
+                .node_election_ms
+                .iter()
+                .find(|(n, _)| *n == id)
+                .map_or((500, 1000), |(_, range)| *range);
             let text = format!(
-                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\nlog_segment_mib = 4\n{}\n[limits]\n{}\n",
+                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = {election_min}\nelection_max_ms = {election_max}\nlog_segment_mib = 4\n{}\n[limits]\n{}\n",
                 addrs[2 * i],
                 addrs[2 * i + 1],
                 data.display(),
