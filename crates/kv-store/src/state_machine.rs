@@ -213,8 +213,9 @@ impl StateMachine {
             &meta.last_membership,
             state.clock_ms,
         )?;
-        // Synced: the log the snapshot replaces may be purged right after.
+        // The cached entries describe the state being replaced.
         self.cache.clear();
+        // Synced: the log the snapshot replaces may be purged right after.
         self.write_synced(batch).await?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -310,10 +311,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // write, which makes every earlier apply batch durable too.
         // Written on the calling task: an unsynced write only fills the memtable and
         // the WAL's page cache, cheaper than a handoff to the blocking pool.
-        if let Err(e) = self.db.write(batch) {
-            // Nothing of this call is stored; the cache holds only stored entries.
-            return Err(StoreError::from(e)).or_raft(ErrorSubject::StateMachine, ErrorVerb::Write);
-        }
+        self.db
+            .write(batch)
+            .map_err(StoreError::from)
+            .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
+        // Only after the write: the cache holds nothing RocksDB does not.
         for (key, entry) in overlay.data {
             self.cache.put(key, entry);
         }
