@@ -42,22 +42,16 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-ensure_bench_deps() {
+ensure_bench_deps() {  # etcd only for the side-by-side runs; --scale runs quorum-kv alone
     local missing=()
-    command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+    [ -n "$SCALE" ] || command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v python3 >/dev/null 2>&1 || missing+=(python3)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 ensure_build_deps
-if [ -n "$SCALE" ]; then
-    command -v wrk >/dev/null 2>&1 || apt_install wrk
-    command -v curl >/dev/null 2>&1 || apt_install curl
-    command -v python3 >/dev/null 2>&1 || apt_install python3
-else
-    ensure_bench_deps
-fi
+ensure_bench_deps
 cargo build --release --locked --workspace --bins
 
 WORK=$(mktemp -d /tmp/quorum-kv-bench.XXXXXX)

@@ -228,6 +228,8 @@ struct Scanned {
     records: Vec<(Pos, LogEntry, usize)>,
     end: u64,
     chain: u32,
+    /// The file's size.
+    size: u64,
 }
 
 fn scan(file: &File, first: u64, chain_in: Option<u32>) -> Result<Option<Scanned>, StoreError> {
@@ -246,6 +248,7 @@ fn scan(file: &File, first: u64, chain_in: Option<u32>) -> Result<Option<Scanned
         records: vec![],
         end: HEADER,
         chain: prev,
+        size,
     };
     let mut expected = first;
     loop {
@@ -332,7 +335,6 @@ impl LogFiles {
             if chain_at.is_none() {
                 index.chain_before = scanned.prev;
             }
-            let size = file.metadata()?.len();
             let file = Arc::new(file);
             for (pos, entry, bytes) in scanned.records {
                 if is_purged(pos.log_id.index) {
@@ -347,7 +349,7 @@ impl LogFiles {
             writer.active = Some(Active {
                 first,
                 file: file.clone(),
-                size,
+                size: scanned.size,
                 offset: scanned.end,
             });
             index.segments.insert(first, file);
