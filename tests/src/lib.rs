@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// How long a cluster may take to elect a leader or catch up.
@@ -199,6 +199,10 @@ impl TestCluster {
     }
 
     fn spawn(&mut self, id: u64) -> Result<()> {
+        self.spawn_with_env(id, &[])
+    }
+
+    fn spawn_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> Result<()> {
         let bin = server_binary()?;
         let node = self.node_mut(id);
         let log = std::fs::OpenOptions::new()
@@ -212,6 +216,7 @@ impl TestCluster {
                 "RUST_LOG",
                 std::env::var("KV_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -321,6 +326,44 @@ impl TestCluster {
     pub fn restart(&mut self, id: u64) -> Result<()> {
         self.kill(id);
         self.spawn(id)
+    }
+
+    /// Starts node `id` again on the same data directory with `KV_CRASH_AT=point`, and
+    /// waits until it aborts there (as a kill -9 at that point would stop it).
+    pub async fn restart_to_crash_at(&mut self, id: u64, point: &str) -> Result<()> {
+        self.kill(id);
+        self.spawn_with_env(id, &[("KV_CRASH_AT", point)])?;
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let node = self.node_mut(id);
+            let child = node.child.as_mut().context("the node is not running")?;
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                ensure!(
+                    !status.success(),
+                    "node {id} exited cleanly instead of crashing at {point}"
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {id} never reached crash point {point} within {SETTLE:?}; logs in {}",
+                    self.log_dir()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
+        let dir = self.dir().context("the cluster's folder is gone")?;
+        Ok(dir.join(format!("node{id}")))
+    }
+
+    /// What node `id` has logged so far.
+    pub fn log_text(&self, id: u64) -> Result<String> {
+        Ok(String::from_utf8_lossy(&std::fs::read(&self.node(id).log)?).into_owned())
     }
 
     /// `http://client_addr{path}` of node `id`.

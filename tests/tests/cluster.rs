@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use kv_tests::{TestCluster, Tuning};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,6 +265,122 @@ async fn a_node_behind_a_purged_log_catches_up_by_snapshot() -> Result<()> {
     Ok(())
 }
 
+/// Waits until node `id` reports the same applied index and state digest as `leader`.
+async fn wait_same_digest(c: &TestCluster, leader: u64, id: u64) -> Result<()> {
+    c.poll(
+        &format!("node {id} to report node {leader}'s digest"),
+        || async {
+            let (_, a) = c.get_json(leader, "/v1/admin/digest").await?;
+            let (_, b) = c.get_json(id, "/v1/admin/digest").await?;
+            Ok(a["applied_index"].is_u64()
+                && a["applied_index"] == b["applied_index"]
+                && a["digest"] == b["digest"])
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_node_killed_at_any_step_of_a_snapshot_install_restarts_and_catches_up() -> Result<()> {
+    let tuning = Tuning {
+        raft: vec![
+            "snapshot_every = 40".into(),
+            "logs_kept_after_snapshot = 5".into(),
+            "purge_batch_size = 1".into(),
+        ],
+        ..Tuning::default()
+    };
+    let mut c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let lagging = c.other_than(leader);
+    // Every step of an install, in the order a follower takes them (see kv_store::crash).
+    let points = [
+        "snapshot-received",
+        "snapshot-installing",
+        "purge-recorded",
+        "purged",
+        "snapshot-installed",
+    ];
+    for (round, point) in points.into_iter().enumerate() {
+        let (_, before) = c.get_json(lagging, "/v1/cluster").await?;
+        let lagging_last = before["last_log_index"].as_u64().unwrap_or(0);
+        c.kill(lagging);
+        write_keys(&c, leader, &format!("crash{round}/"), 100).await?;
+        c.poll("the leader to purge past the lagging node", || async {
+            let (_, m) = c.get_json(leader, "/v1/cluster").await?;
+            Ok(m["purged_index"]
+                .as_u64()
+                .is_some_and(|p| p > lagging_last + 50))
+        })
+        .await?;
+        c.restart_to_crash_at(lagging, point).await?;
+        c.restart(lagging)?;
+        c.wait_ready(lagging)
+            .await
+            .with_context(|| format!("node {lagging} after a crash at {point}"))?;
+        // One more write, so the digest is compared at an index both nodes must reach.
+        write_keys(&c, leader, &format!("after{round}/"), 1).await?;
+        wait_same_digest(&c, leader, lagging)
+            .await
+            .with_context(|| format!("after a crash at {point}"))?;
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_on_another_clusters_data_is_refused() -> Result<()> {
+    let mut a = TestCluster::start(3).await?;
+    let a_leader = a.leader().await?;
+    write_keys(&a, a_leader, "a/", 20).await?;
+    let mut b = TestCluster::start(3).await?;
+    let b_leader = b.leader().await?;
+    write_keys(&b, b_leader, "b/", 5).await?;
+
+    // Node `x` of cluster B is started on the data directory of node `x` of cluster A,
+    // as an operator who reuses a directory would.
+    let x = b.other_than(b_leader);
+    for id in a.live() {
+        a.kill(id);
+    }
+    b.kill(x);
+    let (from, to) = (a.data_dir(x)?, b.data_dir(x)?);
+    std::fs::remove_dir_all(&to)?;
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&from)
+        .arg(&to)
+        .status()?;
+    ensure!(copied.success(), "copying the data directory");
+    b.restart(x)?;
+
+    // B's leader contacts the stranger, which refuses it; both say why.
+    b.poll(
+        "B's leader and the stranger to refuse each other",
+        || async {
+            let said = |id| {
+                b.log_text(id)
+                    .map(|t| t.contains("belongs to another cluster"))
+            };
+            Ok(said(b_leader)? && said(x)?)
+        },
+    )
+    .await?;
+    let members: Vec<u64> = b.live().into_iter().filter(|id| *id != x).collect();
+    // B goes on without it, and neither cluster's data reaches the other.
+    let more = write_keys(&b, b_leader, "b2/", 10).await?;
+    for id in &members {
+        wait_replicated(&b, *id, &more).await?;
+    }
+    let (status, _) = b.get_json(b_leader, "/v1/kv/a/0000").await?;
+    ensure!(status == 404, "cluster A's key reached cluster B");
+    let (status, _) = stale(&b, x, "b2/0000").await?;
+    ensure!(status == 404, "the stranger applied cluster B's write");
+    a.pass();
+    b.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
     let c = TestCluster::start(3).await?;
@@ -429,13 +545,13 @@ async fn recv_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>> {
 
 #[tokio::test]
 async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<()> {
-    const HELLO: &[u8] = b"quorum-kv-raft/1\n";
+    const HELLO: &[u8] = b"quorum-kv-raft/2\n";
     let c = TestCluster::start(3).await?;
     for node in &c.nodes {
         // A wrong secret: refused with a reason, then the connection is closed, and a
         // request sent anyway is never answered.
         let mut s = TcpStream::connect(node.raft_addr).await?;
-        send_frame(&mut s, &[HELLO, b"wrong-secret"].concat()).await?;
+        send_frame(&mut s, &[HELLO, b"\nwrong-secret"].concat()).await?;
         let answer = recv_frame(&mut s).await?.unwrap_or_default();
         ensure!(
             answer.first() == Some(&2) && answer.ends_with(b"wrong cluster secret"),
@@ -464,8 +580,9 @@ async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<(
         // The right secret, then garbage: answered as a bad request, the connection
         // stays usable.
         let mut s = TcpStream::connect(node.raft_addr).await?;
-        send_frame(&mut s, &[HELLO, b"test-secret"].concat()).await?;
-        ensure!(recv_frame(&mut s).await? == Some(vec![0]), "hello refused");
+        send_frame(&mut s, &[HELLO, b"\ntest-secret"].concat()).await?;
+        let hello = recv_frame(&mut s).await?.unwrap_or_default();
+        ensure!(hello.first() == Some(&0), "hello refused: {hello:?}");
         for garbage in [&b"\x01garbage"[..], b"\x09", b""] {
             send_frame(&mut s, garbage).await?;
             let answer = recv_frame(&mut s).await?.unwrap_or_default();
@@ -475,6 +592,16 @@ async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<(
                 node.id
             );
         }
+        // A request with an id and an undecodable body: the bad-request answer carries
+        // the request's id.
+        let id = 42u64.to_be_bytes();
+        send_frame(&mut s, &[&[2u8][..], &id, b"\xff\xff\xff"].concat()).await?;
+        let answer = recv_frame(&mut s).await?.unwrap_or_default();
+        ensure!(
+            answer.first() == Some(&1) && answer.get(1..9) == Some(&id[..]),
+            "node {}: answered {answer:?}",
+            node.id
+        );
     }
     ensure!(
         c.leader().await.is_ok(),

@@ -10,6 +10,7 @@
 //! - Every client error is a JSON body with a stable code (see `http::ApiError`).
 
 pub mod clock;
+pub mod cluster_id;
 pub mod config;
 pub mod expiry;
 pub mod http;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::cluster_id::ClusterId;
 use crate::config::NodeConfig;
 use crate::http::{self, App};
 use crate::proposer::Proposer;
@@ -77,10 +78,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
     let stores = kv_store::open_with(&config.data_dir, config.raft.log_segment_mib << 20)?;
+    let cluster = ClusterId::load(&config.data_dir).map_err(io("reading the cluster id"))?;
     // Connections to peers leave from this node's own address, so address-based
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
-    let network = Network::new(config.cluster_secret.clone(), outgoing);
+    let network = Network::new(cluster.clone(), config.cluster_secret.clone(), outgoing);
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -143,7 +145,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     let raft_server = tokio::spawn(raft_network::serve(
         raft_listener,
-        raft.clone(),
+        raft_network::Receiver::new(raft.clone(), cluster.clone(), stores.snapshots),
         config.cluster_secret.clone(),
         tracker.clone(),
         raft_stop.clone(),
@@ -154,7 +156,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .into_future(),
     );
 
-    bootstrap(&raft, &config).await?;
+    bootstrap(&raft, &cluster, &config).await?;
     tracing::info!(id = config.id, client = %config.client_addr, raft = %config.raft_addr, "node started");
 
     shutdown.await;
@@ -177,9 +179,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     Ok(())
 }
 
-/// A fresh cluster initializes itself once: the lowest-id member proposes the initial
-/// membership. On an initialized node this does nothing.
-async fn bootstrap(raft: &Raft, config: &NodeConfig) -> Result<(), NodeError> {
+/// A fresh cluster initializes itself once: the lowest-id member creates the cluster id
+/// and proposes the initial membership. On an initialized node this does nothing.
+async fn bootstrap(raft: &Raft, cluster: &ClusterId, config: &NodeConfig) -> Result<(), NodeError> {
     if config.id != config.bootstrapper() {
         return Ok(());
     }
@@ -190,6 +192,11 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> Result<(), NodeError> {
     {
         return Ok(());
     }
+    // Before raft is initialized, so no peer ever hears from this cluster without its id.
+    let id = cluster
+        .create_if_missing()
+        .map_err(io("creating the cluster id"))?;
+    tracing::info!(cluster_id = %id, "bootstrapping");
     let members: BTreeMap<u64, NodeInfo> = config
         .members
         .iter()

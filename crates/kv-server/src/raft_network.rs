@@ -6,43 +6,63 @@
 //!
 //! - Every frame is a big-endian `u32` length, then that many bytes (at most
 //!   [`MAX_FRAME`]).
-//! - The connecting node's first frame is [`HELLO`] followed by the cluster secret
-//!   (empty when none is set). The listener answers [`OK`], or [`REJECTED`] with a
-//!   reason and closes the connection.
-//! - Then each request is one frame, a kind byte ([`APPEND`], [`VOTE`], [`SNAPSHOT`])
-//!   and the postcard encoding of openraft's request; each answer is one frame, [`OK`]
+//! - The connecting node's first frame is [`HELLO`], its cluster id (empty while it has
+//!   none, see [`crate::cluster_id`]), a newline, and the cluster secret (empty when none
+//!   is set). The listener answers [`OK`] and its own cluster id, or [`REJECTED`] with a
+//!   reason and closes the connection: for a wrong secret, or a node of another cluster.
+//!   The connecting node refuses a listener of another cluster in turn.
+//! - Then each request is one frame: a kind byte ([`APPEND`], [`VOTE`], [`SNAPSHOT`]),
+//!   the request's id (big-endian `u64`, unique per sending process) and the postcard
+//!   encoding of openraft's request. Each answer is one frame: [`OK`], the request's id
 //!   and the postcard encoding of the whole `Result` the receiving raft returned (so
-//!   remote raft errors reach the sender's openraft as `RemoteError`), or [`BAD_REQUEST`]
-//!   and a reason. One request at a time per connection: openraft sends one RPC at a time
-//!   to each peer per replication stream.
+//!   remote raft errors reach the sender's openraft as `RemoteError`), or [`BAD_REQUEST`],
+//!   the id (0 if the request was too short to carry one) and a reason. One request at a
+//!   time per connection.
+//!
+//! openraft drops an RPC's future when its own deadline fires, at any await point. So a
+//! connection belongs to one exchange at a time: it is taken off the client for the
+//! exchange and put back only once the whole answer was read and its id matched, and a
+//! dropped exchange drops (closes) its connection. An answer whose id is not its
+//! request's closes the connection and fails the RPC; it is never believed.
 //!
 //! openraft makes a new client for every linearizable-read round and every election, so
 //! idle connections go back to a small pool per peer address when a client is dropped,
-//! and the next client takes one from there instead of connecting. A connection that
-//! fails or times out mid-RPC is closed instead (its stream may hold half an answer).
+//! and the next client takes one from there instead of connecting.
+//!
+//! Snapshot chunks are reassembled here rather than by openraft: the whole snapshot is
+//! made durable before raft learns of it, because raft purges the log it covers at once
+//! (see [`kv_store::SnapshotStore`]).
 
 use std::collections::HashMap;
+use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kv_store::typ::{NodeId, NodeInfo, Raft, TypeConfig};
+use kv_store::typ::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig};
+use kv_store::{crash, SnapshotStore};
+
+use crate::cluster_id::{ClusterId, Verdict};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{Snapshot, SnapshotSegmentId, StorageError, StorageIOError, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// First bytes of the connecting node's first frame; the cluster secret follows.
-pub const HELLO: &[u8] = b"quorum-kv-raft/1\n";
+pub const HELLO: &[u8] = b"quorum-kv-raft/2\n";
 /// Request kinds: the first byte of a request frame.
 pub const APPEND: u8 = 1;
 pub const VOTE: u8 = 2;
@@ -59,10 +79,23 @@ pub const MAX_FRAME: usize = 512 * 1024 * 1024;
 /// Largest hello: the protocol line and a cluster secret.
 const MAX_HELLO: usize = 4096;
 
+/// Bytes of a request or answer frame before its body: the kind and the request id.
+const FRAME_HEAD: usize = 1 + 8;
+
 /// Bytes buffered for reading answers; most answers fit in one read.
 const READ_BUFFER: usize = 16 * 1024;
 /// Idle connections kept per peer address.
 const IDLE_PER_PEER: usize = 8;
+
+/// Answers whose id was not their request's, since this process started.
+static MISMATCHED_ANSWERS: AtomicU64 = AtomicU64::new(0);
+
+/// How many raft answers this node received whose id did not match the request it sent
+/// (each one closed its connection and failed its RPC). Always 0 unless a peer or the
+/// transport is broken.
+pub fn mismatched_answers() -> u64 {
+    MISMATCHED_ANSWERS.load(Ordering::Relaxed)
+}
 
 type Conn = BufReader<TcpStream>;
 
@@ -93,11 +126,24 @@ fn frame_with(kind: u8, capacity: usize) -> Vec<u8> {
     frame
 }
 
-/// A refusal or bad-request frame: `kind`, then the reason.
-fn reason_frame(kind: u8, reason: &str) -> Vec<u8> {
-    let mut frame = frame_with(kind, reason.len());
+/// A request or answer frame: 4 bytes reserved for the length, `kind`, then `id`.
+fn frame_for(kind: u8, id: u64, capacity: usize) -> Vec<u8> {
+    let mut frame = frame_with(kind, 8 + capacity);
+    frame.extend_from_slice(&id.to_be_bytes());
+    frame
+}
+
+/// A refusal (no id) or bad-request frame: `kind`, then the reason.
+fn reason_frame(mut frame: Vec<u8>, reason: &str) -> Vec<u8> {
     frame.extend_from_slice(reason.as_bytes());
     frame
+}
+
+/// The kind, id and body of a request or answer frame, if it is long enough to have them.
+fn split_frame(frame: &[u8]) -> Option<(u8, u64, &[u8])> {
+    let (&kind, rest) = frame.split_first()?;
+    let (id, body) = rest.split_first_chunk::<8>()?;
+    Some((kind, u64::from_be_bytes(*id), body))
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream before its
@@ -125,18 +171,24 @@ async fn read_frame(
 #[derive(Clone)]
 pub struct Network {
     secret: Arc<str>,
+    cluster: ClusterId,
     local_address: Option<IpAddr>,
     idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl Network {
-    /// A network that presents `secret`, if set, and connects from `local_address`, if
-    /// set (so address-based firewall rules see which node is talking).
-    pub fn new(secret: Option<String>, local_address: Option<IpAddr>) -> Self {
+    /// A network that presents `cluster`'s id and `secret`, if set, and connects from
+    /// `local_address`, if set (so address-based firewall rules see which node is
+    /// talking).
+    pub fn new(cluster: ClusterId, secret: Option<String>, local_address: Option<IpAddr>) -> Self {
         Self {
             secret: secret.unwrap_or_default().into(),
+            cluster,
             local_address,
             idle: Arc::default(),
+            // Ids start at 1: 0 marks an answer to a request too short to carry one.
+            next_id: Arc::new(AtomicU64::new(1)),
         }
     }
 
@@ -158,8 +210,9 @@ impl Network {
     }
 }
 
-/// The way to one peer: one connection, taken from the idle ones or opened on first
-/// use and after a failure, and given back when the client is dropped.
+/// The way to one peer: a connection kept between exchanges (taken from the idle ones or
+/// opened on first use), given back to the pool when the client is dropped. It holds a
+/// connection only while no exchange is in flight on it.
 pub struct Peer {
     target: NodeId,
     addr: String,
@@ -204,10 +257,16 @@ enum CallError {
     Closed,
     #[error("the peer refused the connection: {0}")]
     Rejected(String),
+    #[error("{0}")]
+    OtherCluster(String),
     #[error("the peer could not decode the request: {0}")]
     BadRequest(String),
     #[error("answer of unknown kind {0}")]
     UnknownAnswer(u8),
+    #[error("answer to request {got} where the answer to request {sent} was due")]
+    Mismatch { sent: u64, got: u64 },
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl Peer {
@@ -232,32 +291,64 @@ impl Peer {
         }
         socket.set_nodelay(true).map_err(connect_error)?;
         let mut stream = socket.connect(addr).await.map_err(connect_error)?;
-        let mut hello = Vec::with_capacity(4 + HELLO.len() + self.network.secret.len());
+        let cluster = self.network.cluster.get();
+        let mut hello = Vec::with_capacity(64 + self.network.secret.len());
         hello.extend_from_slice(&[0; 4]);
         hello.extend_from_slice(HELLO);
+        hello.extend_from_slice(cluster.as_bytes());
+        hello.push(b'\n');
         hello.extend_from_slice(self.network.secret.as_bytes());
         write_frame(&mut stream, &mut hello).await?;
         let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
-        read_answer(&mut conn).await?;
-        Ok(conn)
+        let answer = read_frame(&mut conn, MAX_HELLO)
+            .await?
+            .ok_or(CallError::Closed)?;
+        match answer.split_first() {
+            Some((&OK, theirs)) => {
+                let theirs = String::from_utf8_lossy(theirs);
+                match self.network.cluster.meet(&theirs) {
+                    Ok(Verdict::Accept) => Ok(conn),
+                    Ok(Verdict::OtherCluster { ours, theirs }) => {
+                        let reason = other_cluster(self.target, &ours, &theirs);
+                        tracing::error!("refused to talk to a peer: {reason}");
+                        Err(CallError::OtherCluster(reason))
+                    }
+                    Err(e) => Err(CallError::Frame(e.into())),
+                }
+            }
+            Some((&REJECTED, reason)) => Err(CallError::Rejected(
+                String::from_utf8_lossy(reason).into_owned(),
+            )),
+            Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
+            None => Err(CallError::Closed),
+        }
     }
 
-    /// Sends one request and reads the raw answer, on this client's connection, an idle
-    /// one, or a new one. A kept connection may have been closed by the peer since (it
-    /// restarted, say): if it fails, the request goes once more on a new connection.
-    /// Raft RPCs may be repeated, so a request the peer did see is no harm.
-    async fn exchange(&mut self, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
-        if self.conn.is_none() {
-            self.conn = self.network.take_idle(&self.addr);
-        }
-        if let Some(conn) = &mut self.conn {
-            match send(conn, frame).await {
-                Err(CallError::Frame(_) | CallError::Closed) => self.conn = None,
-                done => return done,
+    /// Sends request `id` and reads its answer's body, on this client's connection, an
+    /// idle one, or a new one. The connection is held by this future alone until the
+    /// answer is in: if the future is dropped, so is the connection. A kept connection
+    /// may have been closed by the peer since (it restarted, say): if it fails, the
+    /// request goes once more on a new connection. Raft RPCs may be repeated, so a
+    /// request the peer did see is no harm.
+    async fn exchange(&mut self, id: u64, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
+        let kept = self
+            .conn
+            .take()
+            .or_else(|| self.network.take_idle(&self.addr));
+        if let Some(mut conn) = kept {
+            match send(&mut conn, id, frame).await {
+                Err(CallError::Frame(_) | CallError::Closed) => {}
+                Ok(answer) => {
+                    self.conn = Some(conn);
+                    return Ok(answer);
+                }
+                Err(e) => return Err(e),
             }
         }
-        let conn = self.conn.insert(self.connect().await?);
-        send(conn, frame).await
+        let mut conn = self.connect().await?;
+        let answer = send(&mut conn, id, frame).await?;
+        self.conn = Some(conn);
+        Ok(answer)
     }
 
     async fn call<Req, Resp, E>(
@@ -271,49 +362,55 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let mut frame = postcard::to_io(req, frame_with(kind, 256))
+        // openraft's deadline started before this call; ours starts before the encoding,
+        // so it is the earlier of the two and the exchange fails on our terms.
+        let deadline = Instant::now() + option.soft_ttl();
+        let id = self.network.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = postcard::to_io(req, frame_for(kind, id, 256))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let exchange = self.exchange(&mut frame);
-        let answer = match tokio::time::timeout(option.soft_ttl(), exchange).await {
+        let answer = match tokio::time::timeout_at(deadline, self.exchange(id, &mut frame)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
-                self.conn = None;
                 return Err(match e {
                     // Unreachable makes openraft back off instead of retrying at once.
                     CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
                     e => RPCError::Network(NetworkError::new(&e)),
                 });
             }
-            Err(elapsed) => {
-                self.conn = None;
-                return Err(RPCError::Network(NetworkError::new(&elapsed)));
+            Err(_) => {
+                let e = CallError::Timeout(option.soft_ttl());
+                return Err(RPCError::Network(NetworkError::new(&e)));
             }
         };
-        let result: Result<Resp, E> = postcard::from_bytes(&answer[1..])
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> =
+            postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-/// One request and its answer on `conn`.
-async fn send(conn: &mut Conn, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
+/// Request `id` and its answer's body on `conn`. An answer to another request fails the
+/// exchange (and so closes `conn`, which its caller then drops).
+async fn send(conn: &mut Conn, id: u64, frame: &mut [u8]) -> Result<Vec<u8>, CallError> {
     write_frame(conn.get_mut(), frame).await?;
-    read_answer(conn).await
-}
-
-/// Reads one answer frame: `OK` and its body, or the error a refusal, a bad request, an
-/// unknown kind or a closed connection stands for.
-async fn read_answer(conn: &mut Conn) -> Result<Vec<u8>, CallError> {
-    let answer = read_frame(conn, MAX_FRAME)
+    let mut answer = read_frame(conn, MAX_FRAME)
         .await?
         .ok_or(CallError::Closed)?;
+    let Some((kind, got, body)) = split_frame(&answer) else {
+        return Err(CallError::Closed);
+    };
+    if got != id {
+        MISMATCHED_ANSWERS.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(sent = id, got, "raft answer does not match its request");
+        return Err(CallError::Mismatch { sent: id, got });
+    }
     let reason = |r: &[u8]| String::from_utf8_lossy(r).into_owned();
-    match answer.split_first() {
-        Some((&OK, _)) => Ok(answer),
-        Some((&REJECTED, r)) => Err(CallError::Rejected(reason(r))),
-        Some((&BAD_REQUEST, r)) => Err(CallError::BadRequest(reason(r))),
-        Some((&kind, _)) => Err(CallError::UnknownAnswer(kind)),
-        None => Err(CallError::Closed),
+    match kind {
+        OK => {
+            answer.drain(..FRAME_HEAD);
+            Ok(answer)
+        }
+        BAD_REQUEST => Err(CallError::BadRequest(reason(body))),
+        kind => Err(CallError::UnknownAnswer(kind)),
     }
 }
 
@@ -343,11 +440,139 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+/// Why a peer of another cluster is refused, in a node's log and the refusal frame.
+fn other_cluster(peer: impl std::fmt::Display, ours: &str, theirs: &str) -> String {
+    format!(
+        "node {peer} belongs to another cluster: its cluster id is {theirs}, this node's is \
+         {ours} (a data directory or address of another cluster reused?)"
+    )
+}
+
+/// What the listener serves with: the raft, this node's cluster id, and where received
+/// snapshots are stored.
+#[derive(Clone)]
+pub struct Receiver {
+    raft: Raft,
+    cluster: ClusterId,
+    snapshots: SnapshotStore,
+    /// The snapshot being received, chunk by chunk; one at a time per node, as the leader
+    /// sends one at a time.
+    receiving: Arc<tokio::sync::Mutex<Option<Receiving>>>,
+}
+
+/// A snapshot received up to `data.len()`.
+struct Receiving {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+impl Receiver {
+    /// A receiver for `raft` in cluster `cluster`, storing received snapshots in
+    /// `snapshots`.
+    pub fn new(raft: Raft, cluster: ClusterId, snapshots: SnapshotStore) -> Self {
+        Self {
+            raft,
+            cluster,
+            snapshots,
+            receiving: Arc::default(),
+        }
+    }
+
+    /// One snapshot chunk: kept until the last one, then the whole snapshot is stored
+    /// durably and only then handed to raft to install.
+    async fn snapshot_chunk(
+        &self,
+        req: InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let fatal = |e: openraft::error::Fatal<NodeId>| RaftError::Fatal(e);
+        let vote: Vote<NodeId> = self
+            .raft
+            .with_raft_state(|st| *st.vote_ref())
+            .await
+            .map_err(fatal)?;
+        // A stale leader's snapshot is refused before it is buffered, as openraft does.
+        if req.vote < vote {
+            return Ok(InstallSnapshotResponse { vote });
+        }
+        let mut receiving = self.receiving.lock().await;
+        let same = receiving
+            .as_ref()
+            .is_some_and(|r| r.meta.snapshot_id == req.meta.snapshot_id);
+        if !same && req.offset != 0 {
+            return Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+                SnapshotMismatch {
+                    expect: SnapshotSegmentId {
+                        id: req.meta.snapshot_id.clone(),
+                        offset: 0,
+                    },
+                    got: SnapshotSegmentId {
+                        id: req.meta.snapshot_id.clone(),
+                        offset: req.offset,
+                    },
+                },
+            )));
+        }
+        let current = match receiving.as_mut() {
+            Some(r) if same => r,
+            _ => receiving.insert(Receiving {
+                meta: req.meta.clone(),
+                data: Vec::new(),
+            }),
+        };
+        // A resent chunk overwrites what it covers, as a seek and write would.
+        let at = usize::try_from(req.offset).unwrap_or(usize::MAX);
+        if at > current.data.len() {
+            let have = current.data.len() as u64;
+            return Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
+                SnapshotMismatch {
+                    expect: SnapshotSegmentId {
+                        id: req.meta.snapshot_id.clone(),
+                        offset: have,
+                    },
+                    got: SnapshotSegmentId {
+                        id: req.meta.snapshot_id.clone(),
+                        offset: req.offset,
+                    },
+                },
+            )));
+        }
+        current.data.truncate(at);
+        current.data.extend_from_slice(&req.data);
+        if !req.done {
+            return Ok(InstallSnapshotResponse { vote });
+        }
+        let Some(Receiving { meta, data }) = receiving.take() else {
+            return Ok(InstallSnapshotResponse { vote });
+        };
+        drop(receiving);
+        let (snapshots, m) = (self.snapshots.clone(), meta.clone());
+        let data = tokio::task::spawn_blocking(move || snapshots.save(&m, &data).map(|()| data))
+            .await
+            .map_err(|e| kv_store::StoreError::Task(e.to_string()))
+            .and_then(|saved| saved)
+            .map_err(|e| {
+                let io = StorageIOError::write_snapshot(Some(meta.signature()), &e);
+                fatal(openraft::error::Fatal::StorageError(StorageError::from(io)))
+            })?;
+        crash::point(crash::SNAPSHOT_RECEIVED);
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
+        let answer = self
+            .raft
+            .install_full_snapshot(req.vote, snapshot)
+            .await
+            .map_err(fatal)?;
+        Ok(answer.into())
+    }
+}
+
 /// Serves raft RPCs on `listener` until `stop` fires; every connection is a task on
 /// `tracker` that also ends when `stop` fires.
 pub async fn serve(
     listener: TcpListener,
-    raft: Raft,
+    receiver: Receiver,
     secret: Option<String>,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -366,11 +591,11 @@ pub async fn serve(
                 }
             },
         };
-        let (raft, secret, stop) = (raft.clone(), secret.clone(), stop.clone());
+        let (receiver, secret, stop) = (receiver.clone(), secret.clone(), stop.clone());
         tracker.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                result = serve_connection(stream, raft, &secret) => {
+                result = serve_connection(stream, peer, &receiver, &secret) => {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "raft connection ended");
                     }
@@ -380,7 +605,12 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Result<(), FrameError> {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    receiver: &Receiver,
+    secret: &[u8],
+) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
     // Nothing but the hello is read before the secret checks out, and a hello is small,
@@ -388,37 +618,61 @@ async fn serve_connection(stream: TcpStream, raft: Raft, secret: &[u8]) -> Resul
     let Some(hello) = read_frame(&mut conn, MAX_HELLO).await? else {
         return Ok(());
     };
-    let given = hello.strip_prefix(HELLO);
-    if given != Some(secret) {
-        let reason = if given.is_none() {
-            "not a quorum-kv raft connection"
-        } else {
-            "missing or wrong cluster secret"
-        };
-        return write_frame(conn.get_mut(), &mut reason_frame(REJECTED, reason)).await;
+    let given = hello.strip_prefix(HELLO).and_then(|rest| {
+        rest.iter()
+            .position(|b| *b == b'\n')
+            .map(|at| rest.split_at(at))
+    });
+    let refusal = match given {
+        None => Some("not a quorum-kv raft connection (or another version of its protocol)".into()),
+        Some((_, given_secret)) if &given_secret[1..] != secret => {
+            Some("missing or wrong cluster secret".into())
+        }
+        Some((theirs, _)) => match receiver.cluster.meet(&String::from_utf8_lossy(theirs))? {
+            Verdict::Accept => None,
+            Verdict::OtherCluster { ours, theirs } => {
+                let reason = other_cluster(peer, &ours, &theirs);
+                tracing::error!("refused a raft connection: {reason}");
+                Some(reason)
+            }
+        },
+    };
+    if let Some(reason) = refusal {
+        let mut refusal = reason_frame(frame_with(REJECTED, reason.len()), &reason);
+        return write_frame(conn.get_mut(), &mut refusal).await;
     }
-    write_frame(conn.get_mut(), &mut frame_with(OK, 0)).await?;
+    let ours = receiver.cluster.get();
+    write_frame(
+        conn.get_mut(),
+        &mut reason_frame(frame_with(OK, ours.len()), &ours),
+    )
+    .await?;
     while let Some(request) = read_frame(&mut conn, MAX_FRAME).await? {
-        let mut answer = answer(&raft, &request).await;
+        let mut answer = answer(receiver, &request).await;
         write_frame(conn.get_mut(), &mut answer).await?;
     }
     Ok(())
 }
 
-/// Decodes one request, runs it on `raft`, and encodes the answer frame.
-async fn answer(raft: &Raft, request: &[u8]) -> Vec<u8> {
-    let result = match request.split_first() {
-        Some((&APPEND, body)) => run(body, "append", |req| raft.append_entries(req)).await,
-        Some((&VOTE, body)) => run(body, "vote", |req| raft.vote(req)).await,
-        Some((&SNAPSHOT, body)) => run(body, "snapshot", |req| raft.install_snapshot(req)).await,
-        Some((kind, _)) => Err(format!("unknown request kind {kind}")),
-        None => Err("empty request".to_owned()),
+/// Decodes one request, runs it, and encodes the answer frame, which carries the
+/// request's id.
+async fn answer(receiver: &Receiver, request: &[u8]) -> Vec<u8> {
+    let Some((kind, id, body)) = split_frame(request) else {
+        return reason_frame(frame_for(BAD_REQUEST, 0, 64), "request too short");
     };
-    result.unwrap_or_else(|reason| reason_frame(BAD_REQUEST, &reason))
+    let raft = &receiver.raft;
+    let result = match kind {
+        APPEND => run(id, body, "append", |req| raft.append_entries(req)).await,
+        VOTE => run(id, body, "vote", |req| raft.vote(req)).await,
+        SNAPSHOT => run(id, body, "snapshot", |req| receiver.snapshot_chunk(req)).await,
+        kind => Err(format!("unknown request kind {kind}")),
+    };
+    result.unwrap_or_else(|reason| reason_frame(frame_for(BAD_REQUEST, id, 64), &reason))
 }
 
 /// Decodes a `what` request from `body`, runs it with `f`, and encodes the `OK` frame.
 async fn run<Req, Resp, Fut>(
+    id: u64,
     body: &[u8],
     what: &str,
     f: impl FnOnce(Req) -> Fut,
@@ -429,6 +683,163 @@ where
     Fut: std::future::Future<Output = Resp>,
 {
     let req = postcard::from_bytes(body).map_err(|e| format!("undecodable {what} request: {e}"))?;
-    postcard::to_io(&f(req).await, frame_with(OK, 64))
+    postcard::to_io(&f(req).await, frame_for(OK, id, 64))
         .map_err(|e| format!("encoding the answer: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::LeaderId;
+
+    use super::*;
+
+    /// How the fake peer answers request `n` (from 0): after a delay, and with the
+    /// request's id or another.
+    struct Script {
+        delay: fn(usize) -> Duration,
+        wrong_id: fn(usize) -> bool,
+    }
+
+    /// A peer that answers each vote request with the request's own vote, so an answer
+    /// says which request it belongs to, as `script` says.
+    async fn fake_peer(script: Script) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut conn = BufReader::new(stream);
+                let Ok(Some(_hello)) = read_frame(&mut conn, MAX_HELLO).await else {
+                    continue;
+                };
+                let _ = write_frame(conn.get_mut(), &mut frame_with(OK, 0)).await;
+                while let Ok(Some(request)) = read_frame(&mut conn, MAX_FRAME).await {
+                    let (_, id, body) = split_frame(&request).expect("a request");
+                    let req: VoteRequest<NodeId> = postcard::from_bytes(body).expect("a vote");
+                    tokio::time::sleep((script.delay)(n)).await;
+                    let id = if (script.wrong_id)(n) { id + 1000 } else { id };
+                    n += 1;
+                    let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+                        Ok(VoteResponse::new(req.vote, None, true));
+                    let mut frame =
+                        postcard::to_io(&answer, frame_for(OK, id, 64)).expect("encode");
+                    if write_frame(conn.get_mut(), &mut frame).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    fn vote(term: u64) -> VoteRequest<NodeId> {
+        VoteRequest::new(Vote::new(term, 1), None)
+    }
+
+    fn term_of(answer: &VoteResponse<NodeId>) -> u64 {
+        let LeaderId { term, .. } = answer.vote.leader_id;
+        term
+    }
+
+    /// A cluster id that stays unknown: the fake peer presents none, so nothing is stored.
+    fn test_cluster() -> ClusterId {
+        ClusterId::load(std::path::Path::new("/nonexistent")).expect("cluster id")
+    }
+
+    async fn client(network: &mut Network, addr: SocketAddr) -> Peer {
+        let node = NodeInfo {
+            client_addr: String::new(),
+            raft_addr: addr.to_string(),
+        };
+        network.new_client(2, &node).await
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_mid_exchange_leaves_no_answer_for_the_next_call() {
+        let addr = fake_peer(Script {
+            delay: |n| Duration::from_millis(if n % 2 == 0 { 300 } else { 0 }),
+            wrong_id: |_| false,
+        })
+        .await;
+        let mut network = Network::new(test_cluster(), None, None);
+        let option = RPCOption::new(Duration::from_secs(5));
+
+        // openraft's own deadline fires while the first answer is still on its way.
+        let mut peer = client(&mut network, addr).await;
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(100),
+            peer.vote(vote(1), option.clone()),
+        )
+        .await;
+        assert!(dropped.is_err(), "the slow call should have been dropped");
+
+        // The same client's next call gets its own answer, not the dropped call's.
+        let answer = peer.vote(vote(2), option.clone()).await.expect("an answer");
+        assert_eq!(term_of(&answer), 2);
+
+        // A client dropped after its call was: the next client, which may take a pooled
+        // connection, gets its own answer too.
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(100),
+            peer.vote(vote(3), option.clone()),
+        )
+        .await;
+        assert!(dropped.is_err(), "the slow call should have been dropped");
+        drop((dropped, peer));
+        let mut peer = client(&mut network, addr).await;
+        let answer = peer.vote(vote(4), option).await.expect("an answer");
+        assert_eq!(term_of(&answer), 4);
+    }
+
+    #[tokio::test]
+    async fn an_answer_to_another_request_fails_the_call_and_closes_the_connection() {
+        let addr = fake_peer(Script {
+            delay: |_| Duration::ZERO,
+            wrong_id: |n| n == 1,
+        })
+        .await;
+        let mut network = Network::new(test_cluster(), None, None);
+        let option = RPCOption::new(Duration::from_secs(5));
+        let mut peer = client(&mut network, addr).await;
+        let answer = peer.vote(vote(1), option.clone()).await.expect("an answer");
+        assert_eq!(term_of(&answer), 1);
+
+        let before = mismatched_answers();
+        let refused = peer.vote(vote(2), option.clone()).await;
+        assert!(
+            matches!(refused, Err(RPCError::Network(_))),
+            "a mismatched answer must fail the call: {refused:?}"
+        );
+        assert!(mismatched_answers() > before);
+        assert!(peer.conn.is_none(), "the connection must not be kept");
+
+        let answer = peer.vote(vote(3), option).await.expect("an answer");
+        assert_eq!(term_of(&answer), 3);
+    }
+
+    #[tokio::test]
+    async fn our_deadline_fails_the_call_before_openrafts_fires() {
+        let addr = fake_peer(Script {
+            delay: |_| Duration::from_millis(500),
+            wrong_id: |_| false,
+        })
+        .await;
+        let mut network = Network::new(test_cluster(), None, None);
+        let hard = Duration::from_millis(200);
+        let mut peer = client(&mut network, addr).await;
+        let outer = tokio::time::timeout(hard, peer.vote(vote(1), RPCOption::new(hard))).await;
+        assert!(
+            matches!(outer, Ok(Err(RPCError::Network(_)))),
+            "the call should fail on its own deadline: {outer:?}"
+        );
+        assert!(
+            peer.conn.is_none(),
+            "a timed-out connection must not be kept"
+        );
+    }
 }

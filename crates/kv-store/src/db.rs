@@ -9,6 +9,7 @@ use kv_core::{Due, Entry, Fingerprinter, Record, Slot, StateView};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
 use crate::log_files::LogFiles;
+use crate::snapshot::{SnapshotFiles, SnapshotStore};
 use crate::typ::LogId;
 use crate::{LogStore, StateMachine, StoreError};
 
@@ -90,6 +91,8 @@ pub struct Stores {
     pub state_machine: StateMachine,
     /// Direct reads for the HTTP layer.
     pub reader: StateReader,
+    /// Where the raft listener makes received snapshots durable.
+    pub snapshots: SnapshotStore,
 }
 
 /// Memtable size of the state machine's entries, expiry index and idempotency records.
@@ -154,7 +157,9 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
     let files = LogFiles::open(&dir.join("log"), log_segment_bytes, last_purged)?;
     let snapshot_dir: PathBuf = dir.join("snapshot");
     std::fs::create_dir_all(&snapshot_dir)?;
-    let state_machine = StateMachine::load(db.clone(), snapshot_dir)?;
+    let snapshots = SnapshotFiles::new(snapshot_dir);
+    let state_machine = StateMachine::load(db.clone(), snapshots.clone())?;
+    reconcile_log(&files, last_purged, state_machine.last_applied())?;
     let reader = StateReader {
         db: db.clone(),
         clock_ms: state_machine.clock_handle(),
@@ -163,7 +168,40 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
         log: LogStore::new(db, files),
         state_machine,
         reader,
+        snapshots: SnapshotStore(snapshots),
     })
+}
+
+/// Checks that the log continues the applied state, after `StateMachine::load` may have
+/// installed a snapshot whose install a crash cut short. If the log holds another entry at
+/// the snapshot's index, every entry it holds is either covered by the snapshot or
+/// builds on that uncommitted entry: all of them go (openraft then purges up to the
+/// snapshot, as it does whenever the log ends before the state).
+fn reconcile_log(
+    files: &LogFiles,
+    last_purged: Option<LogId>,
+    applied: Option<LogId>,
+) -> Result<(), StoreError> {
+    let Some(applied) = applied else {
+        return Ok(());
+    };
+    if let Some(purged) = last_purged.filter(|p| p.index > applied.index) {
+        return Err(StoreError::Corrupt(format!(
+            "the raft log is purged up to {purged} but the state machine has applied only up \
+             to {applied}, and no stored snapshot covers the entries in between"
+        )));
+    }
+    let at_applied = files.entries(applied.index, applied.index + 1)?;
+    if at_applied.first().is_some_and(|e| e.log_id != applied) {
+        tracing::warn!(
+            %applied,
+            "the log holds another entry at the installed snapshot's index: dropping the log"
+        );
+        if let Some(first) = files.first_index() {
+            files.truncate(first)?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads of the applied state, straight from RocksDB, for the HTTP layer. Snapshot

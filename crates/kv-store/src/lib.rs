@@ -10,9 +10,14 @@
 //! - One apply call is one `WriteBatch`: data, expiry index, `last_applied`, membership
 //!   and the clock change together or not at all. It is not synced: the entries are in
 //!   the synced log, and the log is purged only after a synced RocksDB write.
+//! - A snapshot is durable in its file before the state machine or the log changes
+//!   for it: a received one before raft learns of it (raft purges the log it covers at
+//!   once), an installed one before its batch. `open` installs a stored snapshot that is
+//!   ahead of the state, and refuses a log purged past the state.
 //! - The state machine's in-memory entry cache holds only what RocksDB holds.
 //! - Command semantics live in kv-core; this crate only persists their effects.
 
+pub mod crash;
 mod db;
 mod entry_cache;
 mod error;
@@ -25,4 +30,5 @@ pub mod typ;
 pub use db::{open, open_with, Digest, StateReader, Stores, DEFAULT_LOG_SEGMENT_BYTES};
 pub use error::StoreError;
 pub use log_store::LogStore;
+pub use snapshot::SnapshotStore;
 pub use state_machine::StateMachine;

@@ -411,6 +411,29 @@ impl LogFiles {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// The index of the first entry held, if any.
+    pub(crate) fn first_index(&self) -> Option<u64> {
+        lock(&self.inner.index).first_index()
+    }
+
+    /// The end of the longest run of entries from `start` (before `end`) whose records
+    /// add up to at most `max_bytes`, and never less than one entry.
+    pub(crate) fn end_within(&self, start: u64, end: u64, max_bytes: u64) -> u64 {
+        let index = lock(&self.inner.index);
+        let Some(first_slot) = index.slot(start) else {
+            return end;
+        };
+        let mut bytes = 0;
+        for (n, pos) in index.positions.range(first_slot..).enumerate() {
+            let at = start + n as u64;
+            bytes += u64::from(pos.len);
+            if at >= end || (n > 0 && bytes > max_bytes) {
+                return at.min(end);
+            }
+        }
+        end
+    }
+
     /// Appends `entries` after the last one and makes them durable.
     pub(crate) fn append(&self, entries: Vec<LogEntry>) -> Result<(), StoreError> {
         let Some(first_new) = entries.first().map(|e| e.log_id.index) else {

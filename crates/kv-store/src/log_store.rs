@@ -11,6 +11,7 @@ use rocksdb::{WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::crash;
 use crate::db::{
     cf, read_value, synced, CF_RAFT_META, META_COMMITTED, META_LAST_PURGED, META_VOTE,
 };
@@ -18,6 +19,9 @@ use crate::error::OrRaft;
 use crate::log_files::LogFiles;
 use crate::typ::{LogEntry, LogId, StorageError, TypeConfig, Vote};
 use crate::StoreError;
+
+/// Most bytes of log records one AppendEntries carries (always at least one entry).
+const APPEND_ENTRIES_BYTES: u64 = 2 * 1024 * 1024;
 
 /// The raft log store. Cloning shares the database and the log files.
 #[derive(Clone)]
@@ -75,6 +79,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(e) => *e,
             Bound::Unbounded => u64::MAX,
         };
+        self.files
+            .entries(start, end)
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Read)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        // openraft gives one AppendEntries a deadline of one heartbeat whatever it
+        // carries: a few MiB at most, so that it can arrive and be synced in time.
+        let end = self.files.end_within(start, end, APPEND_ENTRIES_BYTES);
         self.files
             .entries(start, end)
             .or_raft(ErrorSubject::Logs, ErrorVerb::Read)
@@ -159,13 +176,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put_cf(cf(&self.db, CF_RAFT_META), META_LAST_PURGED, last_purged);
         // Synced, and before any entry is dropped: the log never has a hole that
         // last_purged does not explain. The sync also makes every earlier (unsynced)
-        // apply batch durable, as they share RocksDB's WAL; openraft purges only entries
-        // that are applied and in a snapshot, so the state machine never needs a purged
-        // entry again after a crash.
+        // apply batch durable, as they share RocksDB's WAL. Purged entries are applied or
+        // in a durable snapshot: openraft purges past a snapshot it built, or up to one
+        // it received, which the raft listener has stored before raft saw it (and
+        // `open` installs a stored snapshot that is ahead of the state).
         self.write_synced(batch)
             .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)?;
+        crash::point(crash::PURGE_RECORDED);
         self.files
             .purge(log_id.index)
-            .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)
+            .or_raft(ErrorSubject::Logs, ErrorVerb::Delete)?;
+        crash::point(crash::PURGED);
+        Ok(())
     }
 }

@@ -71,7 +71,7 @@ impl SnapshotFiles {
     }
 
     /// The meta of the current snapshot, read from the start of its file only.
-    fn load_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
+    pub fn load_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
         let file = match File::open(self.current()) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -83,7 +83,7 @@ impl SnapshotFiles {
         Ok(Some(meta))
     }
 
-    /// Makes `meta`/`data` the current snapshot unless a newer one is already there:
+    /// Makes `meta`/`data` the current snapshot unless one as new is already there:
     /// write a temporary file, fsync it, rename it over the old one, fsync the folder.
     pub fn store(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
         let _guard = self
@@ -91,7 +91,9 @@ impl SnapshotFiles {
             .lock()
             .map_err(|_| StoreError::Task("snapshot lock poisoned".into()))?;
         if let Some(existing) = self.load_meta()? {
-            if existing.last_log_id > meta.last_log_id {
+            // The same log id is the same state: a received snapshot stored before its
+            // install is not written twice.
+            if existing.last_log_id >= meta.last_log_id {
                 return Ok(());
             }
         }
@@ -107,4 +109,21 @@ impl SnapshotFiles {
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(File::open(dir)?.sync_all()?)
+}
+
+/// Where a node makes a snapshot it received durable, before raft learns of it.
+///
+/// openraft 0.9 purges the log up to a received snapshot as soon as it queues the
+/// install, while the state machine may still be decoding it; a crash in between would
+/// leave a log that starts after the state. So the raft listener stores the whole
+/// snapshot here first, and `open` installs a stored snapshot that is ahead of the state.
+#[derive(Clone)]
+pub struct SnapshotStore(pub(crate) SnapshotFiles);
+
+impl SnapshotStore {
+    /// Makes `data` the current snapshot (written, fsynced, renamed) unless one at least
+    /// as new is already stored.
+    pub fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StoreError> {
+        self.0.store(meta, data)
+    }
 }

@@ -1,7 +1,6 @@
 //! The replicated state machine in RocksDB.
 
 use std::io::Cursor;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +11,7 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshot
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 
+use crate::crash;
 use crate::db::{
     blocking, cf, expiry_key, read_value, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS,
     CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
@@ -110,18 +110,39 @@ fn put_pending<T: serde::Serialize>(
 }
 
 impl StateMachine {
-    pub(crate) fn load(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<Self, StoreError> {
+    /// Loads the state machine, first installing the stored snapshot if it is ahead of
+    /// the applied state (a crash cut short the install of a received snapshot).
+    pub(crate) fn load(db: Arc<DB>, snapshots: SnapshotFiles) -> Result<Self, StoreError> {
+        let applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
+        if let Some(meta) = snapshots.load_meta()? {
+            if meta.last_log_id > applied {
+                let (meta, data) = snapshots.load()?.ok_or_else(|| {
+                    StoreError::Corrupt("the current snapshot vanished while opening".into())
+                })?;
+                tracing::info!(
+                    snapshot = ?meta.last_log_id,
+                    applied = ?applied,
+                    "installing the stored snapshot, which is ahead of the state"
+                );
+                install_batch(&db, &meta, &data)?;
+            }
+        }
         let last_applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
         let membership = read_meta(&db, META_MEMBERSHIP)?.unwrap_or_default();
         let clock_ms = read_meta(&db, META_CLOCK)?.unwrap_or(0);
         Ok(Self {
             db,
-            snapshots: SnapshotFiles::new(snapshot_dir),
+            snapshots,
             last_applied,
             membership,
             clock_ms: Arc::new(AtomicU64::new(clock_ms)),
             cache: EntryCache::new(ENTRY_CACHE_BYTES),
         })
+    }
+
+    /// The log id of the last applied entry.
+    pub(crate) fn last_applied(&self) -> Option<LogId> {
+        self.last_applied
     }
 
     pub(crate) fn clock_handle(&self) -> Arc<AtomicU64> {
@@ -130,13 +151,6 @@ impl StateMachine {
 
     fn clock(&self) -> u64 {
         self.clock_ms.load(Ordering::Acquire)
-    }
-
-    /// Writes one batch and makes it durable, on the blocking pool (snapshot installs
-    /// are large).
-    async fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        blocking(move || Ok(db.write_opt(batch, &synced())?)).await
     }
 
     /// Encodes the applied state as of now. Called where openraft serializes it with
@@ -175,54 +189,67 @@ impl StateMachine {
         Ok((meta, data))
     }
 
+    /// Replaces the state with a snapshot's. The snapshot file is durable before the
+    /// state changes, so a crash at any point leaves a snapshot `open` can install.
     async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
-        let state: SnapshotState = postcard::from_bytes(&data)?;
-        let db = &self.db;
-        let mut batch = WriteBatch::default();
-        // One batch replaces everything, so a reader never sees half old, half new.
-        batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
-        batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
-        batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
-        for (key, entry) in state.entries {
-            if let Some(at) = entry.expires_at_ms {
-                batch.put_cf(
-                    cf(db, CF_EXPIRY),
-                    expiry_key(&(at, Slot::Key, key.clone())),
-                    [],
-                );
-            }
-            batch.put_cf(
-                cf(db, CF_DATA),
-                key.as_bytes(),
-                postcard::to_stdvec(&entry)?,
-            );
-        }
-        for (id, record) in state.records {
-            let due = (record.expires_at_ms, Slot::Record, id);
-            batch.put_cf(
-                cf(db, CF_RECORDS),
-                due.2.as_bytes(),
-                postcard::to_stdvec(&record)?,
-            );
-            batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
-        }
-        put_meta(
-            db,
-            &mut batch,
-            &meta.last_log_id,
-            &meta.last_membership,
-            state.clock_ms,
-        )?;
         // The cached entries describe the state being replaced.
         self.cache.clear();
-        // Synced: the log the snapshot replaces may be purged right after.
-        self.write_synced(batch).await?;
+        let (files, db, m) = (self.snapshots.clone(), self.db.clone(), meta.clone());
+        let clock_ms = blocking(move || {
+            files.store(&m, &data)?;
+            install_batch(&db, &m, &data)
+        })
+        .await?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.clock_ms.store(state.clock_ms, Ordering::Release);
-        let (files, meta) = (self.snapshots.clone(), meta.clone());
-        blocking(move || files.store(&meta, &data)).await
+        self.clock_ms.store(clock_ms, Ordering::Release);
+        Ok(())
     }
+}
+
+/// Writes a snapshot's state into RocksDB as one synced batch that replaces everything,
+/// so a reader never sees half old, half new; returns the snapshot's clock.
+fn install_batch(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<u64, StoreError> {
+    let state: SnapshotState = postcard::from_bytes(data)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
+    batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
+    batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
+    for (key, entry) in state.entries {
+        if let Some(at) = entry.expires_at_ms {
+            batch.put_cf(
+                cf(db, CF_EXPIRY),
+                expiry_key(&(at, Slot::Key, key.clone())),
+                [],
+            );
+        }
+        batch.put_cf(
+            cf(db, CF_DATA),
+            key.as_bytes(),
+            postcard::to_stdvec(&entry)?,
+        );
+    }
+    for (id, record) in state.records {
+        let due = (record.expires_at_ms, Slot::Record, id);
+        batch.put_cf(
+            cf(db, CF_RECORDS),
+            due.2.as_bytes(),
+            postcard::to_stdvec(&record)?,
+        );
+        batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+    }
+    put_meta(
+        db,
+        &mut batch,
+        &meta.last_log_id,
+        &meta.last_membership,
+        state.clock_ms,
+    )?;
+    crash::point(crash::SNAPSHOT_INSTALLING);
+    // Synced: the log the snapshot replaces may be purged right after.
+    db.write_opt(batch, &synced())?;
+    crash::point(crash::SNAPSHOT_INSTALLED);
+    Ok(state.clock_ms)
 }
 
 /// Builds a snapshot from the state captured when it was asked for.
@@ -303,12 +330,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         put_meta(db, &mut batch, &last_applied, &membership, overlay.clock_ms)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
-        // Not synced: every entry applied here is already synced in the raft log, and
-        // the log and the state machine share one RocksDB WAL, written in order. A crash
-        // can only lose a suffix of apply batches (last_applied goes back with them, and
-        // openraft applies those entries again from the log); and the log is never
-        // purged past them, because every log write (append, purge) is a synced WAL
-        // write, which makes every earlier apply batch durable too.
+        // Not synced: every entry applied here is already synced in the raft log files.
+        // A crash can only lose a suffix of apply batches (last_applied goes back with
+        // them, and openraft applies those entries again from the log); and the log is
+        // never purged past them, because a purge first writes last_purged to RocksDB
+        // synced, and RocksDB's one WAL makes every earlier apply batch durable with it.
         // Written on the calling task: an unsynced write only fills the memtable and
         // the WAL's page cache, cheaper than a handoff to the blocking pool.
         self.db

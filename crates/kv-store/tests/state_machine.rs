@@ -5,7 +5,7 @@ use std::io::Cursor;
 use kv_core::{Command, OpResult, Precondition, Request, Response, Ttl};
 use kv_store::typ::{LogEntry, Snapshot, StoredMembership};
 use kv_store::StateMachine;
-use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId, Membership, RaftSnapshotBuilder};
 
 fn log_id(index: u64) -> LogId<u64> {
@@ -289,8 +289,9 @@ async fn corrupt_snapshot_file_is_an_error_not_an_absent_snapshot() {
         snapshot_of(&mut s.state_machine).await;
     }
     std::fs::write(dir.path().join("snapshot/current"), b"\xff\xff garbage").expect("write");
-    let mut s = kv_store::open(dir.path()).expect("reopen");
-    assert!(s.state_machine.get_current_snapshot().await.is_err());
+    // Opening reads the snapshot's meta (to install a snapshot ahead of the state).
+    let reopened = kv_store::open(dir.path());
+    assert!(matches!(reopened, Err(kv_store::StoreError::Codec(_))));
 }
 
 #[tokio::test]
@@ -383,4 +384,87 @@ async fn digest_agrees_between_applying_and_installing_and_tells_states_apart() 
     assert_eq!(digests[0], digests[2], "installed snapshot");
     assert_eq!(digests[3].applied_index, Some(3));
     assert_ne!(digests[0].hash, digests[3].hash, "one value differs");
+}
+
+/// A node that stored a received snapshot and crashed before installing it (while its
+/// log may already be purged up to the snapshot) installs it when it opens.
+#[tokio::test]
+async fn a_stored_snapshot_ahead_of_the_state_is_installed_at_open() {
+    let (_a_dir, mut a) = fresh_node();
+    a.state_machine
+        .apply([membership_entry(1), normal(2, 1000, set("x", "1", None))])
+        .await
+        .expect("apply");
+    let snapshot = snapshot_of(&mut a.state_machine).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut b = kv_store::open(dir.path()).expect("open");
+        b.state_machine
+            .apply([normal(1, 900, set("stale", "0", None))])
+            .await
+            .expect("apply");
+        let data = snapshot.snapshot.get_ref();
+        b.snapshots.save(&snapshot.meta, data).expect("save");
+        // The purge openraft runs at once, before the install.
+        b.log.purge(log_id(2)).await.expect("purge");
+    }
+    let mut b = kv_store::open(dir.path()).expect("reopen");
+    let (applied, _) = b.state_machine.applied_state().await.expect("applied");
+    assert_eq!(applied, Some(log_id(2)));
+    assert!(b.reader.get("x").expect("get").is_some());
+    assert_eq!(b.reader.get("stale").expect("get"), None);
+}
+
+/// The log's start past the state, with no snapshot to bridge it, is refused by name.
+#[tokio::test]
+async fn a_log_purged_past_the_state_without_a_snapshot_is_refused_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let mut s = kv_store::open(dir.path()).expect("open");
+        s.state_machine
+            .apply([normal(1, 900, set("k", "0", None))])
+            .await
+            .expect("apply");
+        s.log.purge(log_id(5)).await.expect("purge");
+    }
+    match kv_store::open(dir.path()) {
+        Err(kv_store::StoreError::Corrupt(why)) => assert!(why.contains("purged"), "{why}"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("opened a store whose log starts after its state"),
+    }
+}
+
+/// After a crash between storing a received snapshot and openraft's truncation of a
+/// conflicting log, the log holds another entry at the snapshot's index: it is dropped.
+#[tokio::test]
+async fn a_log_that_conflicts_with_the_installed_snapshot_is_dropped_at_open() {
+    let (_a_dir, mut a) = fresh_node();
+    a.state_machine
+        .apply([membership_entry(1), normal(2, 1000, set("x", "1", None))])
+        .await
+        .expect("apply");
+    let snapshot = snapshot_of(&mut a.state_machine).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let b = kv_store::open(dir.path()).expect("open");
+        // Entries of another term at the snapshot's indexes, never committed.
+        let other = |index| LogEntry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 2), index),
+            payload: EntryPayload::Blank,
+        };
+        let mut log = b.log;
+        log.blocking_append(vec![other(1), other(2), other(3)])
+            .await
+            .expect("append");
+        b.snapshots
+            .save(&snapshot.meta, snapshot.snapshot.get_ref())
+            .expect("save");
+    }
+    let mut b = kv_store::open(dir.path()).expect("reopen");
+    let state = b.log.get_log_state().await.expect("log state");
+    assert_eq!(state.last_log_id, None, "the conflicting entries are gone");
+    let (applied, _) = b.state_machine.applied_state().await.expect("applied");
+    assert_eq!(applied, Some(log_id(2)));
 }

@@ -65,6 +65,7 @@ pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, 
         "last_log_index": m.last_log_index,
         "snapshot_index": m.snapshot.map(|l| l.index),
         "purged_index": m.purged.map(|l| l.index),
+        "raft_mismatched_answers": crate::raft_network::mismatched_answers(),
         "members": members,
     })))
 }

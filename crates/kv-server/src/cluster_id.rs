@@ -1,0 +1,171 @@
+//! The cluster's identity: a random id that the bootstrapping node creates once, before
+//! it initializes raft, and that every node keeps in `data_dir/cluster_id`.
+//!
+//! Every raft hello carries the sender's id and every accepted hello is answered with the
+//! listener's, so two nodes that both know an id talk only if the ids are equal: a node
+//! started on the data directory of another cluster (a reused directory or address) is
+//! refused by every member, and refuses them, with a reason that says so (etcd checks its
+//! cluster ID the same way). A node without an id (a fresh data directory) adopts the
+//! first one a peer presents. Bootstrap a new cluster on fresh data directories only: a
+//! fresh node cannot tell a stale node of an old cluster from a member of the new one.
+
+use std::collections::hash_map::RandomState;
+use std::fs::{self, File};
+use std::hash::{BuildHasher, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Longest id accepted from a peer.
+const MAX_LEN: usize = 64;
+
+/// This node's cluster id, if it has one, and where it is kept.
+#[derive(Clone)]
+pub struct ClusterId {
+    path: PathBuf,
+    current: Arc<Mutex<Option<String>>>,
+}
+
+/// What a peer's id means for a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Same cluster, or one side does not know its cluster yet.
+    Accept,
+    /// Both know their cluster, and they differ.
+    OtherCluster { ours: String, theirs: String },
+}
+
+impl ClusterId {
+    /// Reads the id kept in `data_dir`, if any.
+    pub fn load(data_dir: &Path) -> std::io::Result<Self> {
+        let path = data_dir.join("cluster_id");
+        let current = match fs::read_to_string(&path) {
+            Ok(text) if valid(text.trim()) => Some(text.trim().to_owned()),
+            Ok(_) => {
+                let what = format!("{} does not hold a cluster id", path.display());
+                return Err(std::io::Error::other(what));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path,
+            current: Arc::new(Mutex::new(current)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // The value is replaced whole, so it is consistent even if a holder panicked.
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id, or "" when this node does not know its cluster yet.
+    pub fn get(&self) -> String {
+        self.lock().clone().unwrap_or_default()
+    }
+
+    /// Creates a new random id unless this node has one; returns the id.
+    pub fn create_if_missing(&self) -> std::io::Result<String> {
+        let mut current = self.lock();
+        if let Some(id) = current.as_ref() {
+            return Ok(id.clone());
+        }
+        let id = format!("{:016x}{:016x}", random(), random());
+        self.store(&id)?;
+        *current = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Compares a peer's id with ours, adopting it (durably) if we have none.
+    pub fn meet(&self, theirs: &str) -> std::io::Result<Verdict> {
+        if theirs.is_empty() {
+            return Ok(Verdict::Accept);
+        }
+        if !valid(theirs) {
+            return Ok(Verdict::OtherCluster {
+                ours: self.get(),
+                theirs: theirs.escape_default().to_string(),
+            });
+        }
+        let mut current = self.lock();
+        match current.as_deref() {
+            Some(ours) if ours == theirs => Ok(Verdict::Accept),
+            Some(ours) => Ok(Verdict::OtherCluster {
+                ours: ours.to_owned(),
+                theirs: theirs.to_owned(),
+            }),
+            None => {
+                self.store(theirs)?;
+                tracing::info!(cluster_id = theirs, "joined the cluster a peer presented");
+                *current = Some(theirs.to_owned());
+                Ok(Verdict::Accept)
+            }
+        }
+    }
+
+    /// Writes the id to a temporary file, fsyncs it, renames it into place and fsyncs
+    /// the folder, so a crash leaves either no id or the whole one.
+    fn store(&self, id: &str) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(format!("{id}\n").as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &self.path)?;
+        match self.path.parent() {
+            Some(dir) => File::open(dir)?.sync_all(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// 64 random bits: std seeds each `RandomState` from the operating system's randomness.
+fn random() -> u64 {
+    RandomState::new().build_hasher().finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_node_adopts_the_first_id_and_refuses_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ClusterId::load(dir.path()).expect("load");
+        assert_eq!(id.get(), "");
+        assert_eq!(id.meet("").expect("meet"), Verdict::Accept);
+        assert_eq!(id.meet("abc123").expect("meet"), Verdict::Accept);
+        assert_eq!(id.get(), "abc123");
+        assert!(matches!(
+            id.meet("def456").expect("meet"),
+            Verdict::OtherCluster { .. }
+        ));
+        // Kept across restarts.
+        let again = ClusterId::load(dir.path()).expect("load");
+        assert_eq!(again.get(), "abc123");
+        assert_eq!(again.create_if_missing().expect("create"), "abc123");
+    }
+
+    #[test]
+    fn created_ids_differ_and_garbage_is_refused() {
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let a = ClusterId::load(a.path()).expect("load");
+        let b = ClusterId::load(b.path()).expect("load");
+        let (x, y) = (
+            a.create_if_missing().expect("x"),
+            b.create_if_missing().expect("y"),
+        );
+        assert_ne!(x, y);
+        assert_eq!(x.len(), 32);
+        assert!(matches!(
+            a.meet("not hex\n").expect("meet"),
+            Verdict::OtherCluster { .. }
+        ));
+    }
+}
