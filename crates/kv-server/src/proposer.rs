@@ -18,8 +18,9 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use kv_core::{Command, OpResult, Request, Response};
-use kv_store::typ::{NodeId, NodeInfo, Raft};
-use openraft::error::{ClientWriteError, RaftError};
+use kv_store::typ::{NodeId, NodeInfo, Raft, TypeConfig};
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::raft::ClientWriteResult;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,11 +38,12 @@ pub enum WriteError {
     /// This node is not the leader; nothing was applied. The leader, if known.
     #[error("not the leader")]
     NotLeader(Option<(NodeId, NodeInfo)>),
-    /// The write was proposed but its commit was not seen in time: it may or may not
-    /// have been applied.
+    /// The write was handed to raft but its commit was not seen, because it timed out
+    /// or raft stopped: it may or may not have been applied.
     #[error("the write's outcome is unknown")]
     OutcomeUnknown,
-    /// The node is shutting down or raft stopped.
+    /// The node is shutting down or raft stopped before the write was handed to it:
+    /// nothing was applied.
     #[error("raft is not running: {0}")]
     Stopped(String),
 }
@@ -186,39 +188,169 @@ impl Batcher {
     }
 }
 
-async fn propose(raft: &Raft, clock: Clock, timeout: Duration, batch: Vec<Pending>) {
-    let (commands, replies): (Vec<Command>, Vec<_>) =
-        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-    let request = Request {
-        stamp_ms: clock.now_ms(),
-        command: Command::Batch(commands),
-    };
-    let error = match tokio::time::timeout(timeout, raft.client_write(request)).await {
-        Err(_) => WriteError::OutcomeUnknown,
-        Ok(Ok(resp)) => match resp.data {
-            Response::Applied(OpResult::Batch(results)) if results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
-                return;
-            }
+/// How a batch proposal ended, as far as this node saw.
+#[derive(Debug)]
+enum Proposal {
+    /// raft refused the batch before taking it (its core had stopped): never proposed.
+    NotTaken(Fatal<NodeId>),
+    /// raft took the batch and answered.
+    Answered(ClientWriteResult<TypeConfig>),
+    /// raft took the batch, then stopped without answering: it may be in the log, even
+    /// replicated, and commit later.
+    Abandoned,
+    /// No answer within the write timeout.
+    TimedOut,
+}
+
+/// What the callers of a batch of `writes` commands are told, one result each.
+fn outcome(proposal: Proposal, writes: usize) -> Result<Vec<OpResult>, WriteError> {
+    match proposal {
+        Proposal::NotTaken(fatal) => Err(WriteError::Stopped(fatal.to_string())),
+        Proposal::Answered(Ok(resp)) => match resp.data {
+            Response::Applied(OpResult::Batch(results)) if results.len() == writes => Ok(results),
             other => {
                 tracing::error!(
                     ?other,
                     "a batch was answered with a result of the wrong shape"
                 );
-                WriteError::OutcomeUnknown
+                Err(WriteError::OutcomeUnknown)
             }
         },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            WriteError::NotLeader(f.leader_id.zip(f.leader_node))
+        Proposal::Answered(Err(ClientWriteError::ForwardToLeader(f))) => {
+            Err(WriteError::NotLeader(f.leader_id.zip(f.leader_node)))
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            WriteError::Stopped(e.to_string())
+        Proposal::Answered(Err(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(WriteError::Stopped(e.to_string()))
         }
-        Ok(Err(RaftError::Fatal(e))) => WriteError::Stopped(e.to_string()),
+        Proposal::Abandoned | Proposal::TimedOut => Err(WriteError::OutcomeUnknown),
+    }
+}
+
+async fn propose(raft: &Raft, clock: Clock, timeout: Duration, batch: Vec<Pending>) {
+    let (commands, replies): (Vec<Command>, Vec<_>) =
+        batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let writes = replies.len();
+    let request = Request {
+        stamp_ms: clock.now_ms(),
+        command: Command::Batch(commands),
     };
-    for reply in replies {
-        let _ = reply.send(Err(error.clone()));
+    // Hand-over and answer apart (`client_write` reports a stop in either as `Fatal`):
+    // only a refused hand-over proves the batch was never proposed.
+    let proposal = tokio::time::timeout(timeout, async {
+        match raft.client_write_ff(request).await {
+            Err(fatal) => Proposal::NotTaken(fatal),
+            Ok(answer) => match answer.await {
+                Ok(result) => Proposal::Answered(result),
+                Err(_) => {
+                    tracing::warn!("raft stopped before answering a proposed batch");
+                    Proposal::Abandoned
+                }
+            },
+        }
+    })
+    .await
+    .unwrap_or(Proposal::TimedOut);
+    match outcome(proposal, writes) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::ForwardToLeader;
+    use openraft::raft::ClientWriteResponse;
+    use openraft::{CommittedLeaderId, LogId};
+
+    fn deleted(revision: u64) -> OpResult {
+        OpResult::Deleted {
+            deleted: true,
+            revision,
+        }
+    }
+
+    fn answered(data: Response) -> Proposal {
+        Proposal::Answered(Ok(ClientWriteResponse {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
+            data,
+            membership: None,
+        }))
+    }
+
+    #[test]
+    fn each_write_of_an_applied_batch_gets_its_own_result() {
+        let results = vec![deleted(7), deleted(7)];
+        let proposal = answered(Response::Applied(OpResult::Batch(results.clone())));
+        assert_eq!(outcome(proposal, 2), Ok(results));
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_shape_is_outcome_unknown() {
+        let proposal = answered(Response::Applied(OpResult::Batch(vec![deleted(7)])));
+        assert_eq!(outcome(proposal, 2), Err(WriteError::OutcomeUnknown));
+        assert_eq!(
+            outcome(answered(Response::None), 1),
+            Err(WriteError::OutcomeUnknown)
+        );
+    }
+
+    #[test]
+    fn raft_stopping_after_it_took_the_batch_is_outcome_unknown() {
+        // The entry may already be in the log of a quorum: a 503 would read as "not applied".
+        assert_eq!(
+            outcome(Proposal::Abandoned, 3),
+            Err(WriteError::OutcomeUnknown)
+        );
+    }
+
+    #[test]
+    fn raft_refusing_the_batch_before_taking_it_is_stopped() {
+        assert!(matches!(
+            outcome(Proposal::NotTaken(Fatal::Stopped), 1),
+            Err(WriteError::Stopped(_))
+        ));
+        assert!(matches!(
+            outcome(Proposal::NotTaken(Fatal::Panicked), 1),
+            Err(WriteError::Stopped(_))
+        ));
+    }
+
+    #[test]
+    fn a_timeout_is_outcome_unknown() {
+        assert_eq!(
+            outcome(Proposal::TimedOut, 1),
+            Err(WriteError::OutcomeUnknown)
+        );
+    }
+
+    #[test]
+    fn forward_to_leader_is_not_leader_with_the_leader_if_known() {
+        let node = NodeInfo {
+            client_addr: "127.0.0.1:1".into(),
+            raft_addr: "127.0.0.1:2".into(),
+        };
+        let forward = |leader_id, leader_node| {
+            Proposal::Answered(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                leader_id,
+                leader_node,
+            })))
+        };
+        assert_eq!(
+            outcome(forward(Some(2), Some(node.clone())), 1),
+            Err(WriteError::NotLeader(Some((2, node))))
+        );
+        assert_eq!(
+            outcome(forward(None, None), 1),
+            Err(WriteError::NotLeader(None))
+        );
     }
 }
