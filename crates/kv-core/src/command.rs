@@ -80,6 +80,8 @@ pub enum Command {
     /// Write `value` (JSON text) to `key` if `precondition` holds.
     Set {
         key: String,
+        // As bytes, for speed; same encoding as a `Vec<u8>` (see `Entry::value`).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl: Ttl,
         precondition: Precondition,
