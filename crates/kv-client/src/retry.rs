@@ -224,4 +224,119 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(2));
     }
+
+    /// Answers each request with the next status of `statuses` (the last one repeats)
+    /// and records the Idempotency-Key it carried.
+    async fn scripted_server(
+        statuses: Vec<u16>,
+    ) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = keys.clone();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => request.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let end = head.find("\r\n\r\n").map_or(request.len(), |i| i + 4);
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                // Read the whole body: closing with unread bytes would reset the connection.
+                let mut body_left = (end + length).saturating_sub(request.len());
+                while body_left > 0 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => body_left = body_left.saturating_sub(k),
+                    }
+                }
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("idempotency-key: "))
+                    .map(str::to_owned);
+                seen.lock().expect("lock").push(key);
+                let status = statuses[n.min(statuses.len() - 1)];
+                let body = br#"{"error":{"code":"scripted","message":"scripted"}}"#;
+                let response = format!(
+                    "HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.write_all(body).await;
+            }
+        });
+        (endpoint, keys)
+    }
+
+    fn short_policy() -> RetryPolicy {
+        RetryPolicy {
+            deadline: Duration::from_millis(400),
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn one_key_on_every_attempt(keys: &[Option<String>]) {
+        assert!(keys.len() >= 2, "{} attempts", keys.len());
+        assert!(keys[0].is_some(), "a write carries an Idempotency-Key");
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    }
+
+    #[tokio::test]
+    async fn an_outcome_unknown_write_is_retried_under_the_same_idempotency_key() {
+        let (endpoint, keys) = scripted_server(vec![504, 200]).await;
+        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let attempt = call
+            .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
+            .await
+            .expect("the retry succeeds");
+        assert_eq!(attempt.status, StatusCode::OK);
+        one_key_on_every_attempt(&keys.lock().expect("lock"));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_was_ever_outcome_unknown_stays_outcome_unknown() {
+        // A 503 after a 504 does not undo the 504: the first attempt may have applied.
+        let (endpoint, keys) = scripted_server(vec![504, 503]).await;
+        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        match call
+            .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
+            .await
+        {
+            Err(ClientError::OutcomeUnknown { .. }) => {}
+            Err(e) => panic!("expected OutcomeUnknown, got {e}"),
+            Ok(a) => panic!("expected OutcomeUnknown, got {}", a.status),
+        }
+        one_key_on_every_attempt(&keys.lock().expect("lock"));
+    }
+
+    #[tokio::test]
+    async fn a_write_only_ever_refused_with_503_is_unavailable() {
+        let (endpoint, _) = scripted_server(vec![503]).await;
+        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        match call
+            .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
+            .await
+        {
+            Err(ClientError::Unavailable { .. }) => {}
+            Err(e) => panic!("expected Unavailable, got {e}"),
+            Ok(a) => panic!("expected Unavailable, got {}", a.status),
+        }
+    }
 }

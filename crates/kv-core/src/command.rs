@@ -1,5 +1,7 @@
 //! Commands replicated through the log, and what applying them means.
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::overlay::Slot;
@@ -78,6 +80,8 @@ pub enum Command {
     /// Write `value` (JSON text) to `key` if `precondition` holds.
     Set {
         key: String,
+        // As bytes, for speed; same encoding as a `Vec<u8>` (see `Entry::value`).
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl: Ttl,
         precondition: Precondition,
@@ -103,6 +107,61 @@ pub enum Command {
         retain_ms: u64,
         command: Box<Command>,
     },
+}
+
+impl Command {
+    /// The one key this command may change, or `None` if it may change keys it does not
+    /// name (a prefix delete, an expiry, a nested batch).
+    pub fn named_key(&self) -> Option<&str> {
+        match self {
+            Self::Set { key, .. } | Self::Delete { key, .. } => Some(key),
+            Self::Idempotent { command, .. } => command.named_key(),
+            Self::Expire { .. } | Self::DeletePrefix { .. } | Self::Batch(_) => None,
+        }
+    }
+}
+
+/// The keys a batch being built may change. A batch is one log entry, and its index is
+/// the revision of every change it makes, so no key may change twice in one: commands
+/// naming a key join only if no other command names it, and a command naming no key
+/// (which may change any key) is a batch of its own.
+#[derive(Debug, Default)]
+pub struct BatchKeys {
+    keys: HashSet<String>,
+    commands: usize,
+    unnamed: bool,
+}
+
+impl BatchKeys {
+    /// Whether `command` can join the batch without a key changing twice in it.
+    pub fn admits(&self, command: &Command) -> bool {
+        match command.named_key() {
+            _ if self.unnamed => false,
+            Some(key) => !self.keys.contains(key),
+            None => self.commands == 0,
+        }
+    }
+
+    /// Records that `command` joined the batch.
+    pub fn add(&mut self, command: &Command) {
+        match command.named_key() {
+            Some(key) => {
+                self.keys.insert(key.to_owned());
+            }
+            None => self.unnamed = true,
+        }
+        self.commands += 1;
+    }
+}
+
+/// Whether `commands`, applied as one batch, change every key at most once.
+pub fn changes_keys_once(commands: &[Command]) -> bool {
+    let mut keys = BatchKeys::default();
+    commands.iter().all(|c| {
+        let admitted = keys.admits(c);
+        keys.add(c);
+        admitted
+    })
 }
 
 /// What applying one command answered. Wire and on-disk type.
@@ -275,12 +334,20 @@ fn apply_command<V: StateView>(
                 }
             }
         }
-        Command::Batch(commands) => OpResult::Batch(
-            commands
-                .iter()
-                .map(|c| apply_command(view, overlay, c, revision))
-                .collect::<Result<_, _>>()?,
-        ),
+        Command::Batch(commands) => {
+            // Checked only in debug builds: a release build applies a batch that an
+            // older proposer logged exactly as that version did, so replicas converge.
+            debug_assert!(
+                changes_keys_once(commands),
+                "a batch at revision {revision} may change one key twice"
+            );
+            OpResult::Batch(
+                commands
+                    .iter()
+                    .map(|c| apply_command(view, overlay, c, revision))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
     })
 }
 
@@ -595,13 +662,13 @@ mod tests {
     }
 
     #[test]
-    fn batch_applies_in_order_at_one_revision() {
+    fn batch_applies_every_command_at_the_entry_revision() {
         let batch = Request {
             stamp_ms: 10,
             command: Command::Batch(vec![
                 set(10, "a", "1", None).command,
                 del(10, "b").command,
-                set(10, "b", "2", Some(5)).command,
+                set(10, "c", "2", Some(5)).command,
             ]),
         };
         let (_, results) = Mem::run(&[batch]);
@@ -616,6 +683,93 @@ mod tests {
                 written(1, 1, 1, Some(15)),
             ])
         );
+    }
+
+    /// Groups `commands` greedily into batches as [`BatchKeys`] allows.
+    fn batched(commands: &[Command]) -> Vec<Vec<Command>> {
+        let mut batches: Vec<(BatchKeys, Vec<Command>)> = vec![];
+        for c in commands {
+            match batches.last_mut() {
+                Some((keys, batch)) if keys.admits(c) => {
+                    keys.add(c);
+                    batch.push(c.clone());
+                }
+                _ => {
+                    let mut keys = BatchKeys::default();
+                    keys.add(c);
+                    batches.push((keys, vec![c.clone()]));
+                }
+            }
+        }
+        batches.into_iter().map(|(_, b)| b).collect()
+    }
+
+    #[test]
+    fn batches_hold_each_named_key_once_and_unnamed_commands_alone() {
+        let commands = [
+            set(10, "a", "1", None).command,
+            set(10, "b", "1", None).command,
+            idempotent(10, "req", 1, del(10, "a")).command,
+            delete_prefix(10, "a").command,
+            set(10, "c", "1", None).command,
+            expire(10).command,
+            expire(10).command,
+        ];
+        let sizes: Vec<usize> = batched(&commands).iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            vec![2, 1, 1, 1, 1, 1],
+            "a batch closes at a second write of `a` and around each command naming no key"
+        );
+        assert!(changes_keys_once(&commands[..2]));
+        assert!(!changes_keys_once(&commands[..3]));
+        assert!(!changes_keys_once(&commands[3..5]));
+        assert!(!changes_keys_once(&[
+            set(10, "c", "1", None).command,
+            expire(10).command
+        ]));
+        assert!(changes_keys_once(&commands[3..4]));
+    }
+
+    #[test]
+    fn a_write_and_a_prefix_delete_covering_it_get_their_own_revisions() {
+        let commands = [
+            set(10, "a/x", "1", None).command,
+            delete_prefix(10, "a/").command,
+        ];
+        let requests: Vec<Request> = batched(&commands)
+            .into_iter()
+            .map(|b| Request {
+                stamp_ms: 10,
+                command: Command::Batch(b),
+            })
+            .collect();
+        let (mem, results) = Mem::run(&requests);
+        assert_eq!(
+            results,
+            vec![
+                OpResult::Batch(vec![written(1, 1, 1, None)]),
+                OpResult::Batch(vec![OpResult::DeletedPrefix {
+                    deleted: 1,
+                    revision: 2
+                }]),
+            ]
+        );
+        assert!(mem.data.is_empty());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a batch at revision 1 may change one key twice")]
+    fn debug_builds_refuse_to_apply_a_batch_that_changes_a_key_twice() {
+        let batch = Request {
+            stamp_ms: 10,
+            command: Command::Batch(vec![
+                set(10, "a/x", "1", None).command,
+                delete_prefix(10, "a/").command,
+            ]),
+        };
+        Mem::run(&[batch]);
     }
 
     #[test]

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The JSON document, as validated UTF-8 JSON text.
+    // As bytes: postcard copies them whole instead of one element at a time, and
+    // encodes them exactly as it did a `Vec<u8>` (pinned by tests/encoding.rs).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// Log index of the entry's last change.
     pub revision: u64,

@@ -8,6 +8,8 @@
 //! - The result of applying a sequence of commands does not depend on how a caller
 //!   groups them into apply calls: every read made while applying goes through an
 //!   [`Overlay`] that shows the writes of earlier commands not yet persisted.
+//! - A batch changes each key at most once ([`BatchKeys`] is the rule the proposer
+//!   builds batches by), so every change of a key has its own revision.
 
 pub mod command;
 pub mod entry;
@@ -16,8 +18,8 @@ pub mod record;
 pub mod validate;
 
 pub use command::{
-    apply_request, check_precondition, Command, Failure, OpResult, Precondition, Request, Response,
-    Ttl, EXPIRE_LIMIT,
+    apply_request, changes_keys_once, check_precondition, BatchKeys, Command, Failure, OpResult,
+    Precondition, Request, Response, Ttl, EXPIRE_LIMIT,
 };
 pub use entry::Entry;
 pub use overlay::{Due, Overlay, Slot, StateView};

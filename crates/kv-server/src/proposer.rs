@@ -3,8 +3,10 @@
 //! openraft 0.9 appends one entry per fsync, so one proposer task drains a channel of
 //! pending writes, proposes them as one `Command::Batch`, and hands each caller its own
 //! result. While a batch is in flight, new writes queue up and form the next batch, so
-//! the batch size grows with the load. Two writes to the same key never share a batch:
-//! every change gets its own revision (the log index), which compare-and-swap relies on.
+//! the batch size grows with the load. No key changes twice in one batch (two writes to
+//! one key never share it, and a `DeletePrefix` or `Expire`, which names no key, goes
+//! alone): every change of a key gets its own revision (the log index), which
+//! compare-and-swap relies on.
 //!
 //! One batch is in flight at a time, proposed on the proposer task itself: openraft
 //! 0.9's core fsyncs each proposal as its own append, one at a time, so a second batch
@@ -14,12 +16,13 @@
 //! before) was one more wake-up per write: without it the p50 at 1 connection was 0-11%
 //! lower in four A/B pairs.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use kv_core::{Command, OpResult, Request, Response};
-use kv_store::typ::{NodeId, NodeInfo, Raft};
-use openraft::error::{ClientWriteError, RaftError};
+use kv_core::{BatchKeys, Command, OpResult, Request, Response};
+use kv_store::typ::{NodeId, NodeInfo, Raft, TypeConfig};
+use openraft::error::{ClientWriteError, Fatal};
+use openraft::raft::ClientWriteResult;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -37,11 +40,12 @@ pub enum WriteError {
     /// This node is not the leader; nothing was applied. The leader, if known.
     #[error("not the leader")]
     NotLeader(Option<(NodeId, NodeInfo)>),
-    /// The write was proposed but its commit was not seen in time: it may or may not
-    /// have been applied.
+    /// The write was handed to raft but its commit was not seen, because it timed out
+    /// or raft stopped: it may or may not have been applied.
     #[error("the write's outcome is unknown")]
     OutcomeUnknown,
-    /// The node is shutting down or raft stopped.
+    /// The node is shutting down or raft stopped before the write was handed to it:
+    /// nothing was applied.
     #[error("raft is not running: {0}")]
     Stopped(String),
 }
@@ -49,15 +53,6 @@ pub enum WriteError {
 struct Pending {
     command: Command,
     reply: oneshot::Sender<Result<OpResult, WriteError>>,
-}
-
-/// The one key a command writes, if it writes exactly one.
-fn written_key(command: &Command) -> Option<&str> {
-    match command {
-        Command::Set { key, .. } | Command::Delete { key, .. } => Some(key),
-        Command::Idempotent { command, .. } => written_key(command),
-        Command::Expire { .. } | Command::DeletePrefix { .. } | Command::Batch(_) => None,
-    }
 }
 
 /// Roughly how many bytes a command adds to a raft entry.
@@ -69,16 +64,6 @@ fn size(command: &Command) -> usize {
         Command::Idempotent { id, command, .. } => id.len() + 32 + size(command),
         Command::Expire { .. } => 16,
         Command::Batch(commands) => commands.iter().map(size).sum(),
-    }
-}
-
-impl Pending {
-    fn key(&self) -> Option<&str> {
-        written_key(&self.command)
-    }
-
-    fn size(&self) -> usize {
-        size(&self.command)
     }
 }
 
@@ -163,62 +148,307 @@ impl Batcher {
                 Err(_) => break,
             }
         }
-        let mut batch = Vec::new();
-        let mut keys = HashSet::new();
-        let mut bytes = 0;
-        let mut deferred = VecDeque::new();
-        while let Some(p) = self.carry.pop_front() {
-            let fits = batch.is_empty()
-                || (batch.len() < self.max_batch && bytes + p.size() <= MAX_BATCH_BYTES);
-            let key_free = p.key().is_none_or(|k| !keys.contains(k));
-            if fits && key_free {
-                if let Some(k) = p.key() {
-                    keys.insert(k.to_owned());
-                }
-                bytes += p.size();
-                batch.push(p);
-            } else {
-                deferred.push_back(p);
-            }
+        Some(take_batch(&mut self.carry, |p| &p.command, self.max_batch))
+    }
+}
+
+/// Takes the next batch from the front of `queue`: in queue order, every command that
+/// fits the limits and that [`BatchKeys`] admits (no key changes twice in a batch, and a
+/// command naming no key goes alone). The rest stay queued in order, so a deferred
+/// command leads the next batch.
+fn take_batch<T>(
+    queue: &mut VecDeque<T>,
+    command: impl Fn(&T) -> &Command,
+    max_batch: usize,
+) -> Vec<T> {
+    let mut batch = Vec::new();
+    let mut keys = BatchKeys::default();
+    let mut bytes = 0;
+    let mut deferred = VecDeque::new();
+    while let Some(p) = queue.pop_front() {
+        let c = command(&p);
+        let fits =
+            batch.is_empty() || (batch.len() < max_batch && bytes + size(c) <= MAX_BATCH_BYTES);
+        if fits && keys.admits(c) {
+            keys.add(c);
+            bytes += size(c);
+            batch.push(p);
+        } else {
+            deferred.push_back(p);
         }
-        self.carry = deferred;
-        Some(batch)
+    }
+    *queue = deferred;
+    batch
+}
+
+/// How a batch proposal ended, as far as this node saw.
+#[derive(Debug)]
+enum Proposal {
+    /// raft refused the batch before taking it (its core had stopped): never proposed.
+    NotTaken(Fatal<NodeId>),
+    /// raft took the batch and answered.
+    Answered(ClientWriteResult<TypeConfig>),
+    /// raft took the batch, then stopped without answering: it may be in the log, even
+    /// replicated, and commit later.
+    Abandoned,
+    /// No answer within the write timeout.
+    TimedOut,
+}
+
+/// What the callers of a batch of `writes` commands are told, one result each.
+fn outcome(proposal: Proposal, writes: usize) -> Result<Vec<OpResult>, WriteError> {
+    match proposal {
+        Proposal::NotTaken(fatal) => Err(WriteError::Stopped(fatal.to_string())),
+        Proposal::Answered(Ok(resp)) => match resp.data {
+            Response::Applied(OpResult::Batch(results)) if results.len() == writes => Ok(results),
+            other => {
+                tracing::error!(
+                    ?other,
+                    "a batch was answered with a result of the wrong shape"
+                );
+                Err(WriteError::OutcomeUnknown)
+            }
+        },
+        Proposal::Answered(Err(ClientWriteError::ForwardToLeader(f))) => {
+            Err(WriteError::NotLeader(f.leader_id.zip(f.leader_node)))
+        }
+        Proposal::Answered(Err(ClientWriteError::ChangeMembershipError(e))) => {
+            Err(WriteError::Stopped(e.to_string()))
+        }
+        Proposal::Abandoned | Proposal::TimedOut => Err(WriteError::OutcomeUnknown),
     }
 }
 
 async fn propose(raft: &Raft, clock: Clock, timeout: Duration, batch: Vec<Pending>) {
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let writes = replies.len();
     let request = Request {
         stamp_ms: clock.now_ms(),
         command: Command::Batch(commands),
     };
-    let error = match tokio::time::timeout(timeout, raft.client_write(request)).await {
-        Err(_) => WriteError::OutcomeUnknown,
-        Ok(Ok(resp)) => match resp.data {
-            Response::Applied(OpResult::Batch(results)) if results.len() == replies.len() => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
+    // Hand-over and answer apart (`client_write` reports a stop in either as `Fatal`):
+    // only a refused hand-over proves the batch was never proposed.
+    let proposal = tokio::time::timeout(timeout, async {
+        match raft.client_write_ff(request).await {
+            Err(fatal) => Proposal::NotTaken(fatal),
+            Ok(answer) => match answer.await {
+                Ok(result) => Proposal::Answered(result),
+                Err(_) => {
+                    tracing::warn!("raft stopped before answering a proposed batch");
+                    Proposal::Abandoned
                 }
-                return;
-            }
-            other => {
-                tracing::error!(
-                    ?other,
-                    "a batch was answered with a result of the wrong shape"
-                );
-                WriteError::OutcomeUnknown
-            }
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            WriteError::NotLeader(f.leader_id.zip(f.leader_node))
+            },
         }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            WriteError::Stopped(e.to_string())
+    })
+    .await
+    .unwrap_or(Proposal::TimedOut);
+    match outcome(proposal, writes) {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(Ok(result));
+            }
         }
-        Ok(Err(RaftError::Fatal(e))) => WriteError::Stopped(e.to_string()),
-    };
-    for reply in replies {
-        let _ = reply.send(Err(error.clone()));
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::ForwardToLeader;
+    use openraft::raft::ClientWriteResponse;
+    use openraft::{CommittedLeaderId, LogId};
+    use std::convert::Infallible;
+
+    use kv_core::{apply_request, Due, Entry, Overlay, Precondition, Record, StateView, Ttl};
+
+    fn deleted(revision: u64) -> OpResult {
+        OpResult::Deleted {
+            deleted: true,
+            revision,
+        }
+    }
+
+    fn answered(data: Response) -> Proposal {
+        Proposal::Answered(Ok(ClientWriteResponse {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 7),
+            data,
+            membership: None,
+        }))
+    }
+
+    #[test]
+    fn each_write_of_an_applied_batch_gets_its_own_result() {
+        let results = vec![deleted(7), deleted(7)];
+        let proposal = answered(Response::Applied(OpResult::Batch(results.clone())));
+        assert_eq!(outcome(proposal, 2), Ok(results));
+    }
+
+    #[test]
+    fn an_answer_of_the_wrong_shape_is_outcome_unknown() {
+        let proposal = answered(Response::Applied(OpResult::Batch(vec![deleted(7)])));
+        assert_eq!(outcome(proposal, 2), Err(WriteError::OutcomeUnknown));
+        assert_eq!(
+            outcome(answered(Response::None), 1),
+            Err(WriteError::OutcomeUnknown)
+        );
+    }
+
+    #[test]
+    fn raft_stopping_after_it_took_the_batch_is_outcome_unknown() {
+        // The entry may already be in the log of a quorum: a 503 would read as "not applied".
+        assert_eq!(
+            outcome(Proposal::Abandoned, 3),
+            Err(WriteError::OutcomeUnknown)
+        );
+    }
+
+    #[test]
+    fn raft_refusing_the_batch_before_taking_it_is_stopped() {
+        assert!(matches!(
+            outcome(Proposal::NotTaken(Fatal::Stopped), 1),
+            Err(WriteError::Stopped(_))
+        ));
+        assert!(matches!(
+            outcome(Proposal::NotTaken(Fatal::Panicked), 1),
+            Err(WriteError::Stopped(_))
+        ));
+    }
+
+    #[test]
+    fn a_timeout_is_outcome_unknown() {
+        assert_eq!(
+            outcome(Proposal::TimedOut, 1),
+            Err(WriteError::OutcomeUnknown)
+        );
+    }
+
+    #[test]
+    fn forward_to_leader_is_not_leader_with_the_leader_if_known() {
+        let node = NodeInfo {
+            client_addr: "127.0.0.1:1".into(),
+            raft_addr: "127.0.0.1:2".into(),
+        };
+        let forward = |leader_id, leader_node| {
+            Proposal::Answered(Err(ClientWriteError::ForwardToLeader(ForwardToLeader {
+                leader_id,
+                leader_node,
+            })))
+        };
+        assert_eq!(
+            outcome(forward(Some(2), Some(node.clone())), 1),
+            Err(WriteError::NotLeader(Some((2, node))))
+        );
+        assert_eq!(
+            outcome(forward(None, None), 1),
+            Err(WriteError::NotLeader(None))
+        );
+    }
+
+    /// A state machine with nothing in it yet.
+    struct Empty;
+
+    impl StateView for Empty {
+        type Error = Infallible;
+        fn get(&self, _: &str) -> Result<Option<Entry>, Infallible> {
+            Ok(None)
+        }
+        fn get_record(&self, _: &str) -> Result<Option<Record>, Infallible> {
+            Ok(None)
+        }
+        fn keys_with_prefix(&self, _: &str) -> Result<Vec<String>, Infallible> {
+            Ok(vec![])
+        }
+        fn due(
+            &self,
+            _: u64,
+            _: usize,
+            _: &mut dyn FnMut(&Due) -> bool,
+        ) -> Result<Vec<Due>, Infallible> {
+            Ok(vec![])
+        }
+    }
+
+    fn set(key: &str) -> Command {
+        Command::Set {
+            key: key.into(),
+            value: b"1".to_vec(),
+            ttl: Ttl::Clear,
+            precondition: Precondition::Always,
+        }
+    }
+
+    /// Batches `commands` as the proposer does and applies the batches as consecutive
+    /// log entries from index 1: each command's result, in queue order.
+    fn batch_and_apply(commands: Vec<Command>) -> Vec<OpResult> {
+        let mut queue: VecDeque<(usize, Command)> = commands.into_iter().enumerate().collect();
+        let mut overlay = Overlay::new(0);
+        let mut results = vec![];
+        for index in 1.. {
+            let batch = take_batch(&mut queue, |(_, c)| c, 64);
+            if batch.is_empty() {
+                break;
+            }
+            let (order, commands): (Vec<usize>, Vec<Command>) = batch.into_iter().unzip();
+            let request = Request {
+                stamp_ms: 1000,
+                command: Command::Batch(commands),
+            };
+            let Ok(OpResult::Batch(batch_results)) =
+                apply_request(&Empty, &mut overlay, &request, index)
+            else {
+                panic!("a batch answers a batch");
+            };
+            results.extend(order.into_iter().zip(batch_results));
+        }
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn a_prefix_delete_never_shares_a_revision_with_a_write_it_covers() {
+        let results = batch_and_apply(vec![
+            set("a/x"),
+            Command::DeletePrefix {
+                prefix: "a/".into(),
+            },
+        ]);
+        let [OpResult::Written {
+            revision: set_at, ..
+        }, OpResult::DeletedPrefix {
+            deleted,
+            revision: deleted_at,
+        }] = results[..]
+        else {
+            panic!("unexpected results {results:?}");
+        };
+        assert_eq!(deleted, 1, "the prefix delete removed a/x");
+        assert_ne!(set_at, deleted_at, "a/x changed twice at revision {set_at}");
+    }
+
+    #[test]
+    fn writes_of_distinct_keys_share_a_batch_and_a_prefix_delete_goes_alone() {
+        let prefix = Command::DeletePrefix {
+            prefix: "p/".into(),
+        };
+        let mut queue: VecDeque<Command> =
+            [set("a"), set("b"), set("a"), prefix.clone(), set("c")].into();
+        let mut batches = vec![];
+        while !queue.is_empty() {
+            batches.push(take_batch(&mut queue, |c| c, 64));
+        }
+        assert_eq!(
+            batches,
+            vec![
+                vec![set("a"), set("b"), set("c")],
+                vec![set("a")],
+                vec![prefix]
+            ]
+        );
     }
 }

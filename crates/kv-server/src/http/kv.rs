@@ -545,7 +545,7 @@ async fn propose(
         Ok(result) => written_response(app, key, result, created),
         Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
         Err(WriteError::OutcomeUnknown) => Err(ApiError::OutcomeUnknown(
-            "the write was proposed but its commit was not confirmed in time; it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once".into(),
+            "the write was proposed but its commit was not seen (it timed out or raft stopped); it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once".into(),
         )),
         Err(WriteError::Stopped(m)) => Err(ApiError::Unavailable(m)),
     }
