@@ -16,6 +16,13 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Damage in the raft log that open must not cut away: acknowledged entries follow it.
+    #[error("corrupt raft log: {} at byte {offset}: {what}", path.display())]
+    CorruptLog {
+        path: std::path::PathBuf,
+        offset: u64,
+        what: String,
+    },
     #[error("a blocking storage task failed: {0}")]
     Task(String),
 }

@@ -10,9 +10,14 @@
 //! value before its first record) and then records: `u32` payload length, `u32` CRC, the
 //! postcard-encoded entry. The CRC of each record covers the previous record's CRC, its
 //! length and its payload (a chain, as in etcd's WAL), so after a truncation or a torn
-//! write no leftover record can pass as the continuation of newer ones: reading stops at
-//! the first record that is zero, short or breaks the chain, and segments that do not
-//! continue the chain are stale and removed.
+//! write no leftover record can pass as the continuation of newer ones: reading a segment
+//! stops at the first record that is zero, [`TRUNCATED`], short or breaks the chain.
+//!
+//! Only the end of the last segment may be cut at open: earlier segments were complete
+//! when the next one was started, so a segment that ends before the next one begins is
+//! damage and `open` refuses it, naming the file and offset. The one exception is a
+//! segment that ends at a truncation marker: the segments after it are leftovers of an
+//! interrupted truncation and are removed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -30,6 +35,10 @@ const MAGIC: &[u8; 8] = b"QKVLOG01";
 const HEADER: u64 = 16;
 /// Length and CRC before each record's payload.
 const RECORD_HEADER: usize = 8;
+/// The record header `truncate` writes where the removed records began: length 0 (no
+/// record) and a CRC field no zero-filled space has, so open can tell a truncation from
+/// zeroes where records should be.
+const TRUNCATED: [u8; RECORD_HEADER] = [0, 0, 0, 0, b'T', b'R', b'N', b'C'];
 /// Zeroes written at a time when preparing a segment.
 const ZERO_CHUNK: usize = 1024 * 1024;
 /// The background preparation writes small synced chunks with pauses between them: one
@@ -122,18 +131,19 @@ impl Index {
             .ok_or_else(|| corrupt(format!("log segment {first} is not open")))
     }
 
-    /// Closes the segments whose first index is in `range` and removes their files.
+    /// Closes the segments whose first index is in `range` and removes their files;
+    /// says whether there were any.
     fn remove_segments(
         &mut self,
         dir: &Path,
         range: impl std::ops::RangeBounds<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let gone: Vec<u64> = self.segments.range(range).map(|(k, _)| *k).collect();
-        for first in gone {
+        for &first in &gone {
             self.segments.remove(&first);
             std::fs::remove_file(segment_path(dir, first))?;
         }
-        Ok(())
+        Ok(!gone.is_empty())
     }
 }
 
@@ -220,57 +230,83 @@ fn corrupt(what: String) -> StoreError {
     StoreError::Corrupt(what)
 }
 
+/// How a segment's records end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Zeroes (space never written) or the end of the file.
+    Clean,
+    /// The marker `truncate` writes.
+    Truncated,
+    /// A record that is short, breaks the chain or is not the next entry: a torn write,
+    /// leftovers of truncated records overwritten by shorter ones, or damage.
+    Broken(&'static str),
+}
+
 /// A segment's records as read at open: positions (with decoded entries) until the
-/// first record that is zero, short, or breaks the chain.
+/// first record that is zero, a truncation marker, short, or breaks the chain.
 struct Scanned {
     /// The chain value in the header: before the segment's first record.
     prev: u32,
     records: Vec<(Pos, LogEntry, usize)>,
+    /// Where reading stopped, and why.
     end: u64,
+    ends: End,
     chain: u32,
     /// The file's size.
     size: u64,
 }
 
-fn scan(file: &File, first: u64, chain_in: Option<u32>) -> Result<Option<Scanned>, StoreError> {
+/// Reads `file`'s records from the start; `None` if it has no valid header (a segment
+/// whose first write never reached the disk).
+fn scan(file: &File, first: u64) -> Result<Option<Scanned>, StoreError> {
     let size = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1024 * 1024, file);
     let mut header = [0u8; HEADER as usize];
-    if size < HEADER || reader.read_exact(&mut header).is_err() || &header[..8] != MAGIC {
+    if size < HEADER {
+        return Ok(None);
+    }
+    reader.read_exact(&mut header)?;
+    if &header[..8] != MAGIC {
         return Ok(None);
     }
     let prev = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if chain_in.is_some_and(|c| c != prev) {
-        return Ok(None);
-    }
     let mut out = Scanned {
         prev,
         records: vec![],
         end: HEADER,
+        ends: End::Clean,
         chain: prev,
         size,
     };
     let mut expected = first;
-    loop {
+    out.ends = loop {
         let mut rh = [0u8; RECORD_HEADER];
-        if out.end + RECORD_HEADER as u64 > size || reader.read_exact(&mut rh).is_err() {
-            break;
+        if out.end + RECORD_HEADER as u64 > size {
+            break End::Clean;
+        }
+        reader.read_exact(&mut rh)?;
+        if rh == [0u8; RECORD_HEADER] {
+            break End::Clean;
+        }
+        if rh == TRUNCATED {
+            break End::Truncated;
         }
         let len = u32::from_le_bytes(rh[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(rh[4..].try_into().expect("4 bytes"));
         let body_at = out.end + RECORD_HEADER as u64;
         if len == 0 || body_at + u64::from(len) > size {
-            break;
+            break End::Broken("record length out of bounds");
         }
         let mut payload = vec![0u8; len as usize];
-        if reader.read_exact(&mut payload).is_err() || chain(out.chain, len, &payload) != crc {
-            break;
+        reader.read_exact(&mut payload)?;
+        if chain(out.chain, len, &payload) != crc {
+            break End::Broken("CRC mismatch");
         }
         let Ok(entry) = postcard::from_bytes::<LogEntry>(&payload) else {
-            break;
+            break End::Broken("undecodable entry");
         };
         if entry.log_id.index != expected {
-            break;
+            break End::Broken("entry out of order");
         }
         let pos = Pos {
             log_id: entry.log_id,
@@ -283,7 +319,7 @@ fn scan(file: &File, first: u64, chain_in: Option<u32>) -> Result<Option<Scanned
         out.chain = crc;
         out.end = body_at + u64::from(len);
         expected += 1;
-    }
+    };
     Ok(Some(out))
 }
 
@@ -314,28 +350,57 @@ impl LogFiles {
         let is_purged = |index: u64| last_purged.is_some_and(|l| index <= l.index);
         let mut index = Index::default();
         let mut writer = Writer::default();
-        let mut chain_at: Option<u32> = None;
+        // The segment before the current one: its path, the index and chain value a
+        // continuation starts with, and how and where its records ended.
+        let mut before: Option<(&Path, u64, u32, End, u64)> = None;
         let mut stale = false;
-        for (&first, path) in &names {
-            let continues = index
-                .positions
-                .back()
-                .is_none_or(|p| p.log_id.index + 1 == first);
-            let file = OpenOptions::new().read(true).write(true).open(path)?;
-            let scanned = if stale || !continues {
-                None
-            } else {
-                scan(&file, first, chain_at)?
-            };
-            let Some(scanned) = scanned else {
-                stale = true;
+        for (i, (&first, path)) in names.iter().enumerate() {
+            if stale {
                 std::fs::remove_file(path)?;
                 continue;
+            }
+            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let after_truncation = before.is_some_and(|b| b.3 == End::Truncated);
+            let Some(scanned) = scan(&file, first)? else {
+                // The newest segment, created but its first write torn (nothing in it was
+                // acknowledged), or a leftover of a truncation.
+                if i + 1 == names.len() || after_truncation {
+                    stale = after_truncation;
+                    std::fs::remove_file(path)?;
+                    continue;
+                }
+                return Err(StoreError::CorruptLog {
+                    path: path.clone(),
+                    offset: 0,
+                    what: "no segment header, and later segments follow".into(),
+                });
             };
-            if chain_at.is_none() {
+            if let Some((prev_path, next, chain_value, ends, end)) = before {
+                if next != first || chain_value != scanned.prev {
+                    if after_truncation {
+                        // Left over from a truncation interrupted before it removed them.
+                        stale = true;
+                        std::fs::remove_file(path)?;
+                        continue;
+                    }
+                    let why = match ends {
+                        End::Broken(why) => why,
+                        _ => "records end early",
+                    };
+                    return Err(StoreError::CorruptLog {
+                        path: prev_path.to_owned(),
+                        offset: end,
+                        what: format!(
+                            "{why}, and the next segment {} starts after entries lost here",
+                            path.display()
+                        ),
+                    });
+                }
+            } else {
                 index.chain_before = scanned.prev;
             }
             let file = Arc::new(file);
+            let next = first + scanned.records.len() as u64;
             for (pos, entry, bytes) in scanned.records {
                 if is_purged(pos.log_id.index) {
                     index.chain_before = pos.crc;
@@ -344,7 +409,7 @@ impl LogFiles {
                 index.positions.push_back(pos);
                 index.cache_entry(entry, bytes);
             }
-            chain_at = Some(scanned.chain);
+            before = Some((path, next, scanned.chain, scanned.ends, scanned.end));
             writer.chain = scanned.chain;
             writer.active = Some(Active {
                 first,
@@ -512,8 +577,8 @@ impl LogFiles {
         Ok(Arc::new(file))
     }
 
-    /// Removes entries from `index` on, durably: the record there is zeroed so a restart
-    /// stops before it, and later segments are removed.
+    /// Removes entries from `index` on, durably: the record there is overwritten with
+    /// [`TRUNCATED`] so a restart stops before it, and later segments are removed.
     pub(crate) fn truncate(&self, index_from: u64) -> Result<(), StoreError> {
         let mut w = lock(&self.inner.writer);
         let mut index = lock(&self.inner.index);
@@ -526,10 +591,14 @@ impl LogFiles {
             s => index.positions[s - 1].crc,
         };
         let file = index.segment(pos.segment)?;
-        file.write_all_at(&[0u8; RECORD_HEADER], pos.offset)?;
+        file.write_all_at(&TRUNCATED, pos.offset)?;
         file.sync_data()?;
-        index.remove_segments(&self.inner.dir, pos.segment + 1..)?;
         index.cut(slot);
+        if index.remove_segments(&self.inner.dir, pos.segment + 1..)? {
+            // Once appends overwrite the marker, a removed segment that came back would
+            // look like entries lost before it: the removals must be durable first.
+            sync_dir(&self.inner.dir)?;
+        }
         let size = file.metadata()?.len();
         w.active = Some(Active {
             first: pos.segment,
@@ -580,13 +649,18 @@ mod tests {
     const SMALL: u64 = 2048;
 
     fn entry(term: u64, index: u64) -> LogEntry {
+        entry_sized(term, index, 100)
+    }
+
+    /// An entry whose value has `value_len` bytes.
+    fn entry_sized(term: u64, index: u64, value_len: usize) -> LogEntry {
         LogEntry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Normal(Request {
                 stamp_ms: index,
                 command: Command::Set {
                     key: format!("k{index}"),
-                    value: vec![b'v'; 100],
+                    value: vec![b'v'; value_len],
                     ttl: Ttl::Clear,
                     precondition: Precondition::Always,
                 },
@@ -777,5 +851,143 @@ mod tests {
         }
         let log = open_small(dir.path(), purged(5));
         assert_eq!(ids(&log), expected(&[(2, 6..=8)]));
+    }
+
+    /// Where the record of `index` starts: its segment file and byte offset.
+    fn record_at(log: &LogFiles, index: u64) -> (PathBuf, u64) {
+        let idx = lock(&log.inner.index);
+        let slot = idx.slot(index).expect("entry is in the log");
+        let pos = idx.positions[slot];
+        (segment_path(&log.inner.dir, pos.segment), pos.offset)
+    }
+
+    fn flip_byte(path: &Path, at: u64) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open");
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, at).expect("read");
+        file.write_all_at(&[b[0] ^ 0xFF], at).expect("write");
+    }
+
+    /// Damages the record at a segment file's byte offset.
+    type Damage = fn(&Path, u64);
+
+    #[test]
+    fn a_broken_record_before_the_last_segment_is_refused_not_cut() {
+        // A bit flip inside a payload, and zeroes over a record header.
+        let damages: [(&str, Damage); 2] = [
+            ("bit flip", |seg, offset| {
+                flip_byte(seg, offset + RECORD_HEADER as u64 + 5)
+            }),
+            ("zeroed header", |seg, offset| {
+                let file = OpenOptions::new().write(true).open(seg).expect("open");
+                file.write_all_at(&[0u8; RECORD_HEADER], offset)
+                    .expect("write");
+            }),
+        ];
+        for (what, damage) in damages {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (seg, offset) = {
+                let log = open_small(dir.path(), None);
+                for i in 1..=60 {
+                    log.append(vec![entry(1, i)]).expect("append");
+                }
+                record_at(&log, 3)
+            };
+            let before = segments(dir.path());
+            assert!(
+                before > 3,
+                "the damage is in a segment that is not the last"
+            );
+            damage(&seg, offset);
+            let Err(err) = LogFiles::open(dir.path(), SMALL, None) else {
+                panic!("{what}: open cut acknowledged entries after a broken record");
+            };
+            assert!(
+                matches!(&err, StoreError::CorruptLog { path, offset: at, .. }
+                    if *path == seg && *at == offset),
+                "{what}: the error names the file and offset: {err}"
+            );
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&seg.display().to_string()) && msg.contains(&format!("byte {offset}")),
+                "{what}: the message names the file and offset: {msg}"
+            );
+            assert_eq!(
+                segments(dir.path()),
+                before,
+                "{what}: no segment was removed"
+            );
+        }
+    }
+
+    #[test]
+    fn segments_left_by_an_interrupted_truncation_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let saved: Vec<(PathBuf, Vec<u8>)> = {
+            let log = open_small(dir.path(), None);
+            for i in 1..=40 {
+                log.append(vec![entry(1, i)]).expect("append");
+            }
+            let (cut_in, _) = record_at(&log, 21);
+            let later: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir.path())
+                .expect("dir")
+                .map(|e| e.expect("entry").path())
+                .filter(|p| p.extension().is_some_and(|x| x == "seg") && *p > cut_in)
+                .map(|p| {
+                    let bytes = std::fs::read(&p).expect("read");
+                    (p, bytes)
+                })
+                .collect();
+            log.truncate(21).expect("truncate");
+            later
+        };
+        assert!(!saved.is_empty(), "entries after 21 fill later segments");
+        // As if the crash came after the marker was synced but before the removals were.
+        for (path, bytes) in &saved {
+            std::fs::write(path, bytes).expect("restore");
+        }
+        let log = open_small(dir.path(), None);
+        assert_eq!(ids(&log), expected(&[(1, 1..=20)]));
+        assert!(saved.iter().all(|(p, _)| !p.exists()), "leftovers removed");
+        log.append(entries(2, 21..=25)).expect("append");
+        drop(log);
+        let log = open_small(dir.path(), None);
+        assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=25)]));
+    }
+
+    #[test]
+    fn leftovers_of_truncated_records_before_a_later_segment_are_not_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cut_in = {
+            let log = open_small(dir.path(), None);
+            for i in 1..=40 {
+                log.append(vec![entry(1, i)]).expect("append");
+            }
+            let (cut_in, _) = record_at(&log, 21);
+            log.truncate(21).expect("truncate");
+            // A shorter entry ends inside the old one; the next does not fit and starts a
+            // new segment, so the old bytes stay before it.
+            log.append(vec![entry_sized(2, 21, 30)]).expect("append");
+            log.append(vec![entry_sized(2, 22, 3000)]).expect("append");
+            log.append(entries(2, 23..=30)).expect("append");
+            cut_in
+        };
+        let file = File::open(&cut_in).expect("open");
+        let first_of_cut = cut_in
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("segment name");
+        let scanned = scan(&file, first_of_cut).expect("scan").expect("header");
+        assert!(
+            matches!(scanned.ends, End::Broken(_)),
+            "the segment ends at leftover bytes"
+        );
+        let log = open_small(dir.path(), None);
+        assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=30)]));
     }
 }
