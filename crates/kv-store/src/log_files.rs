@@ -533,7 +533,11 @@ impl LogFiles {
         if index.positions.is_empty() {
             index.chain_before = chain_start;
         }
-        index.segments.entry(segment).or_insert(file);
+        if header.is_some() {
+            // Replaces the handle of a file the new segment was renamed over (an empty
+            // segment of the same first index): reads and truncation go to this one.
+            index.segments.insert(segment, file);
+        }
         for (entry, at, len, crc) in records {
             index.positions.push_back(Pos {
                 log_id: entry.log_id,
@@ -989,5 +993,49 @@ mod tests {
         );
         let log = open_small(dir.path(), None);
         assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=30)]));
+    }
+
+    #[test]
+    fn a_spare_renamed_over_an_open_segment_takes_its_place_for_reads_and_truncation() {
+        const LARGER: u64 = 64 * 1024;
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = open_small(dir.path(), None);
+            for i in 1..=30 {
+                log.append(vec![entry(1, i)]).expect("append");
+            }
+        }
+        // Restarted with larger segments: the small ones stay as they are.
+        let log = LogFiles::open(dir.path(), LARGER, None).expect("reopen");
+        // Too big for the last small segment: a new one, and a spare prepared behind it.
+        log.append(vec![entry_sized(1, 31, 4000)]).expect("append");
+        let small_last = lock(&log.inner.index).positions[29].segment;
+        assert!(small_last > 1, "entries 1..=30 span several small segments");
+        // The small segment becomes empty and active; the next entry does not fit in
+        // it, so the spare is renamed over its file.
+        log.truncate(small_last).expect("truncate");
+        log.append(vec![entry_sized(2, small_last, 4000)])
+            .expect("append");
+        {
+            let mut index = lock(&log.inner.index);
+            index.cache.clear();
+            index.cache_bytes = 0;
+        }
+        let read = log.entries(small_last, small_last + 1).expect("read");
+        assert_eq!(
+            read.iter()
+                .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+                .collect::<Vec<_>>(),
+            vec![(2, small_last)],
+            "the entry is read from the file now at the segment's path"
+        );
+        log.truncate(small_last).expect("truncate");
+        drop(log);
+        let log = LogFiles::open(dir.path(), LARGER, None).expect("reopen");
+        assert_eq!(
+            ids(&log),
+            expected(&[(1, 1..=small_last - 1)]),
+            "the truncation reached the file at the segment's path"
+        );
     }
 }
