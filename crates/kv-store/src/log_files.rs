@@ -20,13 +20,12 @@
 //! interrupted truncation and are removed.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::log_fs::{LogFs, SegmentFile, StdFs};
 use crate::typ::{LogEntry, LogId};
 use crate::StoreError;
 
@@ -68,7 +67,7 @@ struct Pos {
 #[derive(Default)]
 struct Index {
     positions: VecDeque<Pos>,
-    segments: BTreeMap<u64, Arc<File>>,
+    segments: BTreeMap<u64, Arc<dyn SegmentFile>>,
     /// The chain value before `positions[0]` (or before the next append if empty).
     chain_before: u32,
     /// Entries for the last `cache.len()` positions.
@@ -124,7 +123,7 @@ impl Index {
     }
 
     /// The open segment starting at `first`.
-    fn segment(&self, first: u64) -> Result<Arc<File>, StoreError> {
+    fn segment(&self, first: u64) -> Result<Arc<dyn SegmentFile>, StoreError> {
         self.segments
             .get(&first)
             .cloned()
@@ -135,13 +134,14 @@ impl Index {
     /// says whether there were any.
     fn remove_segments(
         &mut self,
+        fs: &dyn LogFs,
         dir: &Path,
         range: impl std::ops::RangeBounds<u64>,
     ) -> Result<bool, StoreError> {
         let gone: Vec<u64> = self.segments.range(range).map(|(k, _)| *k).collect();
         for &first in &gone {
             self.segments.remove(&first);
-            std::fs::remove_file(segment_path(dir, first))?;
+            fs.remove(&segment_path(dir, first))?;
         }
         Ok(!gone.is_empty())
     }
@@ -150,7 +150,7 @@ impl Index {
 /// The segment appends go to.
 struct Active {
     first: u64,
-    file: Arc<File>,
+    file: Arc<dyn SegmentFile>,
     size: u64,
     offset: u64,
 }
@@ -161,6 +161,8 @@ struct Writer {
     active: Option<Active>,
     chain: u32,
     spare: Option<JoinHandle<std::io::Result<()>>>,
+    /// Why the log takes no more changes, once one has failed.
+    poisoned: Option<String>,
 }
 
 /// The raft log entries of one node. Cloning shares them.
@@ -170,6 +172,7 @@ pub(crate) struct LogFiles {
 }
 
 struct Inner {
+    fs: Arc<dyn LogFs>,
     dir: PathBuf,
     segment_bytes: u64,
     index: Mutex<Index>,
@@ -197,20 +200,12 @@ fn chain(prev: u32, len: u32, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// Writes `size` bytes of zeroes to `path` and syncs them, so later writes into it change
 /// no file metadata (fallocate would leave unwritten extents, whose conversion on first
 /// write costs the same journal commit). `paced`: in small synced chunks with pauses, for
 /// the background, so appends' fdatasyncs never wait behind a long flush.
-fn prepare_segment(path: &Path, size: u64, paced: bool) -> std::io::Result<()> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+fn prepare_segment(fs: &dyn LogFs, path: &Path, size: u64, paced: bool) -> std::io::Result<()> {
+    let file = fs.open(path, true)?;
     let chunk = if paced { PACED_CHUNK } else { ZERO_CHUNK };
     let zeros = vec![0u8; chunk];
     let mut written = 0u64;
@@ -256,11 +251,25 @@ struct Scanned {
     size: u64,
 }
 
+/// Sequential reads of a segment file from its start.
+struct ReadFrom<'a> {
+    file: &'a dyn SegmentFile,
+    offset: u64,
+}
+
+impl Read for ReadFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads `file`'s records from the start; `None` if it has no valid header (a segment
 /// whose first write never reached the disk).
-fn scan(file: &File, first: u64) -> Result<Option<Scanned>, StoreError> {
-    let size = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1024 * 1024, file);
+fn scan(file: &dyn SegmentFile, first: u64) -> Result<Option<Scanned>, StoreError> {
+    let size = file.size()?;
+    let mut reader = BufReader::with_capacity(1024 * 1024, ReadFrom { file, offset: 0 });
     let mut header = [0u8; HEADER as usize];
     if size < HEADER {
         return Ok(None);
@@ -331,8 +340,21 @@ impl LogFiles {
         segment_bytes: u64,
         last_purged: Option<LogId>,
     ) -> Result<Self, StoreError> {
+        Self::open_on(Arc::new(StdFs), dir, segment_bytes, last_purged)
+    }
+
+    /// [`LogFiles::open`] on the file system `fs`.
+    fn open_on(
+        fs: Arc<dyn LogFs>,
+        dir: &Path,
+        segment_bytes: u64,
+        last_purged: Option<LogId>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let _ = std::fs::remove_file(spare_path(dir));
+        match fs.remove(&spare_path(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let mut names = BTreeMap::new();
         for item in std::fs::read_dir(dir)? {
             let path = item?.path();
@@ -356,17 +378,17 @@ impl LogFiles {
         let mut stale = false;
         for (i, (&first, path)) in names.iter().enumerate() {
             if stale {
-                std::fs::remove_file(path)?;
+                fs.remove(path)?;
                 continue;
             }
-            let file = OpenOptions::new().read(true).write(true).open(path)?;
+            let file = fs.open(path, false)?;
             let after_truncation = before.is_some_and(|b| b.3 == End::Truncated);
-            let Some(scanned) = scan(&file, first)? else {
+            let Some(scanned) = scan(&*file, first)? else {
                 // The newest segment, created but its first write torn (nothing in it was
                 // acknowledged), or a leftover of a truncation.
                 if i + 1 == names.len() || after_truncation {
                     stale = after_truncation;
-                    std::fs::remove_file(path)?;
+                    fs.remove(path)?;
                     continue;
                 }
                 return Err(StoreError::CorruptLog {
@@ -377,10 +399,20 @@ impl LogFiles {
             };
             if let Some((prev_path, next, chain_value, ends, end)) = before {
                 if next != first || chain_value != scanned.prev {
+                    let torn_creation = i + 1 == names.len()
+                        && next == first
+                        && scanned.records.is_empty()
+                        && scanned.ends == End::Clean;
+                    if torn_creation {
+                        // The newest segment's header write was cut short: no record was
+                        // written to it yet.
+                        fs.remove(path)?;
+                        continue;
+                    }
                     if after_truncation {
                         // Left over from a truncation interrupted before it removed them.
                         stale = true;
-                        std::fs::remove_file(path)?;
+                        fs.remove(path)?;
                         continue;
                     }
                     let why = match ends {
@@ -399,7 +431,6 @@ impl LogFiles {
             } else {
                 index.chain_before = scanned.prev;
             }
-            let file = Arc::new(file);
             let next = first + scanned.records.len() as u64;
             for (pos, entry, bytes) in scanned.records {
                 if is_purged(pos.log_id.index) {
@@ -422,17 +453,18 @@ impl LogFiles {
         // A log purged past its last entry (a snapshot installed) starts over after
         // the purge point.
         if index.positions.is_empty() {
-            index.remove_segments(dir, ..)?;
+            index.remove_segments(&*fs, dir, ..)?;
             index = Index::default();
             writer = Writer::default();
         } else {
             // Segments wholly at or before the purge point.
             let first_kept = index.positions[0].segment;
-            index.remove_segments(dir, ..first_kept)?;
+            index.remove_segments(&*fs, dir, ..first_kept)?;
         }
-        sync_dir(dir)?;
+        fs.sync_dir(dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                fs,
                 dir: dir.to_owned(),
                 segment_bytes,
                 index: Mutex::new(index),
@@ -476,12 +508,46 @@ impl LogFiles {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// Runs one change of the log under the writer lock. After a failed one the log takes
+    /// no more: what a failed write or fsync left on disk is unknown, and a retried fsync
+    /// can succeed without the pages the failed one lost (PostgreSQL's "fsyncgate").
+    fn change<T>(
+        &self,
+        op: impl FnOnce(&mut Writer) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut w = lock(&self.inner.writer);
+        if let Some(cause) = &w.poisoned {
+            return Err(StoreError::LogPoisoned(cause.clone()));
+        }
+        let result = op(&mut w);
+        if let Err(e) = &result {
+            w.poisoned = Some(e.to_string());
+        }
+        result
+    }
+
+    /// An I/O error on the segment starting at `first`, naming its file.
+    fn io_error(&self, first: u64) -> impl Fn(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::LogIo {
+            path: segment_path(&self.inner.dir, first),
+            source,
+        }
+    }
+
     /// Appends `entries` after the last one and makes them durable.
     pub(crate) fn append(&self, entries: Vec<LogEntry>) -> Result<(), StoreError> {
         let Some(first_new) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
-        let mut w = lock(&self.inner.writer);
+        self.change(|w| self.append_locked(w, first_new, entries))
+    }
+
+    fn append_locked(
+        &self,
+        w: &mut Writer,
+        first_new: u64,
+        entries: Vec<LogEntry>,
+    ) -> Result<(), StoreError> {
         let mut buf = Vec::with_capacity(entries.len() * 256);
         let mut records = Vec::with_capacity(entries.len());
         let chain_start = w.chain;
@@ -500,14 +566,11 @@ impl LogFiles {
             .active
             .as_ref()
             .is_some_and(|a| a.offset + buf.len() as u64 <= a.size);
-        let mut header = None;
         if !fits {
             let size = self.inner.segment_bytes.max(HEADER + buf.len() as u64);
-            let file = self.new_segment(&mut w, first_new, size)?;
-            let mut h = [0u8; HEADER as usize];
-            h[..8].copy_from_slice(MAGIC);
-            h[8..12].copy_from_slice(&w.chain.to_le_bytes());
-            header = Some(h);
+            let file = self
+                .new_segment(w, first_new, size)
+                .map_err(self.io_error(first_new))?;
             w.active = Some(Active {
                 first: first_new,
                 file,
@@ -519,12 +582,13 @@ impl LogFiles {
             .active
             .as_mut()
             .expect("an active segment was just ensured");
-        if let Some(h) = header {
-            active.file.write_all_at(&h, 0)?;
-        }
-        active.file.write_all_at(&buf, active.offset)?;
-        // The one sync that makes the entries (and a new segment's header) durable.
-        active.file.sync_data()?;
+        let io_error = self.io_error(active.first);
+        active
+            .file
+            .write_all_at(&buf, active.offset)
+            .map_err(&io_error)?;
+        // The one sync that makes the entries durable.
+        active.file.sync_data().map_err(&io_error)?;
         let (segment, base, file) = (active.first, active.offset, active.file.clone());
         active.offset += buf.len() as u64;
         w.chain = crc;
@@ -533,7 +597,7 @@ impl LogFiles {
         if index.positions.is_empty() {
             index.chain_before = chain_start;
         }
-        if header.is_some() {
+        if !fits {
             // Replaces the handle of a file the new segment was renamed over (an empty
             // segment of the same first index): reads and truncation go to this one.
             index.segments.insert(segment, file);
@@ -552,9 +616,15 @@ impl LogFiles {
     }
 
     /// Creates the segment starting at `first` from the prepared spare when there is one
-    /// (then prepares the next in the background), else by preparing it now.
-    fn new_segment(&self, w: &mut Writer, first: u64, size: u64) -> Result<Arc<File>, StoreError> {
-        let dir = &self.inner.dir;
+    /// (then prepares the next in the background), else by preparing it now, and writes
+    /// its header with the current chain value.
+    fn new_segment(
+        &self,
+        w: &mut Writer,
+        first: u64,
+        size: u64,
+    ) -> std::io::Result<Arc<dyn SegmentFile>> {
+        let (fs, dir) = (&self.inner.fs, &self.inner.dir);
         let path = segment_path(dir, first);
         let spare_ready = match w.spare.take() {
             Some(handle) if size == self.inner.segment_bytes => {
@@ -567,87 +637,103 @@ impl LogFiles {
             None => false,
         };
         if spare_ready {
-            std::fs::rename(spare_path(dir), &path)?;
+            fs.rename(&spare_path(dir), &path)?;
         } else {
-            prepare_segment(&path, size, false)?;
+            prepare_segment(&**fs, &path, size, false)?;
         }
+        let file = fs.open(&path, false)?;
+        let mut header = [0u8; HEADER as usize];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&w.chain.to_le_bytes());
+        file.write_all_at(&header, 0)?;
+        // Synced before any record is written, so a header that does not continue the
+        // chain is damage, or (in an empty newest segment) a creation cut short.
+        file.sync_data()?;
         // The new name must survive a crash before entries in it are acknowledged.
-        sync_dir(dir)?;
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let (spare, bytes) = (spare_path(dir), self.inner.segment_bytes);
+        fs.sync_dir(dir)?;
+        let (fs, spare, bytes) = (fs.clone(), spare_path(dir), self.inner.segment_bytes);
         w.spare = Some(std::thread::spawn(move || {
-            prepare_segment(&spare, bytes, true)
+            prepare_segment(&*fs, &spare, bytes, true)
         }));
-        Ok(Arc::new(file))
+        Ok(file)
     }
 
-    /// Removes entries from `index` on, durably: the record there is overwritten with
-    /// [`TRUNCATED`] so a restart stops before it, and later segments are removed.
+    /// Removes entries from `index` on, durably: later segments are removed, and the
+    /// record there is overwritten with [`TRUNCATED`] so a restart stops before it.
     pub(crate) fn truncate(&self, index_from: u64) -> Result<(), StoreError> {
-        let mut w = lock(&self.inner.writer);
-        let mut index = lock(&self.inner.index);
-        let Some(slot) = index.slot(index_from) else {
-            return Ok(());
-        };
-        let pos = index.positions[slot];
-        let chain_before = match slot {
-            0 => index.chain_before,
-            s => index.positions[s - 1].crc,
-        };
-        let file = index.segment(pos.segment)?;
-        file.write_all_at(&TRUNCATED, pos.offset)?;
-        file.sync_data()?;
-        index.cut(slot);
-        if index.remove_segments(&self.inner.dir, pos.segment + 1..)? {
-            // Once appends overwrite the marker, a removed segment that came back would
-            // look like entries lost before it: the removals must be durable first.
-            sync_dir(&self.inner.dir)?;
-        }
-        let size = file.metadata()?.len();
-        w.active = Some(Active {
-            first: pos.segment,
-            file,
-            size,
-            offset: pos.offset,
-        });
-        w.chain = chain_before;
-        Ok(())
+        self.change(|w| {
+            let mut index = lock(&self.inner.index);
+            let Some(slot) = index.slot(index_from) else {
+                return Ok(());
+            };
+            let pos = index.positions[slot];
+            let chain_before = match slot {
+                0 => index.chain_before,
+                s => index.positions[s - 1].crc,
+            };
+            let file = index.segment(pos.segment)?;
+            let io_error = self.io_error(pos.segment);
+            index.cut(slot);
+            let (fs, dir) = (&*self.inner.fs, &self.inner.dir);
+            // Later segments go first, durably: a crash then leaves a shorter prefix of
+            // the log (entries being truncated are uncommitted), never a segment that
+            // ends early (a torn marker) with later ones after it.
+            if index.remove_segments(fs, dir, pos.segment + 1..)? {
+                fs.sync_dir(dir)?;
+            }
+            file.write_all_at(&TRUNCATED, pos.offset)
+                .map_err(&io_error)?;
+            file.sync_data().map_err(&io_error)?;
+            let size = file.size().map_err(&io_error)?;
+            w.active = Some(Active {
+                first: pos.segment,
+                file,
+                size,
+                offset: pos.offset,
+            });
+            w.chain = chain_before;
+            Ok(())
+        })
     }
 
     /// Forgets entries up to and including `upto` and removes segments holding only such
     /// entries. The caller has made the purge point durable first.
     pub(crate) fn purge(&self, upto: u64) -> Result<(), StoreError> {
-        let mut w = lock(&self.inner.writer);
-        let mut index = lock(&self.inner.index);
-        let removed = match index.first_index() {
-            Some(first) if upto >= first => {
-                ((upto - first + 1) as usize).min(index.positions.len())
+        self.change(|w| {
+            let mut index = lock(&self.inner.index);
+            let removed = match index.first_index() {
+                Some(first) if upto >= first => {
+                    ((upto - first + 1) as usize).min(index.positions.len())
+                }
+                Some(_) => return Ok(()),
+                None => 0,
+            };
+            if removed > 0 {
+                index.chain_before = index.positions[removed - 1].crc;
+                index.forget(removed);
             }
-            Some(_) => return Ok(()),
-            None => 0,
-        };
-        if removed > 0 {
-            index.chain_before = index.positions[removed - 1].crc;
-            index.forget(removed);
-        }
-        if index.positions.is_empty() {
-            // Purged up to or past the last entry (a snapshot was installed): the next
-            // entry may not follow the last one, so it starts a segment of its own.
-            w.active = None;
-        }
-        // Keep the segment of the next entry; with none left, keep none.
-        let keep_from = index.positions.front().map_or(u64::MAX, |p| p.segment);
-        index.remove_segments(&self.inner.dir, ..keep_from)?;
-        Ok(())
+            if index.positions.is_empty() {
+                // Purged up to or past the last entry (a snapshot was installed): the next
+                // entry may not follow the last one, so it starts a segment of its own.
+                w.active = None;
+            }
+            // Keep the segment of the next entry; with none left, keep none.
+            let keep_from = index.positions.front().map_or(u64::MAX, |p| p.segment);
+            index.remove_segments(&*self.inner.fs, &self.inner.dir, ..keep_from)?;
+            Ok(())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::{File, OpenOptions};
+
     use kv_core::{Command, Precondition, Request, Ttl};
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::log_fs::fault::{Fault, FaultFs, Op};
 
     /// Small segments, so a few entries span several files.
     const SMALL: u64 = 2048;
@@ -1037,5 +1123,234 @@ mod tests {
             expected(&[(1, 1..=small_last - 1)]),
             "the truncation reached the file at the segment's path"
         );
+    }
+
+    fn open_faulty(dir: &Path) -> (LogFiles, FaultFs) {
+        let fs = FaultFs::default();
+        let log = LogFiles::open_on(Arc::new(fs.clone()), dir, SMALL, None).expect("open");
+        (log, fs)
+    }
+
+    /// Drops the cached entries, so reads come from the files.
+    fn uncache(log: &LogFiles) {
+        let mut index = lock(&log.inner.index);
+        index.cache.clear();
+        index.cache_bytes = 0;
+    }
+
+    /// Whether `got` is `1..=n` of term 1 with `n` in `at_least..=at_most`.
+    fn is_prefix(got: &[(u64, u64)], at_least: u64, at_most: u64) -> bool {
+        let n = got.len() as u64;
+        (at_least..=at_most).contains(&n) && got == expected(&[(1, 1..=n)])
+    }
+
+    #[test]
+    fn a_failed_fsync_poisons_the_log_and_its_entries_never_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, fs) = open_faulty(dir.path());
+        log.append(entries(1, 1..=3)).expect("append");
+        fs.inject(Op::Sync, 1, Fault::Eio);
+        let err = log.append(entries(1, 4..=5)).expect_err("its fsync failed");
+        assert!(fs.fired(), "the append's fsync was the one that failed");
+        assert!(
+            matches!(&err, StoreError::LogIo { source, .. } if source.raw_os_error() == Some(5)),
+            "{err}"
+        );
+        assert_eq!(log.last_log_id().map(|l| l.index), Some(3));
+        assert_eq!(
+            ids(&log),
+            expected(&[(1, 1..=3)]),
+            "failed entries are not read"
+        );
+        // The fault was one-shot: a retried fsync would succeed now, without the pages
+        // the failed one may have dropped. The log must not retry and carry on.
+        for retry in [entries(1, 4..=5), entries(1, 4..=4)] {
+            let err = log
+                .append(retry)
+                .expect_err("a poisoned log takes no appends");
+            assert!(matches!(err, StoreError::LogPoisoned(_)), "{err}");
+        }
+        assert!(matches!(log.truncate(2), Err(StoreError::LogPoisoned(_))));
+        assert!(matches!(log.purge(1), Err(StoreError::LogPoisoned(_))));
+        uncache(&log);
+        assert_eq!(ids(&log), expected(&[(1, 1..=3)]), "reads still work");
+        drop(log);
+        let log = open_small(dir.path(), None);
+        assert!(is_prefix(&ids(&log), 3, 5), "{:?}", ids(&log));
+    }
+
+    #[test]
+    fn a_short_write_fails_the_append_and_leaves_only_whole_records() {
+        for new_segment in [false, true] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (log, fs) = open_faulty(dir.path());
+            log.append(entries(1, 1..=3)).expect("append");
+            // Three records, or enough to need a new segment.
+            let batch = if new_segment { 4..=30 } else { 4..=6 };
+            let last_tried = *batch.end();
+            fs.inject(Op::Write, 1, Fault::Short);
+            let err = log.append(entries(1, batch)).expect_err("short write");
+            assert!(fs.fired());
+            assert!(
+                matches!(&err, StoreError::LogIo { source, .. }
+                    if source.kind() == std::io::ErrorKind::StorageFull),
+                "{err}"
+            );
+            assert_eq!(ids(&log), expected(&[(1, 1..=3)]), "nothing half-visible");
+            assert!(matches!(
+                log.append(entries(1, 4..=4)),
+                Err(StoreError::LogPoisoned(_))
+            ));
+            drop(log);
+            let log = open_small(dir.path(), None);
+            let got = ids(&log);
+            assert!(is_prefix(&got, 3, last_tried), "{got:?}");
+            // Whatever whole records were found, the log goes on after them.
+            let next = got.len() as u64 + 1;
+            log.append(entries(1, next..=next + 1)).expect("append");
+            drop(log);
+            let log = open_small(dir.path(), None);
+            assert!(is_prefix(&ids(&log), next + 1, next + 1));
+        }
+    }
+
+    #[test]
+    fn no_space_fails_the_append_clearly_and_reads_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = open_small(dir.path(), None);
+            log.append(entries(1, 1..=10)).expect("append");
+        }
+        let (log, fs) = open_faulty(dir.path());
+        fs.inject(Op::Write, 1, Fault::NoSpace);
+        // Larger than a segment: prepared on the spot, where the disk is found full.
+        let err = log
+            .append(vec![entry_sized(1, 11, 3000)])
+            .expect_err("disk full");
+        let seg = segment_path(dir.path(), 11);
+        assert!(
+            matches!(&err, StoreError::LogIo { path, source }
+                if *path == seg && source.kind() == std::io::ErrorKind::StorageFull),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&seg.display().to_string()) && msg.contains("No space left"),
+            "{msg}"
+        );
+        uncache(&log);
+        assert_eq!(ids(&log), expected(&[(1, 1..=10)]), "reads still work");
+        assert_eq!(log.last_log_id().map(|l| l.index), Some(10));
+    }
+
+    /// For k = 1, 2, …: a fresh log built by `setup`, a crash planned at the kth file
+    /// operation of `run`, then the log reopened from its files and handed to `check`
+    /// with what `run` returned; until `run` finishes before its kth operation. Returns
+    /// how many crash points were tried.
+    fn crash_at_each_point<T>(
+        last_purged: Option<LogId>,
+        setup: impl Fn(&LogFiles),
+        run: impl Fn(&LogFiles) -> T,
+        check: impl Fn(&Path, LogFiles, T),
+    ) -> u64 {
+        for k in 1.. {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (log, fs) = open_faulty(dir.path());
+            setup(&log);
+            fs.inject(Op::Any, k, Fault::Crash);
+            let out = run(&log);
+            let crashed = fs.fired();
+            drop(log);
+            if !crashed {
+                return k - 1;
+            }
+            let log = open_small(dir.path(), last_purged);
+            check(dir.path(), log, out);
+        }
+        unreachable!("the loop returns")
+    }
+
+    #[test]
+    fn a_crash_anywhere_in_appends_keeps_exactly_a_prefix_with_every_acknowledged_entry() {
+        let points = crash_at_each_point(
+            None,
+            |log| {
+                for i in 1..=10 {
+                    log.append(vec![entry(1, i)]).expect("append");
+                }
+            },
+            |log| {
+                // Appends within a segment, across into a new one, and of a single entry.
+                let mut acked = 10;
+                for (from, to) in [(11, 12), (13, 30), (31, 31), (32, 40)] {
+                    if log.append(entries(1, from..=to)).is_err() {
+                        break;
+                    }
+                    acked = to;
+                }
+                acked
+            },
+            |dir, log, acked| {
+                let got = ids(&log);
+                assert!(is_prefix(&got, acked, 40), "acked {acked}, found {got:?}");
+                let next = got.len() as u64 + 1;
+                log.append(entries(1, next..=next + 2)).expect("append");
+                drop(log);
+                let log = open_small(dir, None);
+                assert!(is_prefix(&ids(&log), next + 2, next + 2));
+            },
+        );
+        assert!(points > 10, "every operation of the appends: {points}");
+    }
+
+    #[test]
+    fn a_crash_anywhere_in_truncate_keeps_every_entry_before_the_cut() {
+        let points = crash_at_each_point(
+            None,
+            |log| {
+                for i in 1..=40 {
+                    log.append(vec![entry(1, i)]).expect("append");
+                }
+            },
+            |log| log.truncate(21).is_ok(),
+            |dir, log, done| {
+                // Unfinished, it may have removed some of the (uncommitted) entries.
+                let got = ids(&log);
+                let most = if done { 20 } else { 40 };
+                assert!(
+                    is_prefix(&got, 20, most),
+                    "truncation done: {done}, found {got:?}"
+                );
+                if got.len() > 20 {
+                    log.truncate(21).expect("truncate");
+                }
+                log.append(entries(2, 21..=25)).expect("append");
+                drop(log);
+                let log = open_small(dir, None);
+                assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=25)]));
+            },
+        );
+        assert!(points >= 3, "marker, sync and removals: {points}");
+    }
+
+    #[test]
+    fn a_crash_anywhere_in_purge_keeps_every_entry_after_the_purge_point() {
+        let points = crash_at_each_point(
+            purged(40),
+            |log| {
+                for i in 1..=60 {
+                    log.append(vec![entry(1, i)]).expect("append");
+                }
+            },
+            |log| log.purge(40).is_ok(),
+            |dir, log, _| {
+                assert_eq!(ids(&log), expected(&[(1, 41..=60)]));
+                log.append(entries(1, 61..=62)).expect("append");
+                drop(log);
+                let log = open_small(dir, purged(40));
+                assert_eq!(ids(&log), expected(&[(1, 41..=62)]));
+            },
+        );
+        assert!(points >= 2, "segment removals: {points}");
     }
 }
