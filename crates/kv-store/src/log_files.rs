@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -160,7 +161,7 @@ struct Active {
 struct Writer {
     active: Option<Active>,
     chain: u32,
-    spare: Option<JoinHandle<std::io::Result<()>>>,
+    spare: Option<Spare>,
     /// Why the log takes no more changes, once one has failed.
     poisoned: Option<String>,
 }
@@ -202,14 +203,21 @@ fn chain(prev: u32, len: u32, payload: &[u8]) -> u32 {
 
 /// Writes `size` bytes of zeroes to `path` and syncs them, so later writes into it change
 /// no file metadata (fallocate would leave unwritten extents, whose conversion on first
-/// write costs the same journal commit). `paced`: in small synced chunks with pauses, for
-/// the background, so appends' fdatasyncs never wait behind a long flush.
-fn prepare_segment(fs: &dyn LogFs, path: &Path, size: u64, paced: bool) -> std::io::Result<()> {
+/// write costs the same journal commit). Paced while `hurry` is given and unset: in small
+/// synced chunks with pauses, for the background, so appends' fdatasyncs never wait
+/// behind a long flush; at full speed once an append waits for it.
+fn prepare_segment(
+    fs: &dyn LogFs,
+    path: &Path,
+    size: u64,
+    hurry: Option<&AtomicBool>,
+) -> std::io::Result<()> {
     let file = fs.open(path, true)?;
-    let chunk = if paced { PACED_CHUNK } else { ZERO_CHUNK };
-    let zeros = vec![0u8; chunk];
+    let zeros = vec![0u8; ZERO_CHUNK];
     let mut written = 0u64;
     while written < size {
+        let paced = hurry.is_some_and(|h| !h.load(Ordering::Relaxed));
+        let chunk = if paced { PACED_CHUNK } else { ZERO_CHUNK };
         let n = (size - written).min(chunk as u64) as usize;
         file.write_all_at(&zeros[..n], written)?;
         written += n as u64;
@@ -219,6 +227,22 @@ fn prepare_segment(fs: &dyn LogFs, path: &Path, size: u64, paced: bool) -> std::
         }
     }
     file.sync_all()
+}
+
+/// The next segment, being prepared in the background.
+struct Spare {
+    done: JoinHandle<std::io::Result<()>>,
+    /// Set when an append waits for it: from then on pacing only stalls the append
+    /// (a 32 MiB segment takes over half a second paced).
+    hurry: Arc<AtomicBool>,
+}
+
+impl Spare {
+    /// Waits for the preparation, unpaced from now on; whether it succeeded.
+    fn finish(self) -> bool {
+        self.hurry.store(true, Ordering::Relaxed);
+        matches!(self.done.join(), Ok(Ok(())))
+    }
 }
 
 fn corrupt(what: String) -> StoreError {
@@ -626,20 +650,16 @@ impl LogFiles {
     ) -> std::io::Result<Arc<dyn SegmentFile>> {
         let (fs, dir) = (&self.inner.fs, &self.inner.dir);
         let path = segment_path(dir, first);
-        let spare_ready = match w.spare.take() {
-            Some(handle) if size == self.inner.segment_bytes => {
-                matches!(handle.join(), Ok(Ok(())))
-            }
-            Some(handle) => {
-                let _ = handle.join();
-                false
-            }
-            None => false,
-        };
+        // A spare of another size is finished only so that two preparations never
+        // write the same file.
+        let spare_ready = w
+            .spare
+            .take()
+            .is_some_and(|spare| spare.finish() && size == self.inner.segment_bytes);
         if spare_ready {
             fs.rename(&spare_path(dir), &path)?;
         } else {
-            prepare_segment(&**fs, &path, size, false)?;
+            prepare_segment(&**fs, &path, size, None)?;
         }
         let file = fs.open(&path, false)?;
         let mut header = [0u8; HEADER as usize];
@@ -652,9 +672,10 @@ impl LogFiles {
         // The new name must survive a crash before entries in it are acknowledged.
         fs.sync_dir(dir)?;
         let (fs, spare, bytes) = (fs.clone(), spare_path(dir), self.inner.segment_bytes);
-        w.spare = Some(std::thread::spawn(move || {
-            prepare_segment(&*fs, &spare, bytes, true)
-        }));
+        let hurry = Arc::new(AtomicBool::new(false));
+        let flag = hurry.clone();
+        let done = std::thread::spawn(move || prepare_segment(&*fs, &spare, bytes, Some(&flag)));
+        w.spare = Some(Spare { done, hurry });
         Ok(file)
     }
 
@@ -1352,5 +1373,22 @@ mod tests {
             },
         );
         assert!(points >= 2, "segment removals: {points}");
+    }
+
+    #[test]
+    fn a_preparation_an_append_waits_for_is_no_longer_paced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("prepared.seg");
+        let fs = FaultFs::default();
+        let size = 2 * PACED_CHUNK as u64;
+        // Paced, every chunk is synced: the second sync comes before the end.
+        fs.inject(Op::Sync, 2, Fault::Eio);
+        let paced = prepare_segment(&fs, &path, size, Some(&AtomicBool::new(false)));
+        assert!(paced.is_err() && fs.fired(), "a sync per paced chunk");
+        // Hurried, the only sync is the last one.
+        fs.inject(Op::Sync, 2, Fault::Eio);
+        prepare_segment(&fs, &path, size, Some(&AtomicBool::new(true))).expect("prepare");
+        assert!(!fs.fired(), "no sync before the last");
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), size);
     }
 }
