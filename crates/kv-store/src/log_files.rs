@@ -275,6 +275,17 @@ struct Scanned {
     size: u64,
 }
 
+/// At open, the segment before the one being read.
+struct Before<'a> {
+    path: &'a Path,
+    /// The index and chain value its continuation starts with.
+    next: u64,
+    chain: u32,
+    /// How and where its records ended.
+    ends: End,
+    end: u64,
+}
+
 /// Sequential reads of a segment file from its start.
 struct ReadFrom<'a> {
     file: &'a dyn SegmentFile,
@@ -396,9 +407,7 @@ impl LogFiles {
         let is_purged = |index: u64| last_purged.is_some_and(|l| index <= l.index);
         let mut index = Index::default();
         let mut writer = Writer::default();
-        // The segment before the current one: its path, the index and chain value a
-        // continuation starts with, and how and where its records ended.
-        let mut before: Option<(&Path, u64, u32, End, u64)> = None;
+        let mut before: Option<Before> = None;
         let mut stale = false;
         for (i, (&first, path)) in names.iter().enumerate() {
             if stale {
@@ -406,7 +415,7 @@ impl LogFiles {
                 continue;
             }
             let file = fs.open(path, false)?;
-            let after_truncation = before.is_some_and(|b| b.3 == End::Truncated);
+            let after_truncation = before.as_ref().is_some_and(|b| b.ends == End::Truncated);
             let Some(scanned) = scan(&*file, first)? else {
                 // The newest segment, created but its first write torn (nothing in it was
                 // acknowledged), or a leftover of a truncation.
@@ -421,10 +430,10 @@ impl LogFiles {
                     what: "no segment header, and later segments follow".into(),
                 });
             };
-            if let Some((prev_path, next, chain_value, ends, end)) = before {
-                if next != first || chain_value != scanned.prev {
+            if let Some(b) = &before {
+                if b.next != first || b.chain != scanned.prev {
                     let torn_creation = i + 1 == names.len()
-                        && next == first
+                        && b.next == first
                         && scanned.records.is_empty()
                         && scanned.ends == End::Clean;
                     if torn_creation {
@@ -439,18 +448,24 @@ impl LogFiles {
                         fs.remove(path)?;
                         continue;
                     }
-                    let why = match ends {
-                        End::Broken(why) => why,
-                        _ => "records end early",
-                    };
-                    return Err(StoreError::CorruptLog {
-                        path: prev_path.to_owned(),
-                        offset: end,
-                        what: format!(
-                            "{why}, and the next segment {} starts after entries lost here",
-                            path.display()
-                        ),
-                    });
+                    if !(index.positions.is_empty() && first.checked_sub(1).is_some_and(is_purged))
+                    {
+                        let why = match b.ends {
+                            End::Broken(why) => why,
+                            _ => "records end early",
+                        };
+                        return Err(StoreError::CorruptLog {
+                            path: b.path.to_owned(),
+                            offset: b.end,
+                            what: format!(
+                                "{why}, and the next segment {} starts after entries lost here",
+                                path.display()
+                            ),
+                        });
+                    }
+                    // Everything before this segment is purged: the damage loses nothing,
+                    // and the log starts here.
+                    index.chain_before = scanned.prev;
                 }
             } else {
                 index.chain_before = scanned.prev;
@@ -464,7 +479,13 @@ impl LogFiles {
                 index.positions.push_back(pos);
                 index.cache_entry(entry, bytes);
             }
-            before = Some((path, next, scanned.chain, scanned.ends, scanned.end));
+            before = Some(Before {
+                path,
+                next,
+                chain: scanned.chain,
+                ends: scanned.ends,
+                end: scanned.end,
+            });
             writer.chain = scanned.chain;
             writer.active = Some(Active {
                 first,
@@ -1390,5 +1411,33 @@ mod tests {
         prepare_segment(&fs, &path, size, Some(&AtomicBool::new(true))).expect("prepare");
         assert!(!fs.fired(), "no sync before the last");
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), size);
+    }
+
+    #[test]
+    fn damage_in_a_purged_segment_not_yet_removed_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (seg, offset, second) = {
+            let log = open_small(dir.path(), None);
+            for i in 1..=60 {
+                log.append(vec![entry(1, i)]).expect("append");
+            }
+            let (seg, offset) = record_at(&log, 3);
+            let second = lock(&log.inner.index)
+                .positions
+                .iter()
+                .find(|p| p.segment != 1)
+                .expect("a second segment")
+                .segment;
+            (seg, offset, second)
+        };
+        flip_byte(&seg, offset + RECORD_HEADER as u64 + 5);
+        // Entries before the second segment are purged, its file not yet removed.
+        let log = open_small(dir.path(), purged(second - 1));
+        assert_eq!(ids(&log), expected(&[(1, second..=60)]));
+        assert!(!seg.exists(), "the purged segment is removed");
+        log.append(entries(1, 61..=62)).expect("append");
+        drop(log);
+        let log = open_small(dir.path(), purged(second - 1));
+        assert_eq!(ids(&log), expected(&[(1, second..=62)]));
     }
 }
