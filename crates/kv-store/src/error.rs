@@ -16,6 +16,23 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Damage in the raft log that open must not cut away: acknowledged entries follow it.
+    #[error("corrupt raft log: {} at byte {offset}: {what}", path.display())]
+    CorruptLog {
+        path: std::path::PathBuf,
+        offset: u64,
+        what: String,
+    },
+    /// A raft log file operation failed; names the file.
+    #[error("raft log file {}: {source}", path.display())]
+    LogIo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An earlier change of the raft log failed, so it takes no more (see `log_files`).
+    #[error("raft log takes no more writes after an earlier failure: {0}")]
+    LogPoisoned(String),
     #[error("a blocking storage task failed: {0}")]
     Task(String),
 }

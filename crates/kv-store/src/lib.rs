@@ -22,6 +22,7 @@ mod db;
 mod entry_cache;
 mod error;
 mod log_files;
+mod log_fs;
 mod log_store;
 mod snapshot;
 mod state_machine;
