@@ -36,6 +36,9 @@ pub struct Tuning {
     /// address-based firewall rules can tell nodes apart (the nodes bind their outgoing
     /// connections to it). Otherwise every node listens on 127.0.0.1.
     pub own_addresses: bool,
+    /// Put every node's data directory on one tmpfs of this many MiB (needs root), so a
+    /// test can fill the disk for real. Unmounted when the cluster is dropped.
+    pub disk_mib: Option<u64>,
 }
 
 /// One node process.
@@ -54,7 +57,27 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     pub http: reqwest::Client,
     dir: Option<tempfile::TempDir>,
+    /// The tmpfs holding the data directories, if [`Tuning::disk_mib`] asked for one.
+    disk: Option<PathBuf>,
     passed: bool,
+}
+
+/// Mounts a tmpfs of `mib` MiB at `at` (created), for a disk a test can fill.
+fn mount_tmpfs(at: &Path, mib: u64) -> Result<PathBuf> {
+    std::fs::create_dir_all(at)?;
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!("size={mib}m"))
+        .arg("tmpfs")
+        .arg(at)
+        .status()
+        .context("running mount (a disk of its own needs root)")?;
+    ensure!(
+        status.success(),
+        "mounting a tmpfs at {}: {status}",
+        at.display()
+    );
+    Ok(at.to_owned())
 }
 
 /// The kv-server binary: `KV_SERVER_BIN`, or beside the test executable's folder.
@@ -127,6 +150,11 @@ impl TestCluster {
             })
             .collect();
         let addrs = free_addrs(&ips)?;
+        let disk = match tuning.disk_mib {
+            Some(mib) => Some(mount_tmpfs(&dir.path().join("disk"), mib)?),
+            None => None,
+        };
+        let data_root = disk.clone().unwrap_or_else(|| dir.path().to_owned());
         let mut members = String::from("members = [\n");
         for i in 0..n {
             writeln!(
@@ -142,7 +170,7 @@ impl TestCluster {
         for i in 0..n {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("node{id}.toml"));
-            let data = dir.path().join(format!("node{id}"));
+            let data = data_root.join(format!("node{id}"));
             let own: Vec<&str> = tuning
                 .node_lines
                 .iter()
@@ -181,6 +209,7 @@ impl TestCluster {
             nodes,
             http,
             dir: Some(dir),
+            disk,
             passed: false,
         };
         for id in 1..=n as u64 {
@@ -358,7 +387,43 @@ impl TestCluster {
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> Result<PathBuf> {
         let dir = self.dir().context("the cluster's folder is gone")?;
-        Ok(dir.join(format!("node{id}")))
+        Ok(self
+            .disk
+            .as_deref()
+            .unwrap_or(dir)
+            .join(format!("node{id}")))
+    }
+
+    /// Fills the cluster's tmpfs with a file until only `free_mib` MiB stay free.
+    pub fn fill_disk(&self, free_mib: u64) -> Result<()> {
+        let disk = self
+            .disk
+            .as_ref()
+            .context("the cluster has no disk of its own")?;
+        let stat = rustix::fs::statvfs(disk)?;
+        let free = stat.f_bavail * stat.f_frsize;
+        let fill = free.saturating_sub(free_mib << 20);
+        let filler = std::fs::File::create(disk.join("filler"))?;
+        // Written, not just sized: tmpfs counts only pages that hold data.
+        let chunk = vec![0x55u8; 1 << 20];
+        let mut w = std::io::BufWriter::new(filler);
+        let mut left = fill;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut w, &chunk[..n])?;
+            left -= n as u64;
+        }
+        std::io::Write::flush(&mut w)?;
+        Ok(())
+    }
+
+    /// Removes what [`Self::fill_disk`] wrote.
+    pub fn free_disk(&self) -> Result<()> {
+        let disk = self
+            .disk
+            .as_ref()
+            .context("the cluster has no disk of its own")?;
+        Ok(std::fs::remove_file(disk.join("filler"))?)
     }
 
     /// What node `id` has logged so far.
@@ -507,6 +572,9 @@ impl Drop for TestCluster {
     fn drop(&mut self) {
         for id in self.live() {
             self.kill(id);
+        }
+        if let Some(disk) = self.disk.take() {
+            let _ = Command::new("umount").arg(&disk).status();
         }
         if !self.passed || std::thread::panicking() {
             if let Some(dir) = self.dir.take() {

@@ -382,6 +382,60 @@ async fn a_node_on_another_clusters_data_is_refused() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_full_disk_refuses_growth_with_507_while_reads_and_deletes_work() -> Result<()> {
+    let tuning = Tuning {
+        disk_mib: Some(512),
+        limits: vec!["min_free_disk_mib = 24".into()],
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let follower = c.other_than(leader);
+    let written = write_keys(&c, leader, "d/", 10).await?;
+    c.fill_disk(16)?;
+
+    // Below the reserve: growth is refused with a clear error, on the leader and through
+    // a follower (the guard measures free space at most every 100 ms).
+    c.poll("writes to be refused for lack of disk", || async {
+        let (status, body) = c.put_json(leader, "/v1/kv/d/new", "1").await?;
+        Ok(status == 507 && body["error"]["code"] == "insufficient_storage")
+    })
+    .await?;
+    let (status, body) = c.put_json(follower, "/v1/kv/d/other", "2").await?;
+    ensure!(
+        status == 507 && body["error"]["code"] == "insufficient_storage",
+        "through a follower: {status} {body}"
+    );
+    // Reads and deletes go on.
+    for id in [leader, follower] {
+        let (status, body) = c.get_json(id, "/v1/kv/d/0000").await?;
+        ensure!(
+            status == 200 && body["value"] == written["d/0000"],
+            "{status} {body}"
+        );
+    }
+    let (status, body) = c.delete(leader, "/v1/kv/d/0001").await?;
+    ensure!(status == 200, "delete on a full disk: {status} {body}");
+    let (status, body) = c.delete(leader, "/v1/kv?prefix=d/000").await?;
+    ensure!(
+        status == 200,
+        "prefix delete on a full disk: {status} {body}"
+    );
+
+    // Space freed: writes resume without an operator.
+    c.free_disk()?;
+    c.poll("writes to resume once space is free", || async {
+        let (status, _) = c.put_json(leader, "/v1/kv/d/new", "1").await?;
+        Ok(status == 200)
+    })
+    .await?;
+    let (status, body) = c.get_json(follower, "/v1/kv/d/new").await?;
+    ensure!(status == 200 && body["value"] == 1, "{status} {body}");
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
     let c = TestCluster::start(3).await?;
     let leader = c.leader().await?;

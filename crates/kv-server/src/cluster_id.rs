@@ -5,15 +5,19 @@
 //! listener's, so two nodes that both know an id talk only if the ids are equal: a node
 //! started on the data directory of another cluster (a reused directory or address) is
 //! refused by every member, and refuses them, with a reason that says so (etcd checks its
-//! cluster ID the same way). A node without an id (a fresh data directory) adopts the
-//! first one a peer presents. Bootstrap a new cluster on fresh data directories only: a
-//! fresh node cannot tell a stale node of an old cluster from a member of the new one.
+//! cluster ID the same way). A node whose raft is not initialized yet (a fresh data
+//! directory) adopts the first id a peer presents; an initialized node never adopts one,
+//! so a stray node cannot hand its id to a cluster that has none (one bootstrapped before
+//! cluster ids existed: its nodes check nothing). Bootstrap a new cluster on fresh data
+//! directories only: a fresh node cannot tell a stale node of an old cluster from a
+//! member of the new one.
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Longest id accepted from a peer.
@@ -24,6 +28,10 @@ const MAX_LEN: usize = 64;
 pub struct ClusterId {
     path: PathBuf,
     current: Arc<Mutex<Option<String>>>,
+    /// Whether a peer's id may still be adopted: only while raft is not initialized.
+    may_adopt: Arc<AtomicBool>,
+    /// Whether this process adopted its id from a peer (then the cluster exists).
+    adopted: Arc<AtomicBool>,
 }
 
 /// What a peer's id means for a connection.
@@ -51,12 +59,24 @@ impl ClusterId {
         Ok(Self {
             path,
             current: Arc::new(Mutex::new(current)),
+            may_adopt: Arc::new(AtomicBool::new(true)),
+            adopted: Arc::default(),
         })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         // The value is replaced whole, so it is consistent even if a holder panicked.
         self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on a peer's id is never adopted: raft is initialized.
+    pub fn stop_adopting(&self) {
+        self.may_adopt.store(false, Ordering::Release);
+    }
+
+    /// Whether this process adopted its id from a peer, which proves the cluster exists.
+    pub fn adopted(&self) -> bool {
+        self.adopted.load(Ordering::Acquire)
     }
 
     /// The id, or "" when this node does not know its cluster yet.
@@ -94,12 +114,14 @@ impl ClusterId {
                 ours: ours.to_owned(),
                 theirs: theirs.to_owned(),
             }),
-            None => {
+            None if self.may_adopt.load(Ordering::Acquire) => {
                 self.store(theirs)?;
                 tracing::info!(cluster_id = theirs, "joined the cluster a peer presented");
                 *current = Some(theirs.to_owned());
+                self.adopted.store(true, Ordering::Release);
                 Ok(Verdict::Accept)
             }
+            None => Ok(Verdict::Accept),
         }
     }
 
@@ -143,10 +165,22 @@ mod tests {
             id.meet("def456").expect("meet"),
             Verdict::OtherCluster { .. }
         ));
+        assert!(id.adopted());
         // Kept across restarts.
         let again = ClusterId::load(dir.path()).expect("load");
         assert_eq!(again.get(), "abc123");
         assert_eq!(again.create_if_missing().expect("create"), "abc123");
+        assert!(!again.adopted());
+    }
+
+    #[test]
+    fn an_initialized_node_without_an_id_adopts_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ClusterId::load(dir.path()).expect("load");
+        id.stop_adopting();
+        assert_eq!(id.meet("abc123").expect("meet"), Verdict::Accept);
+        assert_eq!(id.get(), "", "a stray node's id is not taken up");
+        assert!(!id.adopted());
     }
 
     #[test]

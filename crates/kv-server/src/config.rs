@@ -89,6 +89,10 @@ pub struct LimitsConfig {
     pub max_batch: usize,
     /// How long an Idempotency-Key's recorded answer is kept, in seconds.
     pub idempotency_retention_s: u64,
+    /// Free space, in MiB, kept on the data directory's file system: below it, writes
+    /// that grow the data are refused (507) while deletes, expiry and reads go on. At
+    /// least twice `raft.log_segment_mib`, so the log always finds room for a segment.
+    pub min_free_disk_mib: u64,
 }
 
 impl Default for LimitsConfig {
@@ -99,6 +103,7 @@ impl Default for LimitsConfig {
             read_timeout_ms: 3_000,
             max_batch: 512,
             idempotency_retention_s: 24 * 3600,
+            min_free_disk_mib: 256,
         }
     }
 }
@@ -183,6 +188,11 @@ impl NodeConfig {
         }
         if !(1..=256).contains(&r.log_segment_mib) {
             return invalid("log_segment_mib must be between 1 and 256".into());
+        }
+        if self.limits.min_free_disk_mib < 2 * r.log_segment_mib {
+            return invalid(
+                "limits.min_free_disk_mib must be at least twice raft.log_segment_mib".into(),
+            );
         }
         if self.limits.max_value_bytes == 0
             || self.limits.max_batch == 0

@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod cluster_id;
 pub mod config;
+pub mod disk;
 pub mod expiry;
 pub mod http;
 pub mod node;

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::cluster_id::ClusterId;
 use crate::config::NodeConfig;
+use crate::disk::DiskGuard;
 use crate::http::{self, App};
 use crate::proposer::Proposer;
 use crate::raft_network::{self, Network};
@@ -104,12 +105,35 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let tasks_stop = CancellationToken::new();
     let client_stop = CancellationToken::new();
     let raft_stop = CancellationToken::new();
+    // A peer's cluster id is adopted only until raft is initialized (see cluster_id).
+    if raft
+        .is_initialized()
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?
+    {
+        cluster.stop_adopting();
+    } else {
+        let (raft, cluster, stop) = (raft.clone(), cluster.clone(), tasks_stop.clone());
+        tracker.spawn(async move {
+            let wait = raft.wait(None);
+            let initialized = wait.metrics(
+                |m| m.last_log_index.is_some() || m.vote != Default::default(),
+                "raft initialized",
+            );
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = initialized => cluster.stop_adopting(),
+            }
+        });
+    }
+
     let clock = Clock::new(config.clock_offset_ms);
     let limits = config.limits.clone();
 
     let proposer = Proposer::start(
         raft.clone(),
         clock,
+        DiskGuard::new(config.data_dir.clone(), limits.min_free_disk_mib << 20),
         limits.max_batch,
         Duration::from_millis(limits.write_timeout_ms),
         &tracker,
@@ -190,6 +214,12 @@ async fn bootstrap(raft: &Raft, cluster: &ClusterId, config: &NodeConfig) -> Res
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?
     {
+        return Ok(());
+    }
+    // An id adopted from a peer proves the cluster exists: this node was wiped, and
+    // initializing it again could make a second cluster under the same id.
+    if cluster.adopted() {
+        tracing::warn!("not bootstrapping: a peer presented this cluster's id");
         return Ok(());
     }
     // Before raft is initialized, so no peer ever hears from this cluster without its id.

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::disk::{DiskFull, DiskGuard};
 
 /// Writes waiting for a batch before new ones wait to be queued.
 const QUEUED_WRITES: usize = 4096;
@@ -48,6 +49,10 @@ pub enum WriteError {
     /// nothing was applied.
     #[error("raft is not running: {0}")]
     Stopped(String),
+    /// The write would grow the data while the disk is short of its reserve; nothing was
+    /// proposed.
+    #[error("{0}")]
+    DiskFull(#[from] DiskFull),
 }
 
 struct Pending {
@@ -70,6 +75,7 @@ fn size(command: &Command) -> usize {
 /// Handle for submitting writes; cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
+    disk: DiskGuard,
     tx: mpsc::Sender<Pending>,
 }
 
@@ -78,6 +84,7 @@ impl Proposer {
     pub fn start(
         raft: Raft,
         clock: Clock,
+        disk: DiskGuard,
         max_batch: usize,
         write_timeout: Duration,
         tracker: &TaskTracker,
@@ -95,11 +102,12 @@ impl Proposer {
             carry: VecDeque::new(),
         };
         tracker.spawn(batcher.run(cancel));
-        Self { tx }
+        Self { disk, tx }
     }
 
     /// Proposes one write and waits for its result.
     pub async fn write(&self, command: Command) -> Result<OpResult, WriteError> {
+        self.disk.admits(&command)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { command, reply })

@@ -52,7 +52,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{Snapshot, SnapshotSegmentId, StorageError, StorageIOError, Vote};
+use openraft::{Snapshot, SnapshotSegmentId, StorageError, StorageIOError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -372,8 +372,11 @@ impl Peer {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 return Err(match e {
-                    // Unreachable makes openraft back off instead of retrying at once.
-                    CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                    // Unreachable makes openraft back off instead of retrying at once: a
+                    // peer that is down or refuses us will not change its mind in a moment.
+                    CallError::Connect { .. }
+                    | CallError::Rejected(_)
+                    | CallError::OtherCluster(_) => RPCError::Unreachable(Unreachable::new(&e)),
                     e => RPCError::Network(NetworkError::new(&e)),
                 });
             }
@@ -456,8 +459,15 @@ pub struct Receiver {
     cluster: ClusterId,
     snapshots: SnapshotStore,
     /// The snapshot being received, chunk by chunk; one at a time per node, as the leader
-    /// sends one at a time.
-    receiving: Arc<tokio::sync::Mutex<Option<Receiving>>>,
+    /// sends one at a time. Also the id and size of the last one received whole, so a
+    /// resent last chunk (its answer lost to a timeout) is not taken for a new transfer.
+    receiving: Arc<tokio::sync::Mutex<Reassembly>>,
+}
+
+#[derive(Default)]
+struct Reassembly {
+    current: Option<Receiving>,
+    completed: Option<(String, usize)>,
 }
 
 /// A snapshot received up to `data.len()`.
@@ -485,16 +495,30 @@ impl Receiver {
         req: InstallSnapshotRequest<TypeConfig>,
     ) -> Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
         let fatal = |e: openraft::error::Fatal<NodeId>| RaftError::Fatal(e);
-        let vote: Vote<NodeId> = self
+        let (vote, committed) = self
             .raft
-            .with_raft_state(|st| *st.vote_ref())
+            .with_raft_state(|st| (*st.vote_ref(), st.committed))
             .await
             .map_err(fatal)?;
         // A stale leader's snapshot is refused before it is buffered, as openraft does.
-        if req.vote < vote {
+        // Votes are partially ordered: one that is not at least ours is refused.
+        let at_least_ours = matches!(
+            req.vote.partial_cmp(&vote),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        );
+        if !at_least_ours {
             return Ok(InstallSnapshotResponse { vote });
         }
-        let mut receiving = self.receiving.lock().await;
+        // raft would not install what it already has committed; nothing to receive.
+        if req.meta.last_log_id <= committed {
+            return Ok(InstallSnapshotResponse { vote });
+        }
+        let mut guard = self.receiving.lock().await;
+        let end = req.offset as usize + req.data.len();
+        if guard.completed == Some((req.meta.snapshot_id.clone(), end)) && req.done {
+            return Ok(InstallSnapshotResponse { vote });
+        }
+        let receiving = &mut guard.current;
         let same = receiving
             .as_ref()
             .is_some_and(|r| r.meta.snapshot_id == req.meta.snapshot_id);
@@ -544,7 +568,7 @@ impl Receiver {
         let Some(Receiving { meta, data }) = receiving.take() else {
             return Ok(InstallSnapshotResponse { vote });
         };
-        drop(receiving);
+        // Saved under the lock, so a resent last chunk waits and then finds it complete.
         let (snapshots, m) = (self.snapshots.clone(), meta.clone());
         let data = tokio::task::spawn_blocking(move || snapshots.save(&m, &data).map(|()| data))
             .await
@@ -554,6 +578,8 @@ impl Receiver {
                 let io = StorageIOError::write_snapshot(Some(meta.signature()), &e);
                 fatal(openraft::error::Fatal::StorageError(StorageError::from(io)))
             })?;
+        guard.completed = Some((meta.snapshot_id.clone(), data.len()));
+        drop(guard);
         crash::point(crash::SNAPSHOT_RECEIVED);
         let snapshot = Snapshot {
             meta,
@@ -691,7 +717,7 @@ where
 mod tests {
     use std::time::Duration;
 
-    use openraft::LeaderId;
+    use openraft::{LeaderId, Vote};
 
     use super::*;
 

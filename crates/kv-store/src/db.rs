@@ -173,33 +173,39 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
 }
 
 /// Checks that the log continues the applied state, after `StateMachine::load` may have
-/// installed a snapshot whose install a crash cut short. If the log holds another entry at
-/// the snapshot's index, every entry it holds is either covered by the snapshot or
-/// builds on that uncommitted entry: all of them go (openraft then purges up to the
-/// snapshot, as it does whenever the log ends before the state).
+/// installed a snapshot whose install a crash cut short. A log that reaches the applied
+/// index must hold exactly the applied entry there; one that holds another entry there,
+/// or ends before it, holds only entries the state covers or uncommitted ones that
+/// cannot follow it: all of them go, and openraft then purges up to the state, as it
+/// does whenever the log ends before the state. (openraft's own check compares log ids,
+/// term first, and would keep a log of a later term that ends before the state.)
 fn reconcile_log(
     files: &LogFiles,
     last_purged: Option<LogId>,
     applied: Option<LogId>,
 ) -> Result<(), StoreError> {
-    let Some(applied) = applied else {
+    if let Some(purged) = last_purged {
+        if applied.is_none_or(|a| purged.index > a.index) {
+            let applied = applied.map_or("nothing".into(), |a| a.to_string());
+            return Err(StoreError::Corrupt(format!(
+                "the raft log is purged up to {purged} but the state machine has applied \
+                 only {applied}, and no stored snapshot covers the entries in between"
+            )));
+        }
+    }
+    let (Some(applied), Some(first)) = (applied, files.first_index()) else {
         return Ok(());
     };
-    if let Some(purged) = last_purged.filter(|p| p.index > applied.index) {
-        return Err(StoreError::Corrupt(format!(
-            "the raft log is purged up to {purged} but the state machine has applied only up \
-             to {applied}, and no stored snapshot covers the entries in between"
-        )));
+    if first > applied.index {
+        return Ok(());
     }
     let at_applied = files.entries(applied.index, applied.index + 1)?;
-    if at_applied.first().is_some_and(|e| e.log_id != applied) {
+    if at_applied.first().is_none_or(|e| e.log_id != applied) {
         tracing::warn!(
             %applied,
-            "the log holds another entry at the installed snapshot's index: dropping the log"
+            "the log does not hold the installed snapshot's last entry: dropping the log"
         );
-        if let Some(first) = files.first_index() {
-            files.truncate(first)?;
-        }
+        files.truncate(first)?;
     }
     Ok(())
 }

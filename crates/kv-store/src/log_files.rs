@@ -607,6 +607,16 @@ impl LogFiles {
         let Some(first_new) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
+        // Positions are found by index - first: a gap would make reads return the wrong
+        // entries, so it is refused rather than written.
+        if let Some(last) = self.last_log_id() {
+            if first_new != last.index + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "append of entries from {first_new} to a log that ends at {}",
+                    last.index
+                )));
+            }
+        }
         self.change(|w| self.append_locked(w, first_new, entries))
     }
 
@@ -862,6 +872,18 @@ mod tests {
 
     fn purged(index: u64) -> Option<LogId> {
         Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    #[test]
+    fn an_append_that_would_leave_a_gap_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = open_small(dir.path(), None);
+        log.append(entries(1, 1..=3)).expect("append");
+        assert!(log.append(entries(1, 5..=6)).is_err());
+        assert!(log.append(entries(1, 3..=4)).is_err());
+        log.append(entries(1, 4..=5))
+            .expect("the next index is fine");
+        assert_eq!(ids(&log), expected(&[(1, 1..=5)]));
     }
 
     #[test]

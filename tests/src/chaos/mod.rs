@@ -599,6 +599,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         // and after 20 rounds). A shorter range lets it win the election after a pause.
         node_election_ms: skewed.map(|id| (id, (300, 500))).into_iter().collect(),
         own_addresses: true,
+        disk_mib: None,
     };
     let cluster = TestCluster::start_tuned(config.nodes, tuning).await?;
     let run_id = format!("chaos-{}-{}", config.seed, std::process::id());

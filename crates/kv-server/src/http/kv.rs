@@ -548,6 +548,7 @@ async fn propose(
             "the write was proposed but its commit was not seen (it timed out or raft stopped); it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once".into(),
         )),
         Err(WriteError::Stopped(m)) => Err(ApiError::Unavailable(m)),
+        Err(WriteError::DiskFull(full)) => Err(ApiError::InsufficientStorage(full.to_string())),
     }
 }
 
