@@ -2,7 +2,7 @@
 //! node's lifecycle. The binary `kv-server` is a thin wrapper around [`node::run`].
 //!
 //! Invariants:
-//! - Only this crate opens sockets; kv-core and kv-store never do.
+//! - kv-core and kv-store never open sockets; this crate (and kv-client) do.
 //! - Time enters only through [`clock::Clock`]: as the stamp of proposed commands and
 //!   as the reader's time for TTL checks, never inside apply.
 //! - Writes reach raft only through the proposer; linearizable reads only after a
