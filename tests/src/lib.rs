@@ -32,7 +32,7 @@ pub struct Tuning {
     pub node_lines: Vec<(u64, String)>,
     /// One node's election timeout range in ms, instead of 500-1000.
     pub node_election_ms: Vec<(u64, (u64, u64))>,
-    /// Give node N its own loopback address 127.0.0.(10+N) for both ports, so
+    /// Give node N its own loopback address (`node_ip(N)`) for both ports, so
     /// address-based firewall rules can tell nodes apart (the nodes bind their outgoing
     /// connections to it). Otherwise every node listens on 127.0.0.1.
     pub own_addresses: bool,
@@ -111,7 +111,10 @@ fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
 
 /// The loopback address of node `id` when nodes have their own addresses.
 pub fn node_ip(id: u64) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::new(127, 0, 0, 10 + id as u8)
+    // The second byte comes from the process id, so two runs on one machine partition
+    // only their own nodes.
+    let run = 1 + (std::process::id() % 250) as u8;
+    std::net::Ipv4Addr::new(127, run, 0, 10 + id as u8)
 }
 
 /// A free port on each of `ips`, in order.

@@ -514,7 +514,9 @@ impl Receiver {
             return Ok(InstallSnapshotResponse { vote });
         }
         let mut guard = self.receiving.lock().await;
-        let end = req.offset as usize + req.data.len();
+        let end = usize::try_from(req.offset)
+            .unwrap_or(usize::MAX)
+            .saturating_add(req.data.len());
         if guard.completed == Some((req.meta.snapshot_id.clone(), end)) && req.done {
             return Ok(InstallSnapshotResponse { vote });
         }

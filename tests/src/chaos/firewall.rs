@@ -1,18 +1,25 @@
 //! Network partitions between nodes' loopback addresses, as iptables DROP rules.
 //!
-//! Every rule lives in one chain of our own, [`CHAIN`], jumped to from OUTPUT (loopback
-//! packets pass OUTPUT once, so dropping there cuts the pair in that direction). The
-//! chain is created when a [`Firewall`] is made, after removing a leftover one from a
-//! crashed run, and is removed when the firewall is dropped, also during a panic. Only
-//! addresses in 127.0.0.0/8 are ever named; nothing else on the machine is touched.
+//! Every rule lives in one chain of this process's own ([`chain`]: the prefix and the
+//! process id, so two runs on one machine never touch each other's rules), jumped to
+//! from OUTPUT (loopback packets pass OUTPUT once, so dropping there cuts the pair in
+//! that direction). The chain is created when a [`Firewall`] is made, after removing
+//! chains left by crashed runs (whose process is gone), and is removed when the firewall
+//! is dropped, also during a panic. Only addresses in 127.0.0.0/8 are ever named;
+//! nothing else on the machine is touched.
 
 use std::net::Ipv4Addr;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-/// The chain holding every rule this suite adds.
-pub const CHAIN: &str = "QUORUM_KV_CHAOS";
+/// The start of every chain this suite adds.
+pub const CHAIN_PREFIX: &str = "QUORUM_KV_CHAOS";
+
+/// The chain holding every rule this process adds.
+pub fn chain() -> String {
+    format!("{CHAIN_PREFIX}_{}", std::process::id())
+}
 
 /// The chain, and the DROP rules in it.
 pub struct Firewall {
@@ -39,12 +46,34 @@ fn must(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Removes the chain and every jump to it, if they exist.
-fn remove_chain() {
+/// Removes `chain` and every jump to it, if they exist.
+fn remove_chain(chain: &str) {
     // A crashed run may have left several jumps.
-    while iptables(&["-D", "OUTPUT", "-j", CHAIN]).is_ok_and(|o| o.status.success()) {}
-    let _ = iptables(&["-F", CHAIN]);
-    let _ = iptables(&["-X", CHAIN]);
+    while iptables(&["-D", "OUTPUT", "-j", chain]).is_ok_and(|o| o.status.success()) {}
+    let _ = iptables(&["-F", chain]);
+    let _ = iptables(&["-X", chain]);
+}
+
+/// Removes the chains of runs whose process is gone (and of older runs, which named
+/// theirs without a process id).
+fn remove_leftover_chains() -> Result<()> {
+    let listing = iptables(&["-S"])?;
+    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+        let Some(name) = line.strip_prefix("-N ") else {
+            continue;
+        };
+        let Some(suffix) = name.strip_prefix(CHAIN_PREFIX) else {
+            continue;
+        };
+        let alive = suffix
+            .strip_prefix('_')
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive {
+            remove_chain(name);
+        }
+    }
+    Ok(())
 }
 
 impl Firewall {
@@ -58,9 +87,11 @@ impl Firewall {
         if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
             bail!("network partitions need root (iptables); run the chaos suite as root");
         }
-        remove_chain();
-        must(&["-N", CHAIN])?;
-        must(&["-I", "OUTPUT", "1", "-j", CHAIN])?;
+        remove_leftover_chains()?;
+        let chain = chain();
+        remove_chain(&chain);
+        must(&["-N", &chain])?;
+        must(&["-I", "OUTPUT", "1", "-j", &chain])?;
         Ok(Self { blocked: vec![] })
     }
 
@@ -76,7 +107,7 @@ impl Firewall {
         }
         for (src, dst) in [(a, b), (b, a)] {
             let (src, dst) = (src.to_string(), dst.to_string());
-            must(&["-A", CHAIN, "-s", &src, "-d", &dst, "-j", "DROP"])?;
+            must(&["-A", &chain(), "-s", &src, "-d", &dst, "-j", "DROP"])?;
         }
         self.blocked.push((a, b));
         Ok(())
@@ -91,7 +122,7 @@ impl Firewall {
 
     /// Removes every rule (the chain stays until drop).
     pub fn heal(&mut self) -> Result<()> {
-        must(&["-F", CHAIN])?;
+        must(&["-F", &chain()])?;
         self.blocked.clear();
         Ok(())
     }
@@ -99,6 +130,6 @@ impl Firewall {
 
 impl Drop for Firewall {
     fn drop(&mut self) {
-        remove_chain();
+        remove_chain(&chain());
     }
 }
