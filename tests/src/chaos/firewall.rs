@@ -54,8 +54,8 @@ fn remove_chain(chain: &str) {
     let _ = iptables(&["-X", chain]);
 }
 
-/// Removes the chains of runs whose process is gone (and of older runs, which named
-/// theirs without a process id).
+/// Removes the chains of runs whose process is gone. (A chain without a process id is
+/// an older version's, whose rules name addresses this version never uses.)
 fn remove_leftover_chains() -> Result<()> {
     let listing = iptables(&["-S"])?;
     for line in String::from_utf8_lossy(&listing.stdout).lines() {
@@ -65,11 +65,13 @@ fn remove_leftover_chains() -> Result<()> {
         let Some(suffix) = name.strip_prefix(CHAIN_PREFIX) else {
             continue;
         };
-        let alive = suffix
+        let Some(pid) = suffix
             .strip_prefix('_')
             .and_then(|pid| pid.parse::<u32>().ok())
-            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             remove_chain(name);
         }
     }
