@@ -131,8 +131,8 @@ impl Index {
             .ok_or_else(|| corrupt(format!("log segment {first} is not open")))
     }
 
-    /// Closes the segments whose first index is in `range` and removes their files;
-    /// says whether there were any.
+    /// Closes the segments whose first index is in `range` and removes their files,
+    /// oldest first; says whether there were any.
     fn remove_segments(
         &mut self,
         fs: &dyn LogFs,
@@ -145,6 +145,28 @@ impl Index {
             fs.remove(&segment_path(dir, first))?;
         }
         Ok(!gone.is_empty())
+    }
+
+    /// Removes the segments after `segment`, newest first and each durably, so a crash
+    /// midway leaves a log whose segments still follow each other (the last one ends
+    /// early, as a truncation's does), never one with a hole before a later segment.
+    fn remove_segments_after(
+        &mut self,
+        fs: &dyn LogFs,
+        dir: &Path,
+        segment: u64,
+    ) -> Result<(), StoreError> {
+        let gone: Vec<u64> = self
+            .segments
+            .range(segment + 1..)
+            .map(|(k, _)| *k)
+            .collect();
+        for &first in gone.iter().rev() {
+            self.segments.remove(&first);
+            fs.remove(&segment_path(dir, first))?;
+            fs.sync_dir(dir)?;
+        }
+        Ok(())
     }
 }
 
@@ -181,8 +203,8 @@ struct Inner {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves consistent data: every update is made
-    // after the I/O it describes succeeded.
+    // A panic while holding the lock leaves data readers can use: appends update the
+    // index after their I/O succeeded, and truncate and purge only drop entries from it.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -442,8 +464,9 @@ impl LogFiles {
                         fs.remove(path)?;
                         continue;
                     }
-                    if after_truncation {
-                        // Left over from a truncation interrupted before it removed them.
+                    if after_truncation && first > b.next {
+                        // Left over from a truncation interrupted before it removed them
+                        // (they start after the cut; a continuation starts at it).
                         stale = true;
                         fs.remove(path)?;
                         continue;
@@ -505,6 +528,17 @@ impl LogFiles {
             // Segments wholly at or before the purge point.
             let first_kept = index.positions[0].segment;
             index.remove_segments(&*fs, dir, ..first_kept)?;
+        }
+        // What a crashed process wrote may still be only in the page cache; it is part
+        // of the log from now on, so it must be durable before anything builds on it.
+        if let Some(active) = &writer.active {
+            active
+                .file
+                .sync_data()
+                .map_err(|source| StoreError::LogIo {
+                    path: segment_path(dir, active.first),
+                    source,
+                })?;
         }
         fs.sync_dir(dir)?;
         Ok(Self {
@@ -753,9 +787,7 @@ impl LogFiles {
             // Later segments go first, durably: a crash then leaves a shorter prefix of
             // the log (entries being truncated are uncommitted), never a segment that
             // ends early (a torn marker) with later ones after it.
-            if index.remove_segments(fs, dir, pos.segment + 1..)? {
-                fs.sync_dir(dir)?;
-            }
+            index.remove_segments_after(fs, dir, pos.segment)?;
             file.write_all_at(&TRUNCATED, pos.offset)
                 .map_err(&io_error)?;
             file.sync_data().map_err(&io_error)?;
@@ -1440,6 +1472,38 @@ mod tests {
             },
         );
         assert!(points >= 3, "marker, sync and removals: {points}");
+    }
+
+    #[test]
+    fn a_crash_anywhere_in_a_truncate_across_several_segments_keeps_a_prefix() {
+        let points = crash_at_each_point(
+            None,
+            |log| {
+                for i in 1..=80 {
+                    log.append(vec![entry(1, i)]).expect("append");
+                }
+            },
+            |log| log.truncate(21).is_ok(),
+            |dir, log, done| {
+                let got = ids(&log);
+                let most = if done { 20 } else { 80 };
+                assert!(
+                    is_prefix(&got, 20, most),
+                    "truncation done: {done}, found {got:?}"
+                );
+                if got.len() > 20 {
+                    log.truncate(21).expect("truncate");
+                }
+                log.append(entries(2, 21..=25)).expect("append");
+                drop(log);
+                let log = open_small(dir, None);
+                assert_eq!(ids(&log), expected(&[(1, 1..=20), (2, 21..=25)]));
+            },
+        );
+        assert!(
+            points >= 5,
+            "a removal of each later segment, marker, sync: {points}"
+        );
     }
 
     #[test]
