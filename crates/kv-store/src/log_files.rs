@@ -324,6 +324,16 @@ impl Read for ReadFrom<'_> {
 
 /// Reads `file`'s records from the start; `None` if it has no valid header (a segment
 /// whose first write never reached the disk).
+/// Whether anything but zeroes follows the header where the first record would start.
+fn records_follow(file: &dyn SegmentFile) -> Result<bool, StoreError> {
+    let mut rh = [0u8; RECORD_HEADER];
+    if file.size()? < HEADER + RECORD_HEADER as u64 {
+        return Ok(false);
+    }
+    file.read_exact_at(&mut rh, HEADER)?;
+    Ok(rh != [0u8; RECORD_HEADER])
+}
+
 fn scan(file: &dyn SegmentFile, first: u64) -> Result<Option<Scanned>, StoreError> {
     let size = file.size()?;
     let mut reader = BufReader::with_capacity(1024 * 1024, ReadFrom { file, offset: 0 });
@@ -440,7 +450,15 @@ impl LogFiles {
             let after_truncation = before.as_ref().is_some_and(|b| b.ends == End::Truncated);
             let Some(scanned) = scan(&*file, first)? else {
                 // The newest segment, created but its first write torn (nothing in it was
-                // acknowledged), or a leftover of a truncation.
+                // acknowledged), or a leftover of a truncation. A header is synced before
+                // any record is written, so records behind a bad header are damage.
+                if i + 1 == names.len() && !after_truncation && records_follow(&*file)? {
+                    return Err(StoreError::CorruptLog {
+                        path: path.clone(),
+                        offset: 0,
+                        what: "damaged segment header, and records follow it".into(),
+                    });
+                }
                 if i + 1 == names.len() || after_truncation {
                     stale = after_truncation;
                     fs.remove(path)?;
@@ -1105,6 +1123,26 @@ mod tests {
 
     /// Damages the record at a segment file's byte offset.
     type Damage = fn(&Path, u64);
+
+    #[test]
+    fn a_damaged_header_of_the_newest_segment_with_records_is_refused_not_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = {
+            let log = open_small(dir.path(), None);
+            for i in 1..=40 {
+                log.append(vec![entry(1, i)]).expect("append");
+            }
+            record_at(&log, 40).0
+        };
+        flip_byte(&seg, 0);
+        let Err(err) = LogFiles::open(dir.path(), SMALL, None) else {
+            panic!("open dropped the newest segment's acknowledged entries");
+        };
+        assert!(
+            matches!(&err, StoreError::CorruptLog { path, .. } if *path == seg),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_broken_record_before_the_last_segment_is_refused_not_cut() {
