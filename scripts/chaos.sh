@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # A long randomized chaos run against a fresh local cluster (release build): workers
-# record a history while nodes are killed, paused, partitioned and skewed; then the
-# history is checked for linearizability and the replicas for one state digest.
+# record a history (values up to 1 MiB) while nodes are killed, paused, partitioned,
+# skewed and killed mid-snapshot-install; then liveness is checked, the history for
+# linearizability and the replicas for one state digest.
 #
-# Usage: scripts/chaos.sh [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew]
+# Usage: scripts/chaos.sh [--nodes 3|5] [--duration 10m]
+#                         [--faults kill,pause,partition,skew,install]
 #                         [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]
-# Prints a summary (operations by outcome, faults, leader changes, verdict, history
-# path); exits 1 when a check fails, keeping the history and the node logs.
+# Prints a summary (operations by outcome, faults of each kind, snapshot installs
+# interrupted, large AppendEntries, mismatched raft answers, terms and elections, any
+# PRODUCT FAILURE, verdict, history path); exits 1 when a check fails, keeping the
+# history and the node logs.
 # Needs root (iptables for partitions); installs iptables when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +18,7 @@ source scripts/env.sh
 
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     esac
 done
 

@@ -180,13 +180,8 @@ impl TestCluster {
                 .filter(|(n, _)| *n == id)
                 .map(|(_, l)| l.as_str())
                 .collect();
-            let (election_min, election_max) = tuning
-                .node_election_ms
-                .iter()
-                .find(|(n, _)| *n == id)
-                .map_or((500, 1000), |(_, range)| *range);
             let text = format!(
-                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = {election_min}\nelection_max_ms = {election_max}\nlog_segment_mib = 4\n{}\n[limits]\n{}\n",
+                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\nlog_segment_mib = 4\n{}\n[limits]\n{}\n",
                 addrs[2 * i],
                 addrs[2 * i + 1],
                 data.display(),

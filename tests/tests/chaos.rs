@@ -35,7 +35,8 @@ async fn short_chaos_runs_stay_linearizable_and_converge() -> Result<()> {
     let history = |n: usize| dir.join(format!("quorum-kv-chaos-{n}-nodes-{seed}.jsonl"));
 
     // Every variant of every fault kind once: kill (leader, minority, all), pause
-    // (leader, follower), partition (isolate the leader, split, bridge), skew.
+    // (leader, follower), partition (isolate the leader, split, bridge), skew, and a
+    // kill in the middle of a snapshot install.
     let three = ChaosConfig::new(3, Duration::from_secs(0), seed, history(3));
     run_and_check(three).await?;
 

@@ -97,6 +97,34 @@ pub fn mismatched_answers() -> u64 {
     MISMATCHED_ANSWERS.load(Ordering::Relaxed)
 }
 
+/// An AppendEntries frame above this is "large": it takes long enough to encode, send and
+/// sync that it can outlast openraft's one-heartbeat deadline.
+const LARGE_APPEND: usize = 1024 * 1024;
+
+static LARGE_APPENDS_SENT: AtomicU64 = AtomicU64::new(0);
+static APPEND_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+static ELECTIONS_STARTED: AtomicU64 = AtomicU64::new(0);
+/// The highest term this node has asked votes for.
+static LAST_VOTE_TERM: AtomicU64 = AtomicU64::new(0);
+
+/// AppendEntries requests over 1 MiB (as framed) this node has sent since it started.
+/// The chaos suite reads it to show its runs exercise the large-frame path.
+pub fn large_appends_sent() -> u64 {
+    LARGE_APPENDS_SENT.load(Ordering::Relaxed)
+}
+
+/// AppendEntries requests that got no answer within their deadline since this node
+/// started (each one closed its connection).
+pub fn append_timeouts() -> u64 {
+    APPEND_TIMEOUTS.load(Ordering::Relaxed)
+}
+
+/// Elections this node started since it started: the terms for which it sent vote
+/// requests (one election asks every peer, and may ask one again, at one term).
+pub fn elections_started() -> u64 {
+    ELECTIONS_STARTED.load(Ordering::Relaxed)
+}
+
 type Conn = BufReader<TcpStream>;
 
 #[derive(Debug, thiserror::Error)]
@@ -368,6 +396,9 @@ impl Peer {
         let id = self.network.next_id.fetch_add(1, Ordering::Relaxed);
         let mut frame = postcard::to_io(req, frame_for(kind, id, 256))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if kind == APPEND && frame.len() > LARGE_APPEND {
+            LARGE_APPENDS_SENT.fetch_add(1, Ordering::Relaxed);
+        }
         let answer = match tokio::time::timeout_at(deadline, self.exchange(id, &mut frame)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
@@ -381,6 +412,9 @@ impl Peer {
                 });
             }
             Err(_) => {
+                if kind == APPEND {
+                    APPEND_TIMEOUTS.fetch_add(1, Ordering::Relaxed);
+                }
                 let e = CallError::Timeout(option.soft_ttl());
                 return Err(RPCError::Network(NetworkError::new(&e)));
             }
@@ -439,6 +473,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        let term = rpc.vote.leader_id().get_term();
+        if LAST_VOTE_TERM.fetch_max(term, Ordering::Relaxed) < term {
+            ELECTIONS_STARTED.fetch_add(1, Ordering::Relaxed);
+        }
         self.call(VOTE, &rpc, &option).await
     }
 }

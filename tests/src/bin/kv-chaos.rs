@@ -1,8 +1,8 @@
 //! Runs the chaos suite against a fresh local cluster and prints a summary.
 //!
-//! `kv-chaos [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew]
-//! [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]`. Exits 1 when a check fails; the history
-//! file and the node logs are kept then.
+//! `kv-chaos [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew,install]
+//! [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]`. Exits 1 when a check fails
+//! (a product failure included); the history file and the node logs are kept then.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,7 +14,7 @@ use kv_tests::chaos::{fresh_seed, run, ChaosConfig, FaultKind};
 
 #[derive(Parser)]
 #[command(
-    about = "Kill, pause, partition and skew a local quorum-kv cluster under load, then check the history"
+    about = "Kill, pause, partition and skew a local quorum-kv cluster under load, and kill nodes mid-snapshot-install, then check the history"
 )]
 struct Args {
     /// Cluster size (3 or 5).
@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     duration: Duration,
     /// Fault kinds, comma-separated.
-    #[arg(long, default_value = "kill,pause,partition,skew")]
+    #[arg(long, default_value = "kill,pause,partition,skew,install")]
     faults: String,
     /// Seed of the schedule and the workload (random when absent).
     #[arg(long)]

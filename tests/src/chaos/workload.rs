@@ -1,6 +1,13 @@
 //! The clients of a chaos run: workers issuing gets, puts, creates, compare-and-swaps,
 //! deletes and short-TTL puts over HTTP, each recorded as one history line.
 //!
+//! Some puts carry large values (100 KiB to 1 MiB), so that raft sends AppendEntries of
+//! several MiB, above all to a follower catching up after a fault. A large value is
+//! `{tag}:{len}:` and filler generated from the tag; the history names it `{tag}:{len}`
+//! (a line per MiB would make histories of gigabytes), and every read checks the whole
+//! value against the generator, so a torn or mixed-up value is recorded under a name no
+//! write used and fails its key.
+//!
 //! Every written value is unique. Writes carry an Idempotency-Key and are retried with it
 //! (on another node) after a timeout or a 5xx, so one logical write is one line; some are
 //! re-sent on purpose after their answer, and the replay must repeat it. An answer that
@@ -28,6 +35,61 @@ const KEYS_PER_GENERATION: u64 = 6;
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a write is retried (with its idempotency key) before it is `unknown`.
 const WRITE_DEADLINE: Duration = Duration::from_secs(4);
+/// The key slot of a generation that takes large values (besides small ones): one slot,
+/// so at most one large value per generation outlives it and snapshots stay small
+/// enough to be taken every few hundred entries.
+const LARGE_SLOT: u64 = 0;
+/// Share of the puts on [`LARGE_SLOT`] that carry a large value.
+const LARGE_SHARE: f64 = 0.3;
+/// Sizes of a large value in bytes, as a JSON string: 100 KiB up to the server's
+/// `max_value_bytes` (1 MiB of JSON, two of which are the quotes).
+const LARGE_BYTES: std::ops::RangeInclusive<usize> = 100 * 1024..=1024 * 1024 - 2;
+
+/// Filler bytes of a large value, a pseudo-random sequence seeded by its tag (so a
+/// chunk of another value in its place does not match).
+fn filler(tag: &str) -> impl Iterator<Item = u8> {
+    // FNV-1a of the tag, then xorshift64.
+    let mut x = tag.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) | 1;
+    std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b'a' + (x % 26) as u8
+    })
+}
+
+/// The large value of `len` bytes tagged `tag`.
+fn large_value(tag: &str, len: usize) -> String {
+    let mut v = format!("{tag}:{len}:").into_bytes();
+    let head = v.len();
+    v.extend(filler(tag).take(len.saturating_sub(head)));
+    String::from_utf8(v).expect("filler is ASCII")
+}
+
+/// How the history names a value the server returned: a large value by `{tag}:{len}`
+/// when every byte is as written, a value that only looks like one by a name no write
+/// used, any other value as it is.
+pub fn history_value(v: &str) -> String {
+    let mut parts = v.splitn(3, ':');
+    let (Some(tag), Some(len), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return v.to_owned();
+    };
+    let intact = len.parse::<usize>().is_ok_and(|len| {
+        let head = tag.len() + len.to_string().len() + 2;
+        v.len() == len.max(head)
+            && v.bytes()
+                .skip(head)
+                .eq(filler(tag).take(len.saturating_sub(head)))
+    });
+    if intact {
+        format!("{tag}:{len}")
+    } else {
+        let start: String = v.chars().take(40).collect();
+        format!("garbled value of {} bytes starting {start:?}", v.len())
+    }
+}
 
 /// The history being recorded: one monotonic clock, lines streamed to a file and kept
 /// in memory for the checker.
@@ -86,6 +148,8 @@ pub struct Shared {
     pub keys: Mutex<std::collections::BTreeSet<String>>,
     started: Instant,
     retries: AtomicU64,
+    large_writes: AtomicU64,
+    large_bytes: AtomicU64,
     /// The shortest TTL written, in seconds.
     ttl_s: u64,
     /// A generation of keys lasts this long, so no key's history grows too long to
@@ -120,6 +184,8 @@ impl Shared {
             keys: Mutex::new(Default::default()),
             started: Instant::now(),
             retries: AtomicU64::new(0),
+            large_writes: AtomicU64::new(0),
+            large_bytes: AtomicU64::new(0),
             ttl_s,
             generation: Duration::from_secs(4 * ttl_s),
         })
@@ -128,6 +194,14 @@ impl Shared {
     /// Writes re-sent on purpose so far.
     pub fn deliberate_retries(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Large values sent (first attempts) and their bytes.
+    pub fn large_values(&self) -> (u64, u64) {
+        (
+            self.large_writes.load(Ordering::Relaxed),
+            self.large_bytes.load(Ordering::Relaxed),
+        )
     }
 
     fn violation(&self, what: String) {
@@ -212,7 +286,7 @@ async fn get(shared: &Shared, client: u64, node: usize, key: &str) -> Op {
         } => {
             op.result = Outcome::Ok;
             op.found = Some(true);
-            op.value = Some(value_text(&body["value"]));
+            op.value = Some(history_value(&value_text(&body["value"])));
             op.version = body["revision"].as_u64();
         }
         Reply::Answer { status: 404, .. } => {
@@ -245,7 +319,10 @@ fn value_text(v: &Value) -> String {
 struct WriteReq {
     kind: OpKind,
     key: String,
+    /// The value sent.
     value: String,
+    /// The value as the history names it (see [`history_value`]).
+    name: String,
     ttl_s: Option<u64>,
     /// cas: the revision and value seen.
     expected: Option<(u64, String)>,
@@ -303,26 +380,44 @@ impl Worker {
         Ok(())
     }
 
-    fn pick_key(&mut self, shared: &Shared) -> (String, bool) {
+    /// A key of the current generation, and its slot.
+    fn pick_key(&mut self, shared: &Shared) -> (String, u64) {
         let generation = shared.started.elapsed().as_nanos() / shared.generation.as_nanos();
         let slot = self.rng.gen_range(0..KEYS_PER_GENERATION);
         let key = format!("{}/g{generation}/k{slot}", shared.run_id);
         shared.keys.lock().expect("keys lock").insert(key.clone());
-        (key, slot == KEYS_PER_GENERATION - 1)
+        (key, slot)
     }
 
     async fn step(&mut self, shared: &Shared) -> Result<()> {
         self.seq += 1;
-        let (key, ttl_key) = self.pick_key(shared);
+        let (key, slot) = self.pick_key(shared);
         let node = self.rng.gen_range(0..shared.nodes.len());
         let value = format!("w{}-{}", self.id, self.seq);
         let roll = self.rng.gen_range(0..100);
-        let write = if ttl_key {
+        let write = if slot == KEYS_PER_GENERATION - 1 {
             (roll < 8).then(|| WriteReq {
                 kind: OpKind::Put,
                 key: key.clone(),
+                name: value.clone(),
                 value,
                 ttl_s: Some(shared.ttl_s),
+                expected: None,
+            })
+        } else if slot == LARGE_SLOT && (35..60).contains(&roll) && self.rng.gen_bool(LARGE_SHARE) {
+            // Half of them expire, which keeps the state (and so every snapshot) small.
+            let len = self.rng.gen_range(LARGE_BYTES);
+            shared.large_writes.fetch_add(1, Ordering::Relaxed);
+            shared.large_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            Some(WriteReq {
+                kind: OpKind::Put,
+                key: key.clone(),
+                name: format!("{value}:{len}"),
+                value: large_value(&value, len),
+                ttl_s: self
+                    .rng
+                    .gen_bool(0.5)
+                    .then(|| self.rng.gen_range(shared.ttl_s..=shared.ttl_s + 1)),
                 expected: None,
             })
         } else {
@@ -341,6 +436,7 @@ impl Worker {
                     .then(|| self.seen.get(&key).map(|(v, r)| (*r, v.clone())))
                     .flatten(),
                 key: key.clone(),
+                name: value.clone(),
                 value,
             })
         };
@@ -372,7 +468,7 @@ impl Worker {
         let idem = format!("{}-w{}-{}", shared.run_id, self.id, self.seq);
         let mut op = blank(self.id, w.kind, &w.key, shared.recorder.now());
         if w.kind != OpKind::Delete {
-            op.value = Some(w.value.clone());
+            op.value = Some(w.name.clone());
         }
         op.ttl_ms = w.ttl_s.map(|s| s * 1000);
         if let Some((rev, v)) = &w.expected {
@@ -472,7 +568,7 @@ impl Worker {
                     self.seen.insert(
                         op.key.clone(),
                         (
-                            value_text(&current["value"]),
+                            history_value(&value_text(&current["value"])),
                             current["revision"].as_u64().unwrap_or(0),
                         ),
                     );
@@ -491,5 +587,33 @@ impl Worker {
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_value_is_named_by_tag_and_length_when_intact() {
+        let v = large_value("w3-17", 200_000);
+        assert_eq!(v.len(), 200_000);
+        assert_eq!(history_value(&v), "w3-17:200000");
+        assert_eq!(history_value("w3-18"), "w3-18");
+    }
+
+    #[test]
+    fn a_torn_or_mixed_up_large_value_gets_a_name_no_write_used() {
+        let v = large_value("w3-17", 200_000);
+        let torn = &v[..150_000];
+        assert!(history_value(torn).starts_with("garbled"));
+        // The same length and head, but another value's filler.
+        let other = large_value("w3-19", 200_000);
+        let mixed = format!("{}{}", &v[..100_000], &other[100_000..]);
+        assert!(history_value(&mixed).starts_with("garbled"));
+        let mut flipped = v.into_bytes();
+        flipped[123_456] = b'!';
+        let flipped = String::from_utf8(flipped).expect("ASCII");
+        assert!(history_value(&flipped).starts_with("garbled"));
     }
 }

@@ -66,6 +66,9 @@ pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, 
         "snapshot_index": m.snapshot.map(|l| l.index),
         "purged_index": m.purged.map(|l| l.index),
         "raft_mismatched_answers": crate::raft_network::mismatched_answers(),
+        "raft_large_appends_sent": crate::raft_network::large_appends_sent(),
+        "raft_append_timeouts": crate::raft_network::append_timeouts(),
+        "raft_elections_started": crate::raft_network::elections_started(),
         "members": members,
     })))
 }
