@@ -355,6 +355,12 @@ impl TestCluster {
         self.spawn(id)
     }
 
+    /// Starts node `id` again on the same data directory with extra environment.
+    pub fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) -> Result<()> {
+        self.kill(id);
+        self.spawn_with_env(id, env)
+    }
+
     /// Starts node `id` again on the same data directory with `KV_CRASH_AT=point`, and
     /// waits until it aborts there (as a kill -9 at that point would stop it).
     pub async fn restart_to_crash_at(&mut self, id: u64, point: &str) -> Result<()> {

@@ -329,6 +329,57 @@ async fn a_node_killed_at_any_step_of_a_snapshot_install_restarts_and_catches_up
 }
 
 #[tokio::test]
+async fn a_snapshot_transfer_longer_than_the_election_timeout_unseats_no_leader() -> Result<()> {
+    let tuning = Tuning {
+        raft: vec![
+            "snapshot_every = 20".into(),
+            "logs_kept_after_snapshot = 2".into(),
+            "purge_batch_size = 1".into(),
+        ],
+        ..Tuning::default()
+    };
+    let mut c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let lagging = c.other_than(leader);
+    let (_, before) = c.get_json(lagging, "/v1/cluster").await?;
+    let lagging_last = before["last_log_index"].as_u64().unwrap_or(0);
+    c.kill(lagging);
+    // About 9 MiB of state: a snapshot of 9 chunks or more.
+    let big = json!("x".repeat(900 * 1024)).to_string();
+    for i in 0..10 {
+        let (status, body) = c.put_json(leader, &format!("/v1/kv/big{i}"), &big).await?;
+        ensure!(status == 200, "put big{i}: {status} {body}");
+    }
+    write_keys(&c, leader, "small/", 30).await?;
+    c.poll("the leader to purge past the lagging node", || async {
+        let (_, m) = c.get_json(leader, "/v1/cluster").await?;
+        Ok(m["purged_index"]
+            .as_u64()
+            .is_some_and(|p| p > lagging_last + 20))
+    })
+    .await?;
+    let (_, m) = c.get_json(leader, "/v1/cluster").await?;
+    let (term, last) = (m["term"].as_u64(), m["last_log_index"].as_u64());
+
+    // Each chunk's answer waits 300 ms, so the transfer takes seconds, longer than any
+    // election timeout (500-1000 ms); no writes meanwhile, so nothing else reaches it.
+    c.restart_with_env(lagging, &[("KV_SLOW_SNAPSHOT_CHUNKS_MS", "300")])?;
+    c.wait_serving(lagging).await?;
+    c.poll("the lagging node to install the snapshot", || async {
+        let (_, m) = c.get_json(lagging, "/v1/cluster").await?;
+        Ok(m["applied_index"].as_u64() >= last)
+    })
+    .await?;
+    let (_, now) = c.get_json(leader, "/v1/cluster").await?;
+    ensure!(
+        now["term"].as_u64() == term && now["leader_id"].as_u64() == Some(leader),
+        "the transfer changed the term or the leader: before term {term:?} leader {leader}, now {now}"
+    );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_node_on_another_clusters_data_is_refused() -> Result<()> {
     let mut a = TestCluster::start(3).await?;
     let a_leader = a.leader().await?;

@@ -125,6 +125,42 @@ pub fn elections_started() -> u64 {
     ELECTIONS_STARTED.load(Ordering::Relaxed)
 }
 
+/// Test only: `KV_SLOW_SNAPSHOT_CHUNKS_MS=<ms>` delays the answer to every snapshot
+/// chunk but the last, so a test can make a transfer outlast the election timeout.
+fn test_chunk_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("KV_SLOW_SNAPSHOT_CHUNKS_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(std::time::Duration::from_millis)
+    })
+}
+
+/// openraft's `InstallSnapshotRequest` as it is framed: the same fields in the same
+/// order, so the same postcard bytes, but with the data written and read as one byte
+/// string instead of one byte at a time.
+#[derive(Serialize)]
+struct ChunkRef<'a> {
+    vote: &'a openraft::Vote<NodeId>,
+    meta: &'a SnapshotMeta,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+    done: bool,
+}
+
+/// A received [`ChunkRef`].
+#[derive(serde::Deserialize)]
+struct Chunk {
+    vote: openraft::Vote<NodeId>,
+    meta: SnapshotMeta,
+    offset: u64,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+    done: bool,
+}
+
 type Conn = BufReader<TcpStream>;
 
 #[derive(Debug, thiserror::Error)]
@@ -465,7 +501,14 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
-        self.call(SNAPSHOT, &rpc, &option).await
+        let chunk = ChunkRef {
+            vote: &rpc.vote,
+            meta: &rpc.meta,
+            offset: rpc.offset,
+            data: &rpc.data,
+            done: rpc.done,
+        };
+        self.call(SNAPSHOT, &chunk, &option).await
     }
 
     async fn vote(
@@ -526,6 +569,27 @@ impl Receiver {
         }
     }
 
+    /// Tells raft that the leader of `vote` was heard from, as an empty AppendEntries
+    /// that claims nothing about the log would (no previous entry, no commit index):
+    /// raft restarts its election timer, or answers with the higher vote it holds.
+    async fn keep_alive(
+        &self,
+        vote: openraft::Vote<NodeId>,
+    ) -> Result<Option<openraft::Vote<NodeId>>, RaftError<NodeId, InstallSnapshotError>> {
+        let heard = AppendEntriesRequest {
+            vote,
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![],
+        };
+        match self.raft.append_entries(heard).await {
+            Ok(AppendEntriesResponse::HigherVote(higher)) => Ok(Some(higher)),
+            Ok(_) => Ok(None),
+            Err(RaftError::Fatal(e)) => Err(RaftError::Fatal(e)),
+            Err(RaftError::APIError(never)) => match never {},
+        }
+    }
+
     /// One snapshot chunk: kept until the last one, then the whole snapshot is stored
     /// durably and only then handed to raft to install.
     async fn snapshot_chunk(
@@ -546,6 +610,13 @@ impl Receiver {
         );
         if !at_least_ours {
             return Ok(InstallSnapshotResponse { vote });
+        }
+        // A chunk is word from the leader as much as a heartbeat is, but openraft 0.9
+        // sends no heartbeats to a follower while a snapshot to it is in flight, and
+        // chunks reassembled here never reach raft: without this, a transfer longer than
+        // the election timeout makes the follower campaign, which restarts the transfer.
+        if let Some(higher) = self.keep_alive(req.vote).await? {
+            return Ok(InstallSnapshotResponse { vote: higher });
         }
         // raft would not install what it already has committed; nothing to receive.
         if req.meta.last_log_id <= committed {
@@ -603,6 +674,10 @@ impl Receiver {
         current.data.truncate(at);
         current.data.extend_from_slice(&req.data);
         if !req.done {
+            drop(guard);
+            if let Some(delay) = test_chunk_delay() {
+                tokio::time::sleep(delay).await;
+            }
             return Ok(InstallSnapshotResponse { vote });
         }
         let Some(Receiving { meta, data }) = receiving.take() else {
@@ -730,7 +805,18 @@ async fn answer(receiver: &Receiver, request: &[u8]) -> Vec<u8> {
     let result = match kind {
         APPEND => run(id, body, "append", |req| raft.append_entries(req)).await,
         VOTE => run(id, body, "vote", |req| raft.vote(req)).await,
-        SNAPSHOT => run(id, body, "snapshot", |req| receiver.snapshot_chunk(req)).await,
+        SNAPSHOT => {
+            run(id, body, "snapshot", |c: Chunk| {
+                receiver.snapshot_chunk(InstallSnapshotRequest {
+                    vote: c.vote,
+                    meta: c.meta,
+                    offset: c.offset,
+                    data: c.data,
+                    done: c.done,
+                })
+            })
+            .await
+        }
         kind => Err(format!("unknown request kind {kind}")),
     };
     result.unwrap_or_else(|reason| reason_frame(frame_for(BAD_REQUEST, id, 64), &reason))
@@ -823,6 +909,31 @@ mod tests {
             raft_addr: addr.to_string(),
         };
         network.new_client(2, &node).await
+    }
+
+    #[test]
+    fn a_snapshot_chunk_is_framed_as_openrafts_request_would_be() {
+        let req = InstallSnapshotRequest::<TypeConfig> {
+            vote: Vote::new_committed(3, 2),
+            meta: SnapshotMeta::default(),
+            offset: 1 << 20,
+            data: (0..=255u8).cycle().take(3000).collect(),
+            done: true,
+        };
+        let ours = ChunkRef {
+            vote: &req.vote,
+            meta: &req.meta,
+            offset: req.offset,
+            data: &req.data,
+            done: req.done,
+        };
+        let bytes = postcard::to_stdvec(&ours).expect("encodes");
+        assert_eq!(bytes, postcard::to_stdvec(&req).expect("encodes"));
+        let back: Chunk = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(
+            (back.vote, back.meta, back.offset, back.data, back.done),
+            (req.vote, req.meta, req.offset, req.data, req.done)
+        );
     }
 
     #[tokio::test]

@@ -41,6 +41,8 @@ const RECORD_HEADER: usize = 8;
 const TRUNCATED: [u8; RECORD_HEADER] = [0, 0, 0, 0, b'T', b'R', b'N', b'C'];
 /// Zeroes written at a time when preparing a segment.
 const ZERO_CHUNK: usize = 1024 * 1024;
+/// A log sync this slow is logged: it holds raft's core for as long.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(200);
 /// The background preparation writes small synced chunks with pauses between them: one
 /// burst of 32 MiB of zeroes queued every append's fdatasync behind it (measured: p99 of
 /// writes at 64 connections 15 ms with 32 MiB segments and 189 ms with 1 GiB ones, against
@@ -718,7 +720,12 @@ impl LogFiles {
             .write_all_at(&buf, active.offset)
             .map_err(&io_error)?;
         // The one sync that makes the entries durable.
+        let started = std::time::Instant::now();
         active.file.sync_data().map_err(&io_error)?;
+        let took = started.elapsed();
+        if took >= SLOW_SYNC {
+            tracing::warn!(?took, bytes = buf.len(), "slow raft log sync");
+        }
         let (segment, base, file) = (active.first, active.offset, active.file.clone());
         active.offset += buf.len() as u64;
         w.chain = crc;

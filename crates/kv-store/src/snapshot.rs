@@ -23,6 +23,8 @@ pub(crate) struct SnapshotState {
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
     meta: SnapshotMeta,
+    // One byte string, not a sequence of bytes: the same encoding, decoded in one copy.
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
 }
 
@@ -31,6 +33,7 @@ struct SnapshotFile {
 #[derive(Serialize)]
 struct SnapshotFileRef<'a> {
     meta: &'a SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     data: &'a [u8],
 }
 
