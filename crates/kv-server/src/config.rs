@@ -51,8 +51,8 @@ pub struct RaftConfig {
     pub logs_kept_after_snapshot: u64,
     /// Per-chunk snapshot transfer timeout.
     pub install_snapshot_timeout_ms: u64,
-    /// Purge the log only once this many entries can go, so purging is not a
-    /// delete_range after every entry.
+    /// Purge the log only once this many entries can go: each purge is a synced
+    /// metadata write, too many for every entry.
     pub purge_batch_size: u64,
     /// Size of one raft log segment file, in MiB (1 to 256). Each is zero-filled before
     /// use, paced in the background while the previous one fills, so appends never grow a
@@ -122,7 +122,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The initial members, each with both addresses.
     pub members: Vec<MemberConfig>,
-    /// Shared secret the raft listener requires of every request, if set.
+    /// Shared secret the raft listener requires in the hello of every connection, if
+    /// set.
     #[serde(default)]
     pub cluster_secret: Option<String>,
     /// Test-only: added to this node's wall clock when it stamps commands, to simulate
