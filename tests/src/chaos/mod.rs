@@ -470,6 +470,11 @@ impl Nemesis {
     async fn kill_in_install(&mut self, ids: &[u64]) -> Result<String> {
         let l = self.leader().await?;
         let target = self.other_than(ids, l);
+        // The target may still be starting after an earlier fault restarted it.
+        self.cluster
+            .wait_serving(target)
+            .await
+            .map_err(|e| product(format!("n{target} does not answer: {e:#}")))?;
         let last = self
             .metric(target, "last_log_index")
             .await
