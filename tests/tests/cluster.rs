@@ -37,6 +37,23 @@ async fn wait_replicated(
     .await
 }
 
+/// Kills node `id` and returns the index of the last log entry it held.
+async fn kill_noting_last_log(c: &mut TestCluster, id: u64) -> Result<u64> {
+    let (_, before) = c.get_json(id, "/v1/cluster").await?;
+    let last = before["last_log_index"].as_u64().unwrap_or(0);
+    c.kill(id);
+    Ok(last)
+}
+
+/// Waits until `leader` has purged its log beyond `index`.
+async fn wait_purged_past(c: &TestCluster, leader: u64, index: u64) -> Result<()> {
+    c.poll("the leader to purge past the lagging node", || async {
+        let (_, m) = c.get_json(leader, "/v1/cluster").await?;
+        Ok(m["purged_index"].as_u64().is_some_and(|p| p > index))
+    })
+    .await
+}
+
 async fn write_keys(
     c: &TestCluster,
     via: u64,
@@ -235,9 +252,7 @@ async fn a_node_behind_a_purged_log_catches_up_by_snapshot() -> Result<()> {
     let mut c = TestCluster::start_tuned(3, tuning).await?;
     let leader = c.leader().await?;
     let lagging = c.other_than(leader);
-    let (_, before) = c.get_json(lagging, "/v1/cluster").await?;
-    let lagging_last = before["last_log_index"].as_u64().unwrap_or(0);
-    c.kill(lagging);
+    let lagging_last = kill_noting_last_log(&mut c, lagging).await?;
     let written = write_keys(&c, leader, "s/", 150).await?;
     // The leader must have purged entries the lagging node never received, so the log
     // alone can no longer bring it up to date.
@@ -302,17 +317,9 @@ async fn a_node_killed_at_any_step_of_a_snapshot_install_restarts_and_catches_up
         "snapshot-installed",
     ];
     for (round, point) in points.into_iter().enumerate() {
-        let (_, before) = c.get_json(lagging, "/v1/cluster").await?;
-        let lagging_last = before["last_log_index"].as_u64().unwrap_or(0);
-        c.kill(lagging);
+        let lagging_last = kill_noting_last_log(&mut c, lagging).await?;
         write_keys(&c, leader, &format!("crash{round}/"), 100).await?;
-        c.poll("the leader to purge past the lagging node", || async {
-            let (_, m) = c.get_json(leader, "/v1/cluster").await?;
-            Ok(m["purged_index"]
-                .as_u64()
-                .is_some_and(|p| p > lagging_last + 50))
-        })
-        .await?;
+        wait_purged_past(&c, leader, lagging_last + 50).await?;
         c.restart_to_crash_at(lagging, point).await?;
         c.restart(lagging)?;
         c.wait_ready(lagging)
@@ -341,9 +348,7 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_unseats_no_leader(
     let mut c = TestCluster::start_tuned(3, tuning).await?;
     let leader = c.leader().await?;
     let lagging = c.other_than(leader);
-    let (_, before) = c.get_json(lagging, "/v1/cluster").await?;
-    let lagging_last = before["last_log_index"].as_u64().unwrap_or(0);
-    c.kill(lagging);
+    let lagging_last = kill_noting_last_log(&mut c, lagging).await?;
     // About 9 MiB of state: a snapshot of 9 chunks or more.
     let big = json!("x".repeat(900 * 1024)).to_string();
     for i in 0..10 {
@@ -351,13 +356,7 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_unseats_no_leader(
         ensure!(status == 200, "put big{i}: {status} {body}");
     }
     write_keys(&c, leader, "small/", 30).await?;
-    c.poll("the leader to purge past the lagging node", || async {
-        let (_, m) = c.get_json(leader, "/v1/cluster").await?;
-        Ok(m["purged_index"]
-            .as_u64()
-            .is_some_and(|p| p > lagging_last + 20))
-    })
-    .await?;
+    wait_purged_past(&c, leader, lagging_last + 20).await?;
     let (_, m) = c.get_json(leader, "/v1/cluster").await?;
     let (term, last) = (m["term"].as_u64(), m["last_log_index"].as_u64());
 
