@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kv_tests::chaos::{fresh_seed, run, ChaosConfig, FaultKind};
 
 fn seed() -> u64 {
@@ -16,7 +16,12 @@ fn seed() -> u64 {
 
 async fn run_and_check(config: ChaosConfig) -> Result<()> {
     let history = config.history.clone();
-    let report = run(config).await?;
+    let (nodes, seed) = (config.nodes, config.seed);
+    // Printed first, so a run that stops with a harness error can still be repeated.
+    println!("chaos run on {nodes} nodes, seed {seed} (KV_CHAOS_SEED={seed} repeats it)");
+    let report = run(config)
+        .await
+        .with_context(|| format!("chaos run on {nodes} nodes with seed {seed}"))?;
     println!("{report}");
     assert!(
         report.passed(),

@@ -1,7 +1,7 @@
 //! kv-client against a real three-node cluster: every call, its failure cases, and
 //! writes that stay exactly-once while the leader is killed and restarted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,13 +205,18 @@ async fn writes_through_two_leader_failovers_are_each_applied_exactly_once() -> 
     let mut c = TestCluster::start(3).await?;
     let all = endpoints(&c, &[1, 2, 3]);
     let acked = Arc::new(AtomicUsize::new(0));
+    // The writers go on until both failovers are over, however fast the machine.
+    let stop = Arc::new(AtomicBool::new(false));
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..8usize {
         let client = KvClient::new(all.iter().cycle().skip(w % 3).take(3).cloned())?;
-        let acked = acked.clone();
+        let (acked, stop) = (acked.clone(), stop.clone());
         writers.spawn(async move {
             let mut outcomes = vec![];
-            for i in 0..125 {
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
                 let key = format!("failover/{w}-{i:03}");
                 let result = client
                     .set(&key, &json!({ "w": w, "i": i }), SetOptions::default())
@@ -220,7 +225,6 @@ async fn writes_through_two_leader_failovers_are_each_applied_exactly_once() -> 
                     acked.fetch_add(1, Ordering::Relaxed);
                 }
                 outcomes.push((key, result.map_err(|e| e.to_string())));
-                // Paced, so both failovers happen while writes are still going on.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             outcomes
@@ -234,20 +238,24 @@ async fn writes_through_two_leader_failovers_are_each_applied_exactly_once() -> 
         .await?;
         let leader = c.leader().await?;
         let so_far = acked.load(Ordering::Relaxed);
-        ensure!(
-            so_far < 1000,
-            "round {round}: the writes ended before the leader was killed"
-        );
         eprintln!("round {round}: killing leader {leader} after {so_far} acknowledged writes");
         c.kill(leader);
         c.leader().await?;
         c.restart(leader)?;
         c.wait_ready(leader).await?;
     }
+    let after = acked.load(Ordering::Relaxed) + 100;
+    c.poll(&format!("{after} acknowledged writes"), || async {
+        Ok(acked.load(Ordering::Relaxed) >= after)
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let mut attempted = 0;
     let mut checked = 0;
     let checker = KvClient::new(all.clone())?;
     while let Some(joined) = writers.join_next().await {
         for (key, result) in joined? {
+            attempted += 1;
             let stored = checker.get::<Value>(&key).await?;
             match (result, stored) {
                 (Ok(meta), Some(entry)) => {
@@ -265,9 +273,10 @@ async fn writes_through_two_leader_failovers_are_each_applied_exactly_once() -> 
             }
         }
     }
+    // A write fails only if its deadline passes during a failover.
     ensure!(
-        checked >= 900,
-        "only {checked} of 1000 writes were acknowledged"
+        checked * 10 >= attempted * 9,
+        "only {checked} of {attempted} writes were acknowledged"
     );
     c.pass();
     Ok(())

@@ -1,7 +1,7 @@
 //! Async HTTP client for quorum-kv.
 //!
 //! Invariants: this crate talks HTTP only and never depends on RocksDB or openraft (it
-//! shares only kv-core's input checks). Every request has a timeout, every call an
+//! shares only kv-core's input checks and error codes). Every request has a timeout, every call an
 //! overall deadline. Every write carries one Idempotency-Key per logical call, reused on
 //! every retry, so a retried write is applied at most once.
 //!
@@ -9,18 +9,25 @@
 //! exponential backoff and jitter, moving to the next endpoint each time. Other answers,
 //! `4xx` included, are final.
 
+mod error;
+mod pager;
 mod retry;
 
 use std::time::Duration;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use error::{ClientError, ServerError};
+pub use kv_core::ErrorCode;
+pub use pager::{ListPages, PageStream};
 pub use retry::RetryPolicy;
-use retry::{Attempt, Call};
+
+use error::decode_ok;
+use retry::Call;
 
 /// Characters escaped in a key path segment; '/' and ':' stay as they are.
 const KEY_ESCAPES: &AsciiSet = &CONTROLS
@@ -137,206 +144,10 @@ pub struct SetOptions {
     pub keep_ttl: bool,
 }
 
-/// The server's error body.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct ServerError {
-    pub code: String,
-    pub message: String,
-}
-
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The key is absent or expired.
-    #[error("key not found: {0}")]
-    NotFound(String),
-    /// A precondition did not hold; `current` is the key's entry as JSON (None if absent).
-    #[error("precondition failed ({code}); current entry: {current:?}")]
-    PreconditionFailed {
-        code: String,
-        current: Option<Value>,
-    },
-    /// The request was refused (a 4xx other than 404 and 412); never retried.
-    #[error("request refused with {status}: {} ({})", .error.message, .error.code)]
-    Rejected { status: u16, error: ServerError },
-    /// No node could serve the call before the deadline; nothing was applied.
-    #[error("unavailable after {attempts} attempts: {last}")]
-    Unavailable { attempts: u32, last: String },
-    /// A write may or may not have been applied and the deadline passed. Retrying the same
-    /// logical write is safe only with the same Idempotency-Key.
-    #[error("outcome unknown after {attempts} attempts: {last}")]
-    OutcomeUnknown { attempts: u32, last: String },
-    /// Input refused before sending.
-    #[error("invalid input: {0}")]
-    Input(#[from] kv_core::validate::InputError),
-    /// A value could not be encoded or an answer decoded.
-    #[error("encoding or decoding: {0}")]
-    Codec(String),
-    /// The HTTP client could not be built.
-    #[error("building the HTTP client: {0}")]
-    Setup(String),
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ServerError,
-    #[serde(default)]
-    current: Option<Value>,
-}
-
 /// A client over one or more node URLs such as `http://127.0.0.1:7001`.
 #[derive(Clone)]
 pub struct KvClient {
     call: Call,
-}
-
-/// Pages through a prefix; see [`KvClient::list`].
-pub struct ListPages<'a, T> {
-    client: &'a KvClient,
-    prefix: String,
-    page_size: usize,
-    after: Option<String>,
-    done: bool,
-    _value: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<'a, T: DeserializeOwned> ListPages<'a, T> {
-    /// The next page of live entries in key order; `None` once every page was read.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Entry<T>>>, ClientError> {
-        if self.done {
-            return Ok(None);
-        }
-        let mut query = vec![
-            ("prefix", self.prefix.clone()),
-            ("limit", self.page_size.to_string()),
-        ];
-        if let Some(after) = &self.after {
-            query.push(("after", after.clone()));
-        }
-        let qs =
-            serde_urlencoded::to_string(&query).map_err(|e| ClientError::Codec(e.to_string()))?;
-        let answer = self
-            .client
-            .call
-            .run(Method::GET, &format!("/v1/kv?{qs}"), None, &[], false)
-            .await?;
-        #[derive(Deserialize)]
-        struct Page<T> {
-            items: Vec<Entry<T>>,
-            next: Option<String>,
-        }
-        let page: Page<T> = decode_ok(answer)?;
-        self.after = page.next;
-        self.done = self.after.is_none();
-        Ok(Some(page.items))
-    }
-
-    /// The remaining pages as a [`Stream`](futures_core::Stream) of `Vec<Entry<T>>`.
-    pub fn into_stream(self) -> PageStream<'a, T>
-    where
-        T: Send + 'a,
-    {
-        PageStream {
-            state: StreamState::Idle(self),
-        }
-    }
-
-    /// Reads every remaining page.
-    pub async fn collect_all(mut self) -> Result<Vec<Entry<T>>, ClientError> {
-        let mut all = vec![];
-        while let Some(page) = self.next_page().await? {
-            all.extend(page);
-        }
-        Ok(all)
-    }
-}
-
-type PageResult<T> = Result<Option<Vec<Entry<T>>>, ClientError>;
-type PageFuture<'a, T> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (ListPages<'a, T>, PageResult<T>)> + Send + 'a>,
->;
-
-/// A prefix listing as a stream of pages; see [`ListPages::into_stream`].
-pub struct PageStream<'a, T> {
-    state: StreamState<'a, T>,
-}
-
-enum StreamState<'a, T> {
-    Idle(ListPages<'a, T>),
-    Fetching(PageFuture<'a, T>),
-    Done,
-}
-
-impl<'a, T: DeserializeOwned + Send + 'a> futures_core::Stream for PageStream<'a, T> {
-    type Item = Result<Vec<Entry<T>>, ClientError>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        loop {
-            match std::mem::replace(&mut self.state, StreamState::Done) {
-                StreamState::Idle(mut pages) => {
-                    self.state = StreamState::Fetching(Box::pin(async move {
-                        let page = pages.next_page().await;
-                        (pages, page)
-                    }));
-                }
-                StreamState::Fetching(mut fetch) => {
-                    return match fetch.as_mut().poll(cx) {
-                        Poll::Pending => {
-                            self.state = StreamState::Fetching(fetch);
-                            Poll::Pending
-                        }
-                        Poll::Ready((pages, Ok(Some(items)))) => {
-                            self.state = StreamState::Idle(pages);
-                            Poll::Ready(Some(Ok(items)))
-                        }
-                        Poll::Ready((_, Ok(None))) => Poll::Ready(None),
-                        Poll::Ready((_, Err(e))) => Poll::Ready(Some(Err(e))),
-                    };
-                }
-                StreamState::Done => return Poll::Ready(None),
-            }
-        }
-    }
-}
-
-fn decode_ok<T: DeserializeOwned>(answer: Attempt) -> Result<T, ClientError> {
-    if answer.status.is_success() {
-        serde_json::from_slice(&answer.body).map_err(|e| ClientError::Codec(e.to_string()))
-    } else {
-        Err(refusal(answer))
-    }
-}
-
-/// Turns a final non-success answer into its typed error.
-fn refusal(answer: Attempt) -> ClientError {
-    let parsed = serde_json::from_slice::<ErrorBody>(&answer.body);
-    let (error, current) = match parsed {
-        Ok(b) => (b.error, b.current.filter(|c| !c.is_null())),
-        Err(_) => (
-            ServerError {
-                code: "unparseable".into(),
-                message: String::from_utf8_lossy(&answer.body).into_owned(),
-            },
-            None,
-        ),
-    };
-    match answer.status {
-        StatusCode::NOT_FOUND if error.code == "key_not_found" => {
-            ClientError::NotFound(error.message)
-        }
-        StatusCode::PRECONDITION_FAILED => ClientError::PreconditionFailed {
-            code: error.code,
-            current,
-        },
-        status => ClientError::Rejected {
-            status: status.as_u16(),
-            error,
-        },
-    }
 }
 
 fn ttl_query(ttl: Duration) -> String {
@@ -450,7 +261,7 @@ impl KvClient {
             Err(ClientError::PreconditionFailed {
                 code,
                 current: Some(current),
-            }) if code == "key_exists" => Ok(Created::Exists(
+            }) if code == ErrorCode::KeyExists.as_str() => Ok(Created::Exists(
                 serde_json::from_value(current).map_err(|e| ClientError::Codec(e.to_string()))?,
             )),
             Err(e) => Err(e),
@@ -510,14 +321,7 @@ impl KvClient {
         prefix: &str,
         page_size: usize,
     ) -> ListPages<'_, T> {
-        ListPages {
-            client: self,
-            prefix: prefix.to_owned(),
-            page_size,
-            after: None,
-            done: false,
-            _value: std::marker::PhantomData,
-        }
+        ListPages::new(self, prefix, page_size)
     }
 
     /// Deletes every key starting with `prefix` (which must not be empty).
@@ -546,7 +350,9 @@ fn mismatch_or<M, T: DeserializeOwned>(
 ) -> Result<Swapped<M, T>, ClientError> {
     match result {
         Ok(meta) => Ok(Swapped::Swapped(meta)),
-        Err(ClientError::PreconditionFailed { code, current }) if code == "revision_mismatch" => {
+        Err(ClientError::PreconditionFailed { code, current })
+            if code == ErrorCode::RevisionMismatch.as_str() =>
+        {
             let current = current
                 .map(serde_json::from_value)
                 .transpose()

@@ -56,10 +56,10 @@ pub enum Failure {
 
 impl Failure {
     /// The stable snake_case code clients match on.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> crate::ErrorCode {
         match self {
-            Self::KeyExists => "key_exists",
-            Self::RevisionMismatch => "revision_mismatch",
+            Self::KeyExists => crate::ErrorCode::KeyExists,
+            Self::RevisionMismatch => crate::ErrorCode::RevisionMismatch,
         }
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod command;
 pub mod entry;
+pub mod error_code;
 pub mod overlay;
 pub mod record;
 pub mod validate;
@@ -22,5 +23,6 @@ pub use command::{
     Precondition, Request, Response, Ttl, EXPIRE_LIMIT,
 };
 pub use entry::Entry;
+pub use error_code::ErrorCode;
 pub use overlay::{Due, Overlay, Slot, StateView};
 pub use record::{fingerprint, Fingerprinter, Record};

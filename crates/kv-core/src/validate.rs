@@ -2,6 +2,8 @@
 
 use thiserror::Error;
 
+use crate::ErrorCode;
+
 /// The longest key, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 4096;
 
@@ -18,10 +20,10 @@ pub enum InputError {
 
 impl InputError {
     /// The stable snake_case code clients match on.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::EmptyKey | Self::KeyTooLong(_) => "invalid_key",
-            Self::BadTtl(_) => "invalid_ttl",
+            Self::EmptyKey | Self::KeyTooLong(_) => ErrorCode::InvalidKey,
+            Self::BadTtl(_) => ErrorCode::InvalidTtl,
         }
     }
 }
@@ -78,7 +80,7 @@ mod tests {
         }
         assert_eq!(
             parse_ttl_seconds("0").map_err(|e| e.code()),
-            Err("invalid_ttl")
+            Err(ErrorCode::InvalidTtl)
         );
     }
 }

@@ -9,6 +9,8 @@ use axum::Json;
 use openraft::ServerState;
 use serde_json::{json, Value};
 
+use kv_core::ErrorCode;
+
 use super::{ApiError, App};
 
 fn role(state: ServerState) -> &'static str {
@@ -25,7 +27,7 @@ async fn committed_index(app: &App) -> Result<Option<u64>, ApiError> {
     app.raft
         .with_raft_state(|st| st.committed.map(|c| c.index))
         .await
-        .map_err(|e| ApiError::Unavailable(format!("raft is not running: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("raft is not running: {e}")))
 }
 
 /// `GET /v1/cluster`: this node's view of the cluster.
@@ -81,7 +83,7 @@ pub(crate) async fn digest(State(app): State<Arc<App>>) -> Result<Json<Value>, A
     let reader = app.reader.clone();
     let d = tokio::task::spawn_blocking(move || reader.digest())
         .await
-        .map_err(|e| ApiError::Internal(format!("digest task: {e}")))??;
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("digest task: {e}")))??;
     Ok(Json(json!({
         "node_id": app.id,
         "applied_index": d.applied_index,
@@ -102,14 +104,16 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<Response, ApiE
     let committed = committed_index(&app).await?;
     let applied = m.last_applied.map(|l| l.index);
     if m.current_leader.is_none() {
-        return Err(ApiError::Unavailable(
-            "not ready: no leader is known".into(),
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "not ready: no leader is known",
         ));
     }
     if applied < committed {
-        return Err(ApiError::Unavailable(format!(
-            "not ready: applied {applied:?} of committed {committed:?}"
-        )));
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("not ready: applied {applied:?} of committed {committed:?}"),
+        ));
     }
     let body = json!({ "ready": true, "leader_id": m.current_leader, "applied_index": applied });
     Ok((StatusCode::OK, Json(body)).into_response())

@@ -3,86 +3,50 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kv_core::validate::InputError;
+use kv_core::ErrorCode;
 use serde_json::json;
 
-/// Every way a client request can fail. Translated to HTTP in one place.
+/// Why a client request failed: a stable code (which fixes the status) and a message for
+/// people. Translated to HTTP in one place, [`IntoResponse`].
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
-    #[error("key not found")]
-    KeyNotFound,
-    #[error("no such route")]
-    RouteNotFound,
-    #[error("method not allowed on this route")]
-    MethodNotAllowed,
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("this Idempotency-Key was already used for a different request")]
-    IdempotencyKeyReused,
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    #[error("{0}")]
-    NoLeader(String),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    OutcomeUnknown(String),
-    #[error("{0}")]
-    InsufficientStorage(String),
-    #[error("{0}")]
-    Internal(String),
+#[error("{message}")]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
 }
 
 impl ApiError {
-    pub(crate) fn bad(code: &'static str, message: impl Into<String>) -> Self {
-        Self::BadRequest {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
             code,
             message: message.into(),
         }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
-        match self {
-            Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
-            Self::KeyNotFound => (StatusCode::NOT_FOUND, "key_not_found"),
-            Self::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
-            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large"),
-            Self::IdempotencyKeyReused => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
-            }
-            Self::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            Self::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
-            Self::InsufficientStorage(_) => {
-                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
-            }
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
+    /// The code this error answers with.
+    pub fn code(&self) -> ErrorCode {
+        self.code
     }
 }
 
 impl From<InputError> for ApiError {
     fn from(e: InputError) -> Self {
-        Self::bad(e.code(), e.to_string())
+        Self::new(e.code(), e.to_string())
     }
 }
 
 impl From<kv_store::StoreError> for ApiError {
     fn from(e: kv_store::StoreError) -> Self {
         tracing::error!(error = %e, "storage read failed");
-        Self::Internal(format!("storage: {e}"))
+        Self::new(ErrorCode::Internal, format!("storage: {e}"))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let body = json!({ "error": { "code": code, "message": self.to_string() } });
+        let status =
+            StatusCode::from_u16(self.code.status()).expect("every error code has a valid status");
+        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // hyper does not keep a connection whose request was refused as too large;
@@ -101,9 +65,63 @@ impl IntoResponse for ApiError {
 }
 
 pub(crate) async fn route_not_found() -> ApiError {
-    ApiError::RouteNotFound
+    ApiError::new(ErrorCode::RouteNotFound, "no such route")
 }
 
 pub(crate) async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `| status | `code` | … |` rows of README's error table.
+    fn readme_error_table() -> Vec<(u16, String)> {
+        let readme = include_str!("../../../../README.md");
+        let table = readme
+            .split("| Status | Code | When |")
+            .nth(1)
+            .expect("README has the error table");
+        table
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let status = cells[1].parse().expect("a status number");
+                let code = cells[2].trim_matches('`').to_owned();
+                (status, code)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_error_code_with_its_status() {
+        let documented = readme_error_table();
+        let coded: Vec<(u16, String)> = ErrorCode::ALL
+            .iter()
+            .map(|c| (c.status(), c.as_str().to_owned()))
+            .collect();
+        assert_eq!(
+            documented, coded,
+            "README's error table must equal ErrorCode::ALL"
+        );
+    }
+
+    #[test]
+    fn an_error_answers_with_its_codes_status_as_json() {
+        for &code in ErrorCode::ALL {
+            let response = ApiError::new(code, "why").into_response();
+            assert_eq!(response.status().as_u16(), code.status());
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{code}"
+            );
+        }
+    }
 }

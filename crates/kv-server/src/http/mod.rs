@@ -1,9 +1,12 @@
 //! The client HTTP API (v1): routes, shared state, errors, and forwarding to the leader.
 
 mod admin;
+mod answer;
 mod error;
-mod forward;
-mod kv;
+mod key;
+mod leader;
+mod prefix;
+mod request;
 
 use std::sync::Arc;
 
@@ -71,12 +74,14 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(
             "/v1/kv/{*key}",
-            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
+            get(key::get_key).put(key::put_key).delete(key::delete_key),
         )
-        .route("/v1/kv", get(kv::list).delete(kv::delete_prefix))
+        .route("/v1/kv", get(prefix::list).delete(prefix::delete_prefix))
         .route(
             "/v1/kv/",
-            get(kv::empty_key).put(kv::empty_key).delete(kv::empty_key),
+            get(key::empty_key)
+                .put(key::empty_key)
+                .delete(key::empty_key),
         )
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/admin/digest", get(admin::digest))

@@ -1,0 +1,127 @@
+//! The stable error codes of API v1: the one list the server answers with, the client
+//! matches on, and README documents (a kv-server test ties README to [`ErrorCode::ALL`]).
+
+use std::fmt;
+
+/// Defines [`ErrorCode`] and its tables from one list, so a code cannot be added to the
+/// enum without its wire name, its status and its place in [`ErrorCode::ALL`].
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $status:literal;)*) => {
+        /// Every `error.code` an answer of API v1 can carry, with its HTTP status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order README lists them.
+            pub const ALL: &'static [ErrorCode] = &[$(Self::$variant),*];
+
+            /// The snake_case code on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+
+            /// The HTTP status every answer with this code has.
+            pub const fn status(self) -> u16 {
+                match self {
+                    $(Self::$variant => $status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The key is empty or too long.
+    InvalidKey = "invalid_key", 400;
+    /// `ttl` is not a positive whole number of seconds within the limit.
+    InvalidTtl = "invalid_ttl", 400;
+    /// `keep_ttl` is not `true` or `false`.
+    InvalidKeepTtl = "invalid_keep_ttl", 400;
+    /// Both `ttl` and `keep_ttl=true`.
+    ConflictingTtl = "conflicting_ttl", 400;
+    /// The body is not JSON.
+    InvalidJson = "invalid_json", 400;
+    /// An unknown or malformed query parameter.
+    InvalidQuery = "invalid_query", 400;
+    /// `consistency` is neither `linearizable` nor `stale`.
+    InvalidConsistency = "invalid_consistency", 400;
+    /// `limit` is out of range.
+    InvalidLimit = "invalid_limit", 400;
+    /// A prefix delete without a non-empty prefix.
+    InvalidPrefix = "invalid_prefix", 400;
+    /// A malformed `If-Match` or `If-None-Match`.
+    InvalidPrecondition = "invalid_precondition", 400;
+    /// Both `If-Match` and `If-None-Match`.
+    ConflictingPreconditions = "conflicting_preconditions", 400;
+    /// A malformed `Idempotency-Key`.
+    InvalidIdempotencyKey = "invalid_idempotency_key", 400;
+    /// The key is absent or expired.
+    KeyNotFound = "key_not_found", 404;
+    /// No such route.
+    RouteNotFound = "route_not_found", 404;
+    /// The route does not take this method.
+    MethodNotAllowed = "method_not_allowed", 405;
+    /// Create-if-absent found the key.
+    KeyExists = "key_exists", 412;
+    /// The key is not at the expected revision.
+    RevisionMismatch = "revision_mismatch", 412;
+    /// The value is larger than `limits.max_value_bytes`.
+    ValueTooLarge = "value_too_large", 413;
+    /// The body is not declared as JSON.
+    UnsupportedMediaType = "unsupported_media_type", 415;
+    /// The Idempotency-Key was used for a different request.
+    IdempotencyKeyReused = "idempotency_key_reused", 422;
+    /// A failure inside the node.
+    Internal = "internal", 500;
+    /// No leader is known; nothing was applied.
+    NoLeader = "no_leader", 503;
+    /// The request could not be served now; nothing was applied.
+    Unavailable = "unavailable", 503;
+    /// A write was proposed but its commit was not seen.
+    OutcomeUnknown = "outcome_unknown", 504;
+    /// The leader's disk is too full for writes that grow the data.
+    InsufficientStorage = "insufficient_storage", 507;
+}
+
+impl ErrorCode {
+    /// The code named `code` on the wire, if this version knows it.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed_once_and_parses_back() {
+        let mut seen = std::collections::HashSet::new();
+        for &code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code} is listed twice");
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!(code
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), None);
+    }
+
+    #[test]
+    fn statuses_are_client_or_server_errors() {
+        for &code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.status()), "{code}");
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Serving a request on the leader: linearizable reads after a ReadIndex confirmation
+//! and writes through the proposer when this node leads, otherwise by forwarding the
+//! request to the leader's client address and relaying the answer.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use kv_core::{Command, ErrorCode, OpResult};
+use kv_store::typ::{NodeId, NodeInfo};
+
+use super::answer;
+use super::request::Idempotency;
+use super::{ApiError, App, Leader};
+use crate::proposer::WriteError;
+use crate::reads::ReadError;
+
+/// How many times a request has been forwarded; bounds forwarding loops while nodes
+/// disagree about who leads.
+pub(crate) const HOPS_HEADER: &str = "x-quorum-kv-hops";
+const MAX_HOPS: u32 = 2;
+
+/// Request headers worth passing to the leader.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "if-match",
+    "if-none-match",
+    "idempotency-key",
+];
+/// Response headers worth relaying back.
+const RELAYED_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "etag",
+    "retry-after",
+    "idempotency-replayed",
+];
+
+/// A request as it may have to travel to the leader.
+pub(crate) struct Forwardable {
+    pub method: Method,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// Writes that fail in flight have an unknown outcome; reads are merely unavailable.
+    pub is_write: bool,
+}
+
+impl Forwardable {
+    /// The request as received: its method, path and query, headers and body.
+    pub(crate) fn new(
+        method: Method,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+        is_write: bool,
+    ) -> Self {
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+        Self {
+            method,
+            path_and_query,
+            headers,
+            body,
+            is_write,
+        }
+    }
+}
+
+/// What the local attempt came to.
+pub(crate) enum Local {
+    Done(Response),
+    /// Leadership moved before the request was applied; nothing happened here.
+    NotLeader(Option<(NodeId, NodeInfo)>),
+}
+
+/// Runs `local` if this node leads; forwards to the leader otherwise, or when `local`
+/// finds leadership gone.
+pub(crate) async fn lead_or_forward<Fut>(
+    app: &App,
+    req: Forwardable,
+    local: impl FnOnce() -> Fut,
+) -> Result<Response, ApiError>
+where
+    Fut: Future<Output = Result<Local, ApiError>>,
+{
+    let target = match app.leader() {
+        Leader::Me => match local().await? {
+            Local::Done(response) => return Ok(response),
+            Local::NotLeader(leader) => {
+                leader.filter(|(id, _)| *id != app.id).map(|(_, node)| node)
+            }
+        },
+        Leader::Other(node) => Some(node),
+        Leader::Unknown => None,
+    };
+    match target {
+        Some(node) => forward(app, &node, req).await,
+        None => Err(ApiError::new(
+            ErrorCode::NoLeader,
+            "no leader is known right now; retry shortly",
+        )),
+    }
+}
+
+async fn forward(app: &App, node: &NodeInfo, req: Forwardable) -> Result<Response, ApiError> {
+    let hops: u32 = req
+        .headers
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    if hops >= MAX_HOPS {
+        return Err(ApiError::new(
+            ErrorCode::NoLeader,
+            format!(
+                "the request was forwarded {hops} times without reaching the leader; retry shortly"
+            ),
+        ));
+    }
+    let timeout_ms = if req.is_write {
+        app.limits.write_timeout_ms
+    } else {
+        app.limits.read_timeout_ms
+    };
+    let url = format!("http://{}{}", node.client_addr, req.path_and_query);
+    let mut out = app
+        .client
+        .request(req.method, url)
+        .timeout(Duration::from_millis(timeout_ms + 1000))
+        .header(HOPS_HEADER, (hops + 1).to_string())
+        .body(req.body);
+    for name in FORWARDED_REQUEST_HEADERS {
+        for value in req.headers.get_all(*name) {
+            out = out.header(*name, value);
+        }
+    }
+    let response = out
+        .send()
+        .await
+        .map_err(|e| unreachable_or_unknown(e, req.is_write))?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for name in RELAYED_RESPONSE_HEADERS {
+        if let Some(value) = response.headers().get(*name) {
+            headers.insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| unreachable_or_unknown(e, req.is_write))?;
+    let mut relayed = Response::new(Body::from(body));
+    *relayed.status_mut() = status;
+    *relayed.headers_mut() = headers;
+    Ok(relayed)
+}
+
+fn unreachable_or_unknown(e: reqwest::Error, is_write: bool) -> ApiError {
+    if e.is_connect() {
+        // Never sent: safe to report plainly unavailable.
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the leader could not be reached: {e}"),
+        )
+    } else if is_write {
+        ApiError::new(ErrorCode::OutcomeUnknown, format!(
+            "the leader did not answer in time ({e}); the write may or may not have been applied, and may be retried"
+        ))
+    } else {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the leader did not answer in time: {e}"),
+        )
+    }
+}
+
+/// Serves a read from local state: at once when stale reads are allowed, otherwise on
+/// the leader after a ReadIndex confirmation (forwarding there if needed).
+pub(crate) async fn read<F>(
+    app: &App,
+    stale: bool,
+    uri: &Uri,
+    headers: HeaderMap,
+    serve: F,
+) -> Result<Response, ApiError>
+where
+    F: Fn() -> Result<Response, ApiError>,
+{
+    if stale {
+        return serve();
+    }
+    let req = Forwardable::new(Method::GET, uri, headers, Bytes::new(), false);
+    lead_or_forward(app, req, || async {
+        match app.reads.confirm().await {
+            Ok(()) => serve().map(Local::Done),
+            Err(ReadError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
+            Err(ReadError::Timeout) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "leadership could not be confirmed in time",
+            )),
+            Err(ReadError::Stopped(m)) => Err(ApiError::new(ErrorCode::Unavailable, m)),
+        }
+    })
+    .await
+}
+
+/// Proposes `command` on this node (which leads), recorded under its idempotency key if
+/// it has one, and answers for `key`. `created` says a success is a creation (201).
+pub(crate) async fn propose(
+    app: &App,
+    key: &str,
+    command: Command,
+    idempotency: Option<Idempotency>,
+    created: bool,
+) -> Result<Local, ApiError> {
+    let command = match idempotency {
+        None => command,
+        Some(Idempotency { id, fingerprint }) => Command::Idempotent {
+            id,
+            fingerprint,
+            retain_ms: app.limits.idempotency_retention_s.saturating_mul(1000),
+            command: Box::new(command),
+        },
+    };
+    match app.proposer.write(command).await {
+        Ok(OpResult::Replayed(original)) => {
+            let mut local = answer::written(app, key, *original, created)?;
+            if let Local::Done(response) = &mut local {
+                response
+                    .headers_mut()
+                    .insert("idempotency-replayed", HeaderValue::from_static("true"));
+            }
+            Ok(local)
+        }
+        Ok(OpResult::IdempotencyKeyReused) => Err(ApiError::new(
+            ErrorCode::IdempotencyKeyReused,
+            "this Idempotency-Key was already used for a different request",
+        )),
+        Ok(result) => answer::written(app, key, result, created),
+        Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
+        Err(WriteError::OutcomeUnknown) => Err(ApiError::new(
+            ErrorCode::OutcomeUnknown,
+            "the write was proposed but its commit was not seen (it timed out or raft stopped); it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once",
+        )),
+        Err(WriteError::Stopped(m)) => Err(ApiError::new(ErrorCode::Unavailable, m)),
+        Err(WriteError::DiskFull(full)) => Err(ApiError::new(
+            ErrorCode::InsufficientStorage,
+            full.to_string(),
+        )),
+    }
+}

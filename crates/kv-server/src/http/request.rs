@@ -1,0 +1,516 @@
+//! Reading requests of `/v1/kv`: the key, query parameters, preconditions, the body and
+//! the idempotency key. Pure parsers over headers and strings, so they are tested here
+//! rather than through a cluster.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
+use kv_core::validate::{check_key, parse_ttl_seconds};
+use kv_core::{ErrorCode, Precondition, Ttl};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::ApiError;
+
+/// The checked key of `/v1/kv/{key}`: percent-decoded, non-empty and within the limit.
+pub(crate) struct Key(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.body_text()))?;
+        check_key(&key)?;
+        Ok(Key(key))
+    }
+}
+
+/// Parses the query string into `T` (which denies unknown parameters); none is `T::default()`.
+pub(crate) fn parse_query<T: DeserializeOwned + Default>(uri: &Uri) -> Result<T, ApiError> {
+    match uri.query() {
+        None => Ok(T::default()),
+        Some(q) => serde_urlencoded::from_str(q)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string())),
+    }
+}
+
+/// Routes that take no query parameters.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NoQuery {}
+
+/// `GET /v1/kv/{key}`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GetQuery {
+    pub consistency: Option<String>,
+}
+
+/// `PUT /v1/kv/{key}`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PutQuery {
+    pub ttl: Option<String>,
+    pub keep_ttl: Option<String>,
+}
+
+impl PutQuery {
+    /// What the write does to the key's TTL: `ttl=N` sets it, `keep_ttl=true` keeps the
+    /// current one, neither clears it.
+    pub(crate) fn ttl(&self) -> Result<Ttl, ApiError> {
+        let keep = parse_bool(
+            self.keep_ttl.as_deref(),
+            "keep_ttl",
+            ErrorCode::InvalidKeepTtl,
+        )?;
+        match (&self.ttl, keep) {
+            (Some(_), true) => Err(ApiError::new(
+                ErrorCode::ConflictingTtl,
+                "ttl and keep_ttl=true contradict each other: send one",
+            )),
+            (Some(raw), false) => Ok(Ttl::AfterMs(parse_ttl_seconds(raw)?)),
+            (None, true) => Ok(Ttl::Keep),
+            (None, false) => Ok(Ttl::Clear),
+        }
+    }
+}
+
+/// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true&consistency=C`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    pub prefix: Option<String>,
+    pub limit: Option<String>,
+    pub after: Option<String>,
+    pub keys_only: Option<String>,
+    pub consistency: Option<String>,
+}
+
+/// The most entries one list page returns.
+pub(crate) const MAX_LIST_LIMIT: usize = 1000;
+/// Entries per list page when the request names no limit.
+const DEFAULT_LIST_LIMIT: usize = 100;
+
+impl ListQuery {
+    /// The page size: 1 to [`MAX_LIST_LIMIT`], [`DEFAULT_LIST_LIMIT`] when absent.
+    pub(crate) fn limit(&self) -> Result<usize, ApiError> {
+        let Some(raw) = self.limit.as_deref() else {
+            return Ok(DEFAULT_LIST_LIMIT);
+        };
+        raw.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidLimit,
+                    format!("limit must be a whole number from 1 to {MAX_LIST_LIMIT}, got {raw:?}"),
+                )
+            })
+    }
+}
+
+/// `DELETE /v1/kv?prefix=P`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PrefixQuery {
+    pub prefix: Option<String>,
+}
+
+impl PrefixQuery {
+    /// The prefix to delete: required and non-empty, so the whole store cannot go at once.
+    pub(crate) fn prefix(self) -> Result<String, ApiError> {
+        self.prefix.filter(|p| !p.is_empty()).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidPrefix,
+                "a non-empty prefix is required: DELETE /v1/kv?prefix=P (the whole store cannot be deleted at once)",
+            )
+        })
+    }
+}
+
+/// Reads a `true`/`false` query flag (absent = false); anything else is `code`.
+pub(crate) fn parse_bool(raw: Option<&str>, name: &str, code: ErrorCode) -> Result<bool, ApiError> {
+    match raw {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::new(
+            code,
+            format!("{name} must be true or false, got {other:?}"),
+        )),
+    }
+}
+
+/// Whether a read asked for `consistency=stale` (default: linearizable).
+pub(crate) fn wants_stale(consistency: Option<&str>) -> Result<bool, ApiError> {
+    match consistency {
+        Some("stale") => Ok(true),
+        None | Some("linearizable") => Ok(false),
+        Some(other) => Err(ApiError::new(
+            ErrorCode::InvalidConsistency,
+            format!("consistency must be linearizable or stale, got {other:?}"),
+        )),
+    }
+}
+
+/// Reads `If-None-Match: *` (create-if-absent, PUT only) or `If-Match: "<revision>"`.
+pub(crate) fn precondition(
+    headers: &HeaderMap,
+    allow_create: bool,
+) -> Result<Precondition, ApiError> {
+    let none_match: Vec<_> = headers.get_all(header::IF_NONE_MATCH).iter().collect();
+    let if_match: Vec<_> = headers.get_all(header::IF_MATCH).iter().collect();
+    let invalid = |m: &str| Err(ApiError::new(ErrorCode::InvalidPrecondition, m));
+    match (none_match.as_slice(), if_match.as_slice()) {
+        ([], []) => Ok(Precondition::Always),
+        ([_, ..], [_, ..]) => Err(ApiError::new(
+            ErrorCode::ConflictingPreconditions,
+            "send either If-None-Match or If-Match, not both",
+        )),
+        ([v], []) if allow_create => match v.as_bytes() {
+            b"*" => Ok(Precondition::Absent),
+            _ => invalid("If-None-Match accepts only * (create if absent)"),
+        },
+        ([_], []) => invalid("If-None-Match: * is only for PUT"),
+        ([], [v]) => {
+            let revision = v
+                .to_str()
+                .ok()
+                .and_then(|t| t.strip_prefix('"')?.strip_suffix('"'))
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|d| d.parse::<u64>().ok());
+            match revision {
+                Some(r) => Ok(Precondition::Revision(r)),
+                None => invalid("If-Match must be one quoted revision, like \"42\""),
+            }
+        }
+        _ => invalid("send at most one If-None-Match or If-Match header"),
+    }
+}
+
+/// Accepts a body declared as JSON (`application/json` or `application/*+json`) or not
+/// declared at all.
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let mime = ct
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("values are JSON: send content-type application/json, not {mime:?}"),
+        ))
+    }
+}
+
+/// How far past the limit a too-large body is still read (and discarded) before the
+/// 413 goes out: a client still sending when the server answers and closes would see a
+/// broken pipe instead of the 413. Bodies larger than this are cut off.
+const TOO_LARGE_DRAIN: usize = 4 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes; a larger one is `value_too_large`.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::ValueTooLarge,
+            format!("values may be at most {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit + TOO_LARGE_DRAIN) {
+        return Err(too_large());
+    }
+    // The only error a body within the limit can produce is a broken connection, whose
+    // answer nobody reads; anything else here is the limit.
+    match axum::body::to_bytes(body, limit + TOO_LARGE_DRAIN).await {
+        Ok(bytes) if bytes.len() <= limit => Ok(bytes),
+        _ => Err(too_large()),
+    }
+}
+
+/// Checks that a value is JSON text; it is stored as sent.
+pub(crate) fn check_json(body: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the value is not valid JSON: {e}"),
+            )
+        })
+}
+
+/// Header naming a write's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A write's idempotency key and the fingerprint of the request carrying it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Idempotency {
+    pub id: String,
+    pub fingerprint: u128,
+}
+
+/// Reads `Idempotency-Key` (1 to 255 visible ASCII characters) and fingerprints the
+/// request by what decides its effect: method, key or prefix, query, preconditions, body.
+pub(crate) fn idempotency(
+    headers: &HeaderMap,
+    method: &str,
+    target: &str,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let values: Vec<_> = headers.get_all(IDEMPOTENCY_KEY).iter().collect();
+    let raw = match values.as_slice() {
+        [] => return Ok(None),
+        [v] => v.as_bytes(),
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidIdempotencyKey,
+                "send one Idempotency-Key header",
+            ))
+        }
+    };
+    if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidIdempotencyKey,
+            "an Idempotency-Key is 1 to 255 visible ASCII characters",
+        ));
+    }
+    let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
+    let fingerprint = kv_core::fingerprint(&[
+        method.as_bytes(),
+        target.as_bytes(),
+        uri.query().unwrap_or("").as_bytes(),
+        header(header::IF_MATCH),
+        header(header::IF_NONE_MATCH),
+        body,
+    ]);
+    let id = String::from_utf8_lossy(raw).into_owned();
+    Ok(Some(Idempotency { id, fingerprint }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderName;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
+                HeaderValue::from_str(value).expect("test header value"),
+            );
+        }
+        h
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, ApiError>) -> ErrorCode {
+        r.expect_err("must be refused").code()
+    }
+
+    #[test]
+    fn if_match_takes_one_quoted_revision() {
+        let p = |v| precondition(&headers(&[("if-match", v)]), false);
+        assert_eq!(p("\"42\"").ok(), Some(Precondition::Revision(42)));
+        assert_eq!(p("\"0\"").ok(), Some(Precondition::Revision(0)));
+        for bad in [
+            "42",
+            "\"\"",
+            "\"4 2\"",
+            "\"-1\"",
+            "W/\"42\"",
+            "*",
+            "\"99999999999999999999\"",
+        ] {
+            assert_eq!(code(p(bad)), ErrorCode::InvalidPrecondition, "{bad}");
+        }
+        let two = headers(&[("if-match", "\"1\""), ("if-match", "\"2\"")]);
+        assert_eq!(
+            code(precondition(&two, false)),
+            ErrorCode::InvalidPrecondition
+        );
+    }
+
+    #[test]
+    fn if_none_match_star_creates_on_put_only() {
+        let star = headers(&[("if-none-match", "*")]);
+        assert_eq!(precondition(&star, true).ok(), Some(Precondition::Absent));
+        assert_eq!(
+            code(precondition(&star, false)),
+            ErrorCode::InvalidPrecondition
+        );
+        let etag = headers(&[("if-none-match", "\"3\"")]);
+        assert_eq!(
+            code(precondition(&etag, true)),
+            ErrorCode::InvalidPrecondition
+        );
+        let both = headers(&[("if-none-match", "*"), ("if-match", "\"3\"")]);
+        assert_eq!(
+            code(precondition(&both, true)),
+            ErrorCode::ConflictingPreconditions
+        );
+        assert_eq!(
+            precondition(&HeaderMap::new(), true).ok(),
+            Some(Precondition::Always)
+        );
+    }
+
+    #[test]
+    fn flags_are_true_or_false_and_absent_is_false() {
+        let b = |raw| parse_bool(raw, "keys_only", ErrorCode::InvalidQuery);
+        assert_eq!(b(None).ok(), Some(false));
+        assert_eq!(b(Some("false")).ok(), Some(false));
+        assert_eq!(b(Some("true")).ok(), Some(true));
+        for bad in ["", "1", "yes", "TRUE", "True"] {
+            assert_eq!(code(b(Some(bad))), ErrorCode::InvalidQuery, "{bad}");
+        }
+    }
+
+    #[test]
+    fn consistency_is_linearizable_unless_stale_is_asked_for() {
+        assert_eq!(wants_stale(None).ok(), Some(false));
+        assert_eq!(wants_stale(Some("linearizable")).ok(), Some(false));
+        assert_eq!(wants_stale(Some("stale")).ok(), Some(true));
+        for bad in ["", "STALE", "eventual"] {
+            assert_eq!(code(wants_stale(Some(bad))), ErrorCode::InvalidConsistency);
+        }
+    }
+
+    #[test]
+    fn bodies_are_json_or_undeclared() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(
+                check_content_type(&headers(&[("content-type", ok)])).is_ok(),
+                "{ok}"
+            );
+        }
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "json",
+            "",
+        ] {
+            let h = headers(&[("content-type", bad)]);
+            assert_eq!(
+                code(check_content_type(&h)),
+                ErrorCode::UnsupportedMediaType,
+                "{bad}"
+            );
+        }
+        assert!(check_json(br#"{"a":[1,null]}"#).is_ok());
+        assert_eq!(code(check_json(b"{")), ErrorCode::InvalidJson);
+        assert_eq!(code(check_json(b"")), ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn ttl_and_keep_ttl_exclude_each_other() {
+        let q = |ttl: Option<&str>, keep: Option<&str>| PutQuery {
+            ttl: ttl.map(str::to_owned),
+            keep_ttl: keep.map(str::to_owned),
+        };
+        assert_eq!(q(None, None).ttl().ok(), Some(Ttl::Clear));
+        assert_eq!(q(Some("2"), None).ttl().ok(), Some(Ttl::AfterMs(2000)));
+        assert_eq!(q(None, Some("true")).ttl().ok(), Some(Ttl::Keep));
+        assert_eq!(
+            q(Some("2"), Some("false")).ttl().ok(),
+            Some(Ttl::AfterMs(2000))
+        );
+        assert_eq!(
+            code(q(Some("2"), Some("true")).ttl()),
+            ErrorCode::ConflictingTtl
+        );
+        assert_eq!(code(q(None, Some("yes")).ttl()), ErrorCode::InvalidKeepTtl);
+        assert_eq!(code(q(Some("0"), None).ttl()), ErrorCode::InvalidTtl);
+    }
+
+    #[test]
+    fn list_limits_run_from_one_to_the_maximum() {
+        let q = |limit: Option<&str>| ListQuery {
+            limit: limit.map(str::to_owned),
+            ..ListQuery::default()
+        };
+        assert_eq!(q(None).limit().ok(), Some(DEFAULT_LIST_LIMIT));
+        assert_eq!(q(Some("1")).limit().ok(), Some(1));
+        assert_eq!(q(Some("1000")).limit().ok(), Some(MAX_LIST_LIMIT));
+        for bad in ["0", "1001", "-1", "ten", ""] {
+            assert_eq!(code(q(Some(bad)).limit()), ErrorCode::InvalidLimit, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_query_parameters_are_refused() {
+        let uri: Uri = "/v1/kv/a?consistency=stale&x=1".parse().expect("test uri");
+        assert_eq!(code(parse_query::<GetQuery>(&uri)), ErrorCode::InvalidQuery);
+        let uri: Uri = "/v1/kv/a?consistency=stale".parse().expect("test uri");
+        let q: GetQuery = parse_query(&uri).expect("a known parameter");
+        assert_eq!(q.consistency.as_deref(), Some("stale"));
+        let uri: Uri = "/v1/kv/a".parse().expect("test uri");
+        assert!(parse_query::<NoQuery>(&uri).is_ok());
+    }
+
+    #[test]
+    fn idempotency_keys_are_one_short_visible_ascii_header() {
+        let uri: Uri = "/v1/kv/a?ttl=5".parse().expect("test uri");
+        let id = |h: &HeaderMap| idempotency(h, "PUT", "a", &uri, b"1");
+        assert_eq!(id(&HeaderMap::new()).ok(), Some(None));
+        let ok = id(&headers(&[("idempotency-key", "webhook-123")]))
+            .expect("a valid key")
+            .expect("present");
+        assert_eq!(ok.id, "webhook-123");
+        let two = headers(&[("idempotency-key", "a"), ("idempotency-key", "b")]);
+        assert_eq!(code(id(&two)), ErrorCode::InvalidIdempotencyKey);
+        for bad in ["", "has space", &"k".repeat(256)] {
+            let h = headers(&[("idempotency-key", bad)]);
+            assert_eq!(code(id(&h)), ErrorCode::InvalidIdempotencyKey, "{bad:?}");
+        }
+        assert!(id(&headers(&[("idempotency-key", &"k".repeat(255))])).is_ok());
+    }
+
+    #[test]
+    fn the_fingerprint_covers_what_decides_a_writes_effect() {
+        let key = headers(&[("idempotency-key", "k1")]);
+        let uri: Uri = "/v1/kv/a?ttl=5".parse().expect("test uri");
+        let fp = |h: &HeaderMap, method, target, uri: &Uri, body: &[u8]| {
+            idempotency(h, method, target, uri, body)
+                .expect("valid")
+                .expect("present")
+                .fingerprint
+        };
+        let base = fp(&key, "PUT", "a", &uri, b"1");
+        assert_eq!(base, fp(&key, "PUT", "a", &uri, b"1"));
+        let other_uri: Uri = "/v1/kv/a?ttl=6".parse().expect("test uri");
+        let with_match = headers(&[("idempotency-key", "k1"), ("if-match", "\"4\"")]);
+        for other in [
+            fp(&key, "DELETE", "a", &uri, b"1"),
+            fp(&key, "PUT", "b", &uri, b"1"),
+            fp(&key, "PUT", "a", &other_uri, b"1"),
+            fp(&with_match, "PUT", "a", &uri, b"1"),
+            fp(&key, "PUT", "a", &uri, b"2"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+}
