@@ -52,6 +52,18 @@ ensure_bench_deps() {  # etcd only for the side-by-side runs; --scale runs quoru
 }
 ensure_build_deps
 ensure_bench_deps
+
+# The clusters use fixed ports, so that runs compare like with like: say which is taken
+# rather than start a node that cannot bind (or measure someone else's server).
+PORTS=(7201 7202 7203 7301 7302 7303)
+[ -n "$SCALE" ] || PORTS+=(23791 23792 23793 23801 23802 23803)
+for port in "${PORTS[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "error: port $port on 127.0.0.1 is in use; bench.sh needs ${PORTS[*]}" >&2
+        exit 1
+    fi
+done
+
 cargo build --release --locked --workspace --bins
 
 WORK=$(mktemp -d /tmp/quorum-kv-bench.XXXXXX)
@@ -117,23 +129,7 @@ stop_qkv_node() {  # stop_qkv_node N SIGNAL: stops node N and waits until it has
 qkv_leader() { curl -sf "http://${QKV[0]}/v1/cluster" | json 'd["leader"]["client_addr"]'; }
 # The benchmark keys on quorum-kv: "<count> <sum of versions>" (versions count the
 # writes each key has had, so the sum counts writes applied).
-qkv_scan() {
-    python3 - "${QKV[0]}" <<'EOF'
-import json, sys, urllib.request
-count, total, after = 0, 0, None
-while True:
-    url = f"http://{sys.argv[1]}/v1/kv?prefix=bench/&limit=1000&keys_only=true"
-    if after:
-        url += "&after=" + after
-    page = json.load(urllib.request.urlopen(url))
-    count += len(page["items"])
-    total += sum(item["version"] for item in page["items"])
-    after = page["next"]
-    if not after:
-        break
-print(count, total)
-EOF
-}
+qkv_scan() { python3 scripts/bench/qkv_scan.py "${QKV[0]}"; }
 qkv_keys() { qkv_scan | cut -d' ' -f1; }
 qkv_writes() { qkv_scan | cut -d' ' -f2; }
 
@@ -186,6 +182,7 @@ now() { date +%s.%N; }
 since() { python3 -c "print(round($(now) - $1, 2))"; }
 node_status() { curl -sf "http://127.0.0.1:720$1/v1/cluster"; }
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/${QPID[$1]}/status"; }
+applied_at_least() { [ "$(node_status "$1" | json 'd["applied_index"] or 0')" -ge "$2" ]; }
 stored_keys() { curl -sf "http://127.0.0.1:720$1/v1/admin/digest" | json 'd["keys"]'; }
 
 scale() {
@@ -220,7 +217,10 @@ scale() {
     done
     [ "$purged" -gt "$down_last" ] || { echo "error: the leader never purged its log" >&2; exit 1; }
     echo "$keys keys in ${load_secs} s; leader purged its log up to $purged"
-    sleep 2  # let the live follower apply the tail
+    # The live follower applies the tail before its memory is read.
+    local applied
+    applied=$(node_status "$leader" | json 'd["applied_index"]')
+    wait_for "node $up to apply index $applied" applied_at_least "$up" "$applied"
     local rss_leader rss_follower
     rss_leader=$(rss_mib "$leader"); rss_follower=$(rss_mib "$up")
 
@@ -259,31 +259,9 @@ scale() {
     local du
     du=$(du -sm "$WORK/qkv/node$leader" | cut -f1)
 
-    python3 - "$OUT" <<EOF
-import json, sys
-d = {"keys": $keys, "value_bytes": 100, "load_seconds": $load_secs,
-     "rss_mib": {"leader": $rss_leader, "follower": $rss_follower,
-                 "after_snapshot_catch_up": $rss_caught, "after_restart": $rss_restarted},
-     "data_dir_mib": $du,
-     "restart_ready_seconds": $ready_secs, "restart_serving_seconds": $read_secs,
-     "snapshot_catch_up_seconds": $catch_secs,
-     "down_node_last_index": $down_last, "leader_purged_index": $purged,
-     "snapshot_index": $snap}
-out = sys.argv[1]
-json.dump(d, open(f"{out}/scale.json", "w"), indent=2)
-md = f"""| {d['keys']:,} keys of 100 bytes | |
-| --- | ---: |
-| load (64 connections, sequential keys) | {d['load_seconds']} s |
-| RSS leader / follower after loading | {d['rss_mib']['leader']} / {d['rss_mib']['follower']} MiB |
-| data directory per node | {d['data_dir_mib']} MiB |
-| restart until ready / serving reads | {d['restart_ready_seconds']} / {d['restart_serving_seconds']} s |
-| RSS after restart | {d['rss_mib']['after_restart']} MiB |
-| catch-up by snapshot (log purged past the node) | {d['snapshot_catch_up_seconds']} s |
-| RSS after the snapshot catch-up | {d['rss_mib']['after_snapshot_catch_up']} MiB |
-"""
-open(f"{out}/scale.md", "w").write(md)
-print(md)
-EOF
+    python3 scripts/bench/scale_report.py "$OUT" "$keys" "$load_secs" "$rss_leader" \
+        "$rss_follower" "$rss_caught" "$rss_restarted" "$du" "$ready_secs" "$read_secs" \
+        "$catch_secs" "$down_last" "$purged" "$snap"
     echo "written: $OUT/scale.json $OUT/scale.md"
 }
 if [ -n "$SCALE" ]; then

@@ -9,13 +9,13 @@
 //!   ReadIndex confirmation started after the read arrived.
 //! - Every client error is a JSON body with a stable code (see `http::ApiError`).
 
-pub mod clock;
-pub mod cluster_id;
+mod clock;
+mod cluster_id;
 pub mod config;
-pub mod disk;
-pub mod expiry;
-pub mod http;
+mod disk;
+mod expiry;
+mod http;
 pub mod node;
-pub mod proposer;
-pub mod raft_network;
-pub mod reads;
+mod proposer;
+mod raft_network;
+mod reads;

@@ -99,10 +99,7 @@ pub struct Stores {
 /// Small on purpose: apply writes every key it changes into the memtable, a skiplist,
 /// and each insert searches it. A key rewritten often leaves a version per write
 /// there, so RocksDB's default 64 MiB grows to hundreds of thousands of nodes whose
-/// searches miss the CPU caches (inserts were a quarter of a follower's CPU at 64
-/// connections). Measured against 64, 16, 8 and 2 MiB (two A/B rounds, 20 s at 64
-/// connections): 4 MiB wrote 13-17% more per second than 64 MiB, and reads at 64
-/// connections 8-13% more.
+/// searches miss the CPU caches (see docs/performance.md).
 const DATA_MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
 /// Memtable size of the metadata column families: a handful of keys, each rewritten
 /// with every apply or commit.

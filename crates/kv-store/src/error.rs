@@ -33,8 +33,13 @@ pub enum StoreError {
     /// An earlier change of the raft log failed, so it takes no more (see `log_files`).
     #[error("raft log takes no more writes after an earlier failure: {0}")]
     LogPoisoned(String),
+    /// A blocking storage task panicked or was cancelled before it finished.
     #[error("a blocking storage task failed: {0}")]
     Task(String),
+    /// The store was used in a way its own code rules out (a bug, or a thread that
+    /// panicked while holding a lock).
+    #[error("storage invariant broken: {0}")]
+    Invariant(&'static str),
 }
 
 impl StoreError {

@@ -92,7 +92,7 @@ impl SnapshotFiles {
         let _guard = self
             .lock
             .lock()
-            .map_err(|_| StoreError::Task("snapshot lock poisoned".into()))?;
+            .map_err(|_| StoreError::Invariant("snapshot lock poisoned"))?;
         if let Some(existing) = self.load_meta()? {
             // The same log id is the same state: a received snapshot stored before its
             // install is not written twice.

@@ -263,7 +263,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (meta, data) = self
             .captured
             .take()
-            .unwrap_or_else(|| Err(StoreError::Task("snapshot builder used twice".into())))
+            .unwrap_or(Err(StoreError::Invariant("snapshot builder used twice")))
             .or_raft(subject(), ErrorVerb::Read)?;
         let (files, m) = (self.snapshots.clone(), meta.clone());
         let data = blocking(move || files.store(&m, &data).map(|_| data))

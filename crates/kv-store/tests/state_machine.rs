@@ -45,10 +45,16 @@ async fn install(sm: &mut StateMachine, snapshot: Snapshot) {
         .expect("install");
 }
 
+/// Opens the stores in `dir` with small log segments: each is zero-filled and synced
+/// before use, which a test need not wait for.
+fn open(dir: &std::path::Path) -> Result<kv_store::Stores, kv_store::StoreError> {
+    kv_store::open_with(dir, 64 * 1024)
+}
+
 /// A node's stores in a new temporary directory (removed when the guard drops).
 fn fresh_node() -> (tempfile::TempDir, kv_store::Stores) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let stores = kv_store::open(dir.path()).expect("open");
+    let stores = open(dir.path()).expect("open");
     (dir, stores)
 }
 
@@ -64,7 +70,7 @@ fn membership_entry(index: u64) -> LogEntry {
 async fn applied_state_survives_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let mut s = kv_store::open(dir.path()).expect("open");
+        let mut s = open(dir.path()).expect("open");
         let responses = s
             .state_machine
             .apply([
@@ -96,7 +102,7 @@ async fn applied_state_survives_reopen() {
             })
         );
     }
-    let mut s = kv_store::open(dir.path()).expect("reopen");
+    let mut s = open(dir.path()).expect("reopen");
     let (applied, membership) = s
         .state_machine
         .applied_state()
@@ -281,7 +287,7 @@ async fn snapshot_ids_are_unique() {
 async fn corrupt_snapshot_file_is_an_error_not_an_absent_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let mut s = kv_store::open(dir.path()).expect("open");
+        let mut s = open(dir.path()).expect("open");
         s.state_machine
             .apply([normal(1, 1, set("k", "1", None))])
             .await
@@ -290,7 +296,7 @@ async fn corrupt_snapshot_file_is_an_error_not_an_absent_snapshot() {
     }
     std::fs::write(dir.path().join("snapshot/current"), b"\xff\xff garbage").expect("write");
     // Opening reads the snapshot's meta (to install a snapshot ahead of the state).
-    let reopened = kv_store::open(dir.path());
+    let reopened = open(dir.path());
     assert!(matches!(reopened, Err(kv_store::StoreError::Codec(_))));
 }
 
@@ -298,7 +304,7 @@ async fn corrupt_snapshot_file_is_an_error_not_an_absent_snapshot() {
 async fn purged_log_keeps_its_last_purged_id_across_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let mut s = kv_store::open(dir.path()).expect("open");
+        let mut s = open(dir.path()).expect("open");
         // The state covers what is purged, as openraft only purges what is applied.
         s.state_machine
             .apply((1..=3).map(|i| normal(i, 900, set("k", "0", None))))
@@ -307,7 +313,7 @@ async fn purged_log_keeps_its_last_purged_id_across_reopen() {
         let mut log = s.log;
         log.purge(log_id(3)).await.expect("purge");
     }
-    let mut log = kv_store::open(dir.path()).expect("reopen").log;
+    let mut log = open(dir.path()).expect("reopen").log;
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id, Some(log_id(3)));
     assert_eq!(state.last_log_id, Some(log_id(3)));
@@ -360,10 +366,7 @@ async fn digest_agrees_between_applying_and_installing_and_tells_states_apart() 
     let dirs: Vec<_> = (0..4)
         .map(|_| tempfile::tempdir().expect("tempdir"))
         .collect();
-    let mut stores: Vec<_> = dirs
-        .iter()
-        .map(|d| kv_store::open(d.path()).expect("open"))
-        .collect();
+    let mut stores: Vec<_> = dirs.iter().map(|d| open(d.path()).expect("open")).collect();
     // 0 and 1 apply the same log, 1 in two calls; 2 installs 0's snapshot; 3 applies a
     // log that differs in one value.
     stores[0].state_machine.apply(log()).await.expect("apply");
@@ -404,7 +407,7 @@ async fn a_stored_snapshot_ahead_of_the_state_is_installed_at_open() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let mut b = kv_store::open(dir.path()).expect("open");
+        let mut b = open(dir.path()).expect("open");
         b.state_machine
             .apply([normal(1, 900, set("stale", "0", None))])
             .await
@@ -414,7 +417,7 @@ async fn a_stored_snapshot_ahead_of_the_state_is_installed_at_open() {
         // The purge openraft runs at once, before the install.
         b.log.purge(log_id(2)).await.expect("purge");
     }
-    let mut b = kv_store::open(dir.path()).expect("reopen");
+    let mut b = open(dir.path()).expect("reopen");
     let (applied, _) = b.state_machine.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(2)));
     assert!(b.reader.get("x").expect("get").is_some());
@@ -426,14 +429,14 @@ async fn a_stored_snapshot_ahead_of_the_state_is_installed_at_open() {
 async fn a_log_purged_past_the_state_without_a_snapshot_is_refused_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let mut s = kv_store::open(dir.path()).expect("open");
+        let mut s = open(dir.path()).expect("open");
         s.state_machine
             .apply([normal(1, 900, set("k", "0", None))])
             .await
             .expect("apply");
         s.log.purge(log_id(5)).await.expect("purge");
     }
-    match kv_store::open(dir.path()) {
+    match open(dir.path()) {
         Err(kv_store::StoreError::Corrupt(why)) => assert!(why.contains("purged"), "{why}"),
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("opened a store whose log starts after its state"),
@@ -453,7 +456,7 @@ async fn a_log_that_conflicts_with_the_installed_snapshot_is_dropped_at_open() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let b = kv_store::open(dir.path()).expect("open");
+        let b = open(dir.path()).expect("open");
         // Entries of another term at the snapshot's indexes, never committed.
         let other = |index| LogEntry {
             log_id: LogId::new(CommittedLeaderId::new(2, 2), index),
@@ -467,7 +470,7 @@ async fn a_log_that_conflicts_with_the_installed_snapshot_is_dropped_at_open() {
             .save(&snapshot.meta, snapshot.snapshot.get_ref())
             .expect("save");
     }
-    let mut b = kv_store::open(dir.path()).expect("reopen");
+    let mut b = open(dir.path()).expect("reopen");
     let state = b.log.get_log_state().await.expect("log state");
     assert_eq!(state.last_log_id, None, "the conflicting entries are gone");
     let (applied, _) = b.state_machine.applied_state().await.expect("applied");
@@ -492,7 +495,7 @@ async fn a_later_term_log_that_ends_before_the_installed_snapshot_is_dropped_at_
 
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let b = kv_store::open(dir.path()).expect("open");
+        let b = open(dir.path()).expect("open");
         let later = |index| LogEntry {
             log_id: LogId::new(CommittedLeaderId::new(5, 2), index),
             payload: EntryPayload::Blank,
@@ -505,7 +508,7 @@ async fn a_later_term_log_that_ends_before_the_installed_snapshot_is_dropped_at_
             .save(&snapshot.meta, snapshot.snapshot.get_ref())
             .expect("save");
     }
-    let mut b = kv_store::open(dir.path()).expect("reopen");
+    let mut b = open(dir.path()).expect("reopen");
     let state = b.log.get_log_state().await.expect("log state");
     assert_eq!(state.last_log_id, None, "the later-term entries are gone");
     let (applied, _) = b.state_machine.applied_state().await.expect("applied");

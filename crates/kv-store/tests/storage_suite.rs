@@ -10,7 +10,9 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let stores = kv_store::open(dir.path()).expect("a fresh store opens");
+        // Small log segments: each is zero-filled and synced before use, and the suite
+        // builds a store for every case.
+        let stores = kv_store::open_with(dir.path(), 64 * 1024).expect("a fresh store opens");
         Ok((dir, stores.log, stores.state_machine))
     }
 }

@@ -24,7 +24,8 @@ impl ApiError {
     }
 
     /// The code this error answers with.
-    pub fn code(&self) -> ErrorCode {
+    #[cfg(test)]
+    pub(crate) fn code(&self) -> ErrorCode {
         self.code
     }
 }
