@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A long randomized chaos run against a fresh local cluster (release build): workers
+# A long randomized chaos run against a fresh local cluster (profile checked): workers
 # record a history (values up to 1 MiB) while nodes are killed, paused, partitioned,
 # skewed and killed mid-snapshot-install; then liveness is checked, the history for
 # linearizability and the replicas for one state digest.
@@ -24,6 +24,6 @@ done
 
 ensure_build_deps
 ensure_chaos_deps
-# The same selection as `cluster.sh up`, so the two share one release build.
-cargo build --release --workspace --bins --locked
-exec "$CARGO_TARGET_DIR/release/kv-chaos" "$@"
+# The same profile and selection as `cluster.sh up` and test.sh, so they share one build.
+cargo build --profile checked --workspace --bins --locked
+exec "$CARGO_TARGET_DIR/checked/kv-chaos" "$@"

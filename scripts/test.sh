@@ -20,22 +20,22 @@ mkdir -p "$CARGO_TARGET_DIR/clippy-without-rocksdb-lib"
 ROCKSDB_LIB_DIR="$CARGO_TARGET_DIR/clippy-without-rocksdb-lib" \
     cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-# Everything shares the dev profile with clippy, so RocksDB is compiled once.
-# `cargo test` does not build other packages' binaries, and the cluster tests run
-# kv-server and kvctl: build them from this checkout, and run private copies, so a stale
-# binary left in the shared target directory (or one another checkout builds there
-# meanwhile) is never what gets tested.
-cargo build --workspace --bins --locked
+# The `checked` profile, which scripts/cluster.sh and chaos.sh build too, so RocksDB is
+# compiled once for all of them. `cargo test` does not build other packages' binaries,
+# and the cluster tests run kv-server and kvctl: build them from this checkout, and run
+# private copies, so a stale binary left in the shared target directory (or one another
+# checkout builds there meanwhile) is never what gets tested.
+cargo build --profile checked --workspace --bins --locked
 bins=$(mktemp -d /tmp/quorum-kv-bins.XXXXXX)
 trap 'rm -rf "$bins"' EXIT
-cp "$CARGO_TARGET_DIR/debug/kv-server" "$CARGO_TARGET_DIR/debug/kvctl" "$bins/"
+cp "$CARGO_TARGET_DIR/checked/kv-server" "$CARGO_TARGET_DIR/checked/kvctl" "$bins/"
 export KV_SERVER_BIN="$bins/kv-server" KVCTL_BIN="$bins/kvctl"
 # Cluster tests start three kv-server processes each; two at a time suit two cores.
 log="$CARGO_TARGET_DIR/test-output.log"
-cargo test --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" \
+cargo test --profile checked --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" \
     --skip short_chaos_runs 2>&1 | tee "$log"
 echo "== short chaos run (every fault kind; scripts/chaos.sh runs long ones)"
-cargo test --workspace --test chaos --locked -- --nocapture 2>&1 | tee -a "$log"
+cargo test --profile checked --workspace --test chaos --locked -- --nocapture 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
