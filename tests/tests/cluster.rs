@@ -494,6 +494,76 @@ async fn a_full_disk_refuses_growth_with_507_while_reads_and_deletes_work() -> R
     Ok(())
 }
 
+/// Sends one HTTP/1.1 request exactly as written, with no URL parser in between, and
+/// returns the status and the JSON body.
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    body: &str,
+) -> Result<(u16, Value)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await?;
+    let mut answer = vec![];
+    s.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP answer")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("a status line")?;
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn a_request_means_the_same_key_on_every_node() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let follower = c.other_than(leader);
+    let addr = |id: u64| c.nodes[id as usize - 1].client_addr;
+    // Dot segments, as sent and escaped, name no other key or route on any node.
+    for id in [leader, follower] {
+        for target in [
+            "/v1/kv/a/%2e%2e/b",
+            "/v1/kv/a/../b",
+            "/v1/kv/%2e%2e/cluster",
+            "/v1/kv/x/%2E/y",
+        ] {
+            for method in ["PUT", "GET", "DELETE"] {
+                let (status, body) = raw_request(addr(id), method, target, "1").await?;
+                ensure!(
+                    status == 400 && body["error"]["code"] == "invalid_key",
+                    "{method} {target} on node {id}: {status} {body}"
+                );
+            }
+        }
+    }
+    // A backslash, which URL parsers turn into a slash, is part of the key.
+    let (status, body) = raw_request(addr(follower), "PUT", "/v1/kv/a%5Cb", "7").await?;
+    ensure!(status == 200, "{status} {body}");
+    let (status, body) = raw_request(addr(follower), "PUT", "/v1/kv/c\\d", "8").await?;
+    ensure!(status == 200 || status == 400, "{status} {body}");
+    let raw_backslash_accepted = status == 200;
+    let (status, got) = c.get_json(leader, "/v1/kv/a%5Cb").await?;
+    ensure!(status == 200 && got["value"] == 7, "{status} {got}");
+    if raw_backslash_accepted {
+        let (status, got) = c.get_json(leader, "/v1/kv/c%5Cd").await?;
+        ensure!(status == 200 && got["value"] == 8, "{status} {got}");
+    }
+    for wrong in ["b", "a/b", "cluster", "c/d"] {
+        let (status, got) = c.get_json(leader, &format!("/v1/kv/{wrong}")).await?;
+        ensure!(status == 404, "{wrong}: {status} {got}");
+    }
+    c.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
     let c = TestCluster::start(3).await?;
@@ -572,6 +642,47 @@ async fn bad_input_gets_a_json_error_and_writes_nothing() -> Result<()> {
             c.http.get(c.url(node, "/v1/kv/x?consistency=weird")),
             400,
             "invalid_consistency",
+        ),
+        // Values every reader can parse: UTF-8, no lone surrogates, bounded nesting.
+        (
+            c.http
+                .put(c.url(node, "/v1/kv/x"))
+                .body(vec![b'['; 1 << 20]),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.http.put(c.url(node, "/v1/kv/x")).body(r#""\ud800""#),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.http
+                .put(c.url(node, "/v1/kv/x"))
+                .body(b"\"\xff\"".to_vec()),
+            400,
+            "invalid_json",
+        ),
+        // Conditions are refused where they cannot apply, not ignored.
+        (
+            c.http
+                .get(c.url(node, "/v1/kv/x"))
+                .header("if-match", "\"3\""),
+            400,
+            "invalid_precondition",
+        ),
+        (
+            c.http
+                .delete(c.url(node, "/v1/kv?prefix=x"))
+                .header("if-none-match", "*"),
+            400,
+            "invalid_precondition",
+        ),
+        // Escapes that are not UTF-8 would name another prefix as U+FFFD.
+        (
+            c.http.get(c.url(node, "/v1/kv?prefix=%ff")),
+            400,
+            "invalid_query",
         ),
         (
             c.http.get(c.url(node, "/v1/kv/never-written")),

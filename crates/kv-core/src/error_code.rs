@@ -35,7 +35,7 @@ macro_rules! error_codes {
 }
 
 error_codes! {
-    /// The key is empty or too long.
+    /// The key is empty, too long, or has a `.` or `..` part.
     InvalidKey = "invalid_key", 400;
     /// `ttl` is not a positive whole number of seconds within the limit.
     InvalidTtl = "invalid_ttl", 400;
@@ -43,7 +43,7 @@ error_codes! {
     InvalidKeepTtl = "invalid_keep_ttl", 400;
     /// Both `ttl` and `keep_ttl=true`.
     ConflictingTtl = "conflicting_ttl", 400;
-    /// The body is not JSON.
+    /// The body is not JSON, not UTF-8, or nested too deep.
     InvalidJson = "invalid_json", 400;
     /// An unknown or malformed query parameter.
     InvalidQuery = "invalid_query", 400;
@@ -53,7 +53,7 @@ error_codes! {
     InvalidLimit = "invalid_limit", 400;
     /// A prefix delete without a non-empty prefix.
     InvalidPrefix = "invalid_prefix", 400;
-    /// A malformed `If-Match` or `If-None-Match`.
+    /// A malformed `If-Match` or `If-None-Match`, or one where it cannot apply.
     InvalidPrecondition = "invalid_precondition", 400;
     /// Both `If-Match` and `If-None-Match`.
     ConflictingPreconditions = "conflicting_preconditions", 400;

@@ -14,6 +14,10 @@ pub enum InputError {
     EmptyKey,
     #[error("the key is {0} bytes long; at most {MAX_KEY_BYTES} are allowed")]
     KeyTooLong(usize),
+    #[error(
+        "a key's /-separated parts may not be . or .. (HTTP clients and proxies resolve them)"
+    )]
+    DotSegment,
     #[error("ttl must be a positive whole number of seconds, got {0:?}")]
     BadTtl(String),
 }
@@ -22,17 +26,20 @@ impl InputError {
     /// The stable snake_case code clients match on.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::EmptyKey | Self::KeyTooLong(_) => ErrorCode::InvalidKey,
+            Self::EmptyKey | Self::KeyTooLong(_) | Self::DotSegment => ErrorCode::InvalidKey,
             Self::BadTtl(_) => ErrorCode::InvalidTtl,
         }
     }
 }
 
-/// Checks a decoded key: non-empty and at most [`MAX_KEY_BYTES`].
+/// Checks a decoded key: non-empty, at most [`MAX_KEY_BYTES`], and no `/`-separated part
+/// that is `.` or `..`: URL parsers (the client's, a proxy's, the forwarding node's)
+/// resolve those, so such a key would name another key on the way to the leader.
 pub fn check_key(key: &str) -> Result<(), InputError> {
     match key.len() {
         0 => Err(InputError::EmptyKey),
         n if n > MAX_KEY_BYTES => Err(InputError::KeyTooLong(n)),
+        _ if key.split('/').any(|part| part == "." || part == "..") => Err(InputError::DotSegment),
         _ => Ok(()),
     }
 }
@@ -61,6 +68,16 @@ mod tests {
             Err(InputError::KeyTooLong(4097))
         );
         assert_eq!(check_key(""), Err(InputError::EmptyKey));
+    }
+
+    #[test]
+    fn keys_may_not_hold_dot_segments_that_urls_resolve() {
+        for bad in ["..", ".", "a/../b", "a/./b", "../a", "a/..", "./"] {
+            assert_eq!(check_key(bad), Err(InputError::DotSegment), "{bad:?}");
+        }
+        for ok in ["...", ".a", "a.", "a..b", "a/.b/c", "v1.2/..x"] {
+            assert_eq!(check_key(ok), Ok(()), "{ok:?}");
+        }
     }
 
     #[test]

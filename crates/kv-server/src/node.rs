@@ -165,6 +165,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .local_address(outgoing)
             .build()?,
         limits,
+        digest_running: Arc::new(tokio::sync::Mutex::new(())),
     });
 
     let raft_server = tokio::spawn(raft_network::serve(

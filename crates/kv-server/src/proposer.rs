@@ -50,6 +50,10 @@ pub enum WriteError {
     /// proposed.
     #[error("{0}")]
     DiskFull(#[from] DiskFull),
+    /// The queue of writes waiting for a batch stayed full for the whole wait; nothing
+    /// was proposed.
+    #[error("the write queue stayed full for {0:?}; nothing was applied")]
+    Overloaded(Duration),
 }
 
 struct Pending {
@@ -74,6 +78,8 @@ fn size(command: &Command) -> usize {
 pub struct Proposer {
     disk: DiskGuard,
     tx: mpsc::Sender<Pending>,
+    /// How long a write may wait for a place in the full queue.
+    queue_wait: Duration,
 }
 
 impl Proposer {
@@ -99,19 +105,30 @@ impl Proposer {
             carry: VecDeque::new(),
         };
         tracker.spawn(batcher.run(cancel));
-        Self { disk, tx }
+        Self {
+            disk,
+            tx,
+            queue_wait: write_timeout,
+        }
     }
 
     /// Proposes one write and waits for its result.
     pub async fn write(&self, command: Command) -> Result<OpResult, WriteError> {
         self.disk.admits(&command)?;
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Pending { command, reply })
-            .await
-            .map_err(|_| WriteError::Stopped("the proposer has stopped".into()))?;
+        enqueue(&self.tx, Pending { command, reply }, self.queue_wait).await?;
         // A dropped reply means the batch task died mid-flight: the outcome is unknown.
         rx.await.unwrap_or(Err(WriteError::OutcomeUnknown))
+    }
+}
+
+/// Queues a write, waiting at most `wait` for a place. A write that gets none was never
+/// queued (a dropped `send` delivers nothing), so it is refused as not applied.
+async fn enqueue<T>(tx: &mpsc::Sender<T>, item: T, wait: Duration) -> Result<(), WriteError> {
+    match tokio::time::timeout(wait, tx.send(item)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteError::Stopped("the proposer has stopped".into())),
+        Err(_) => Err(WriteError::Overloaded(wait)),
     }
 }
 
@@ -285,6 +302,32 @@ mod tests {
             data,
             membership: None,
         }))
+    }
+
+    #[tokio::test]
+    async fn a_write_that_finds_the_queue_full_is_refused_unqueued_after_the_wait() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let wait = Duration::from_millis(50);
+        enqueue(&tx, 1, wait).await.expect("a free place");
+        let started = std::time::Instant::now();
+        assert_eq!(
+            enqueue(&tx, 2, wait).await,
+            Err(WriteError::Overloaded(wait))
+        );
+        assert!(started.elapsed() >= wait);
+        assert_eq!(rx.recv().await, Some(1));
+        assert!(
+            rx.try_recv().is_err(),
+            "the refused write must not be queued"
+        );
+        enqueue(&tx, 3, wait)
+            .await
+            .expect("a place again once one is taken");
+        drop(rx);
+        assert!(matches!(
+            enqueue(&tx, 4, wait).await,
+            Err(WriteError::Stopped(_))
+        ));
     }
 
     #[test]

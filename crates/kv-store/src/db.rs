@@ -207,6 +207,48 @@ fn reconcile_log(
     Ok(())
 }
 
+/// Roughly what an entry adds to a page besides its key and value: its metadata as JSON.
+const ENTRY_OVERHEAD: usize = 128;
+
+/// Which page of a listing [`StateReader::list`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    /// Every key listed starts with this.
+    pub prefix: &'a str,
+    /// The page starts after this key (the previous page's last).
+    pub after: Option<&'a str>,
+    /// The most entries on the page.
+    pub limit: usize,
+    /// The most bytes of keys and values on the page (at least one entry is returned).
+    pub max_bytes: usize,
+    /// Metadata only: values are left empty.
+    pub keys_only: bool,
+}
+
+/// A stored entry read without copying its value: the fields of [`Entry`] in its order,
+/// so it decodes the same postcard bytes.
+#[derive(serde::Deserialize)]
+struct StoredMeta<'a> {
+    #[serde(borrow)]
+    _value: &'a [u8],
+    revision: u64,
+    create_revision: u64,
+    version: u64,
+    expires_at_ms: Option<u64>,
+}
+
+impl StoredMeta<'_> {
+    fn without_value(self) -> Entry {
+        Entry {
+            value: Vec::new(),
+            revision: self.revision,
+            create_revision: self.create_revision,
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+}
+
 /// Reads of the applied state, straight from RocksDB, for the HTTP layer. Snapshot
 /// installs are one atomic batch, so a read never sees half of one.
 #[derive(Clone)]
@@ -223,19 +265,22 @@ impl StateReader {
     }
 
     /// Live entries at `now_ms` whose keys start with `prefix`, in key order, strictly
-    /// after `after` if given, at most `limit`; and whether more follow.
+    /// after `after` if given; and whether more may follow. A page holds at most `limit`
+    /// entries and ends before the keys and values it holds would pass `max_bytes` (but
+    /// holds at least one). `keys_only` leaves values empty and does not copy them.
+    /// Blocking: may read many entries.
     pub fn list(
         &self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
+        page: &Page<'_>,
         now_ms: u64,
     ) -> Result<(Vec<(String, Entry)>, bool), StoreError> {
+        let (prefix, after) = (page.prefix, page.after);
         let start = match after {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
         let mut items = vec![];
+        let mut bytes = 0;
         let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
         for item in self.db.iterator_cf(cf(&self.db, CF_DATA), mode) {
             let (k, v) = item?;
@@ -245,13 +290,19 @@ impl StateReader {
             if after.is_some_and(|a| k.as_ref() <= a.as_bytes()) {
                 continue;
             }
-            let entry: Entry = postcard::from_bytes(&v)?;
+            let entry = if page.keys_only {
+                postcard::from_bytes::<StoredMeta<'_>>(&v)?.without_value()
+            } else {
+                postcard::from_bytes::<Entry>(&v)?
+            };
             if !entry.is_live_at(now_ms) {
                 continue;
             }
-            if items.len() == limit {
+            let size = k.len() + entry.value.len() + ENTRY_OVERHEAD;
+            if items.len() == page.limit || (!items.is_empty() && bytes + size > page.max_bytes) {
                 return Ok((items, true));
             }
+            bytes += size;
             items.push((utf8_key(k, CF_DATA)?, entry));
         }
         Ok((items, false))

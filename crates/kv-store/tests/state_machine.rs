@@ -514,3 +514,80 @@ async fn a_later_term_log_that_ends_before_the_installed_snapshot_is_dropped_at_
     let (applied, _) = b.state_machine.applied_state().await.expect("applied");
     assert_eq!(applied, Some(log_id(3)));
 }
+
+#[tokio::test]
+async fn list_pages_end_at_their_count_or_byte_bound_and_skip_expired_keys() {
+    let (_dir, mut s) = fresh_node();
+    let big = format!("\"{}\"", "v".repeat(1000));
+    s.state_machine
+        .apply([
+            normal(1, 1000, set("p/a", &big, None)),
+            normal(2, 1000, set("p/b", &big, None)),
+            normal(3, 1000, set("p/c", "1", Some(500))),
+            normal(4, 1000, set("p/d", &big, None)),
+            normal(5, 1000, set("q/a", "2", None)),
+        ])
+        .await
+        .expect("apply");
+    let page = |after, limit, max_bytes, keys_only| kv_store::Page {
+        prefix: "p/",
+        after,
+        limit,
+        max_bytes,
+        keys_only,
+    };
+    let keys = |items: &[(String, kv_core::Entry)]| -> Vec<String> {
+        items.iter().map(|(k, _)| k.clone()).collect()
+    };
+    // p/c expired at 1500.
+    let (items, more) = s
+        .reader
+        .list(&page(None, 10, 1 << 20, false), 2000)
+        .expect("list");
+    assert_eq!(keys(&items), ["p/a", "p/b", "p/d"]);
+    assert!(!more);
+    assert_eq!(items[0].1.value, big.as_bytes());
+    let (items, more) = s
+        .reader
+        .list(&page(None, 2, 1 << 20, false), 2000)
+        .expect("list");
+    assert_eq!(
+        (keys(&items), more),
+        (vec!["p/a".into(), "p/b".into()], true)
+    );
+    // Two 1 KB values pass 1,500 bytes: the page ends after one, and the next starts there.
+    let (items, more) = s
+        .reader
+        .list(&page(None, 10, 1500, false), 2000)
+        .expect("list");
+    assert_eq!((keys(&items), more), (vec!["p/a".to_string()], true));
+    let (items, _) = s
+        .reader
+        .list(&page(Some("p/a"), 10, 1500, false), 2000)
+        .expect("list");
+    assert_eq!(keys(&items), ["p/b"]);
+    // A single entry larger than the bound is still listed.
+    let (items, _) = s
+        .reader
+        .list(&page(None, 10, 10, false), 2000)
+        .expect("list");
+    assert_eq!(keys(&items), ["p/a"]);
+    // Keys only: the same entries and metadata, no values, and no byte bound reached.
+    let (full, _) = s
+        .reader
+        .list(&page(None, 10, 1 << 20, false), 1200)
+        .expect("list");
+    let (bare, more) = s
+        .reader
+        .list(&page(None, 10, 1500, true), 1200)
+        .expect("list");
+    assert!(!more);
+    assert_eq!(keys(&bare), ["p/a", "p/b", "p/c", "p/d"]);
+    for ((_, f), (_, b)) in full.iter().zip(&bare) {
+        assert!(b.value.is_empty());
+        assert_eq!(
+            (f.revision, f.create_revision, f.version, f.expires_at_ms),
+            (b.revision, b.create_revision, b.version, b.expires_at_ms)
+        );
+    }
+}

@@ -78,12 +78,22 @@ pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, 
 /// `GET /v1/admin/digest`: a hash of this node's whole state machine and the log index
 /// it was taken at. Replicas at the same `applied_index` must report the same `digest`;
 /// the chaos suite compares them after every run. Reads the whole state: an operator
-/// tool, not for hot paths.
+/// tool, not for hot paths, so one runs at a time and a second caller is told to retry.
 pub(crate) async fn digest(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let running = app.digest_running.clone().try_lock_owned().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "a digest is already being computed on this node; retry when it is done",
+        )
+    })?;
     let reader = app.reader.clone();
-    let d = tokio::task::spawn_blocking(move || reader.digest())
-        .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("digest task: {e}")))??;
+    // The scan holds the lock, also when the request that started it goes away.
+    let d = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        reader.digest()
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("digest task: {e}")))??;
     Ok(Json(json!({
         "node_id": app.id,
         "applied_index": d.applied_index,

@@ -12,8 +12,8 @@ use kv_core::{Command, ErrorCode, Precondition};
 use super::answer;
 use super::leader::{lead_or_forward, propose, read, Forwardable};
 use super::request::{
-    check_content_type, check_json, idempotency, parse_query, precondition, read_body, wants_stale,
-    GetQuery, Key, NoQuery, PutQuery,
+    check_content_type, check_json, idempotency, no_precondition, parse_query, precondition,
+    read_body, wants_stale, GetQuery, Key, NoQuery, PutQuery,
 };
 use super::{ApiError, App};
 
@@ -34,7 +34,9 @@ pub(crate) async fn get_key(
 ) -> Result<Response, ApiError> {
     let q: GetQuery = parse_query(&uri)?;
     let stale = wants_stale(q.consistency.as_deref())?;
-    read(&app, stale, &uri, headers, || serve_local_get(&app, &key)).await
+    no_precondition(&headers)?;
+    let req = Forwardable::for_key(Method::GET, &key, &uri, headers, Bytes::new(), false);
+    read(&app, stale, req, || async { serve_local_get(&app, &key) }).await
 }
 
 /// `PUT /v1/kv/{key}?ttl=S|keep_ttl=true` with a JSON body, optionally conditional.
@@ -53,7 +55,7 @@ pub(crate) async fn put_key(
     check_json(&body)?;
     let idem = idempotency(&headers, "PUT", &key, &uri, &body)?;
     let value = body.to_vec();
-    let req = Forwardable::new(Method::PUT, &uri, headers, body, true);
+    let req = Forwardable::for_key(Method::PUT, &key, &uri, headers, body, true);
     lead_or_forward(&app, req, || {
         let command = Command::Set {
             key: key.clone(),
@@ -77,7 +79,7 @@ pub(crate) async fn delete_key(
     let _: NoQuery = parse_query(&uri)?;
     let precondition = precondition(&headers, false)?;
     let idem = idempotency(&headers, "DELETE", &key, &uri, b"")?;
-    let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
+    let req = Forwardable::for_key(Method::DELETE, &key, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || {
         let command = Command::Delete {
             key: key.clone(),

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use kv_core::{Command, ErrorCode, OpResult};
 use kv_store::typ::{NodeId, NodeInfo};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::answer;
 use super::request::Idempotency;
@@ -47,7 +48,46 @@ pub(crate) struct Forwardable {
     pub is_write: bool,
 }
 
+/// What is escaped in a key forwarded to the leader: everything but unreserved characters
+/// and `/`, so no URL parser on the way (reqwest's resolves `\` and `%2e%2e`) can make
+/// it name another key. Keys hold no `.` or `..` parts (`check_key`).
+const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// The path of `/v1/kv/{key}` as it is forwarded: the checked key, escaped.
+fn key_path(key: &str) -> String {
+    format!("/v1/kv/{}", utf8_percent_encode(key, KEY_ESCAPES))
+}
+
 impl Forwardable {
+    /// A request of `/v1/kv/{key}`, forwarded with the checked key rather than the path
+    /// as received, so it means the same on the leader.
+    pub(crate) fn for_key(
+        method: Method,
+        key: &str,
+        uri: &Uri,
+        headers: HeaderMap,
+        body: Bytes,
+        is_write: bool,
+    ) -> Self {
+        let mut path_and_query = key_path(key);
+        if let Some(q) = uri.query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        Self {
+            method,
+            path_and_query,
+            headers,
+            body,
+            is_write,
+        }
+    }
+
     /// The request as received: its method, path and query, headers and body.
     pub(crate) fn new(
         method: Method,
@@ -179,23 +219,22 @@ fn unreachable_or_unknown(e: reqwest::Error, is_write: bool) -> ApiError {
 
 /// Serves a read from local state: at once when stale reads are allowed, otherwise on
 /// the leader after a ReadIndex confirmation (forwarding there if needed).
-pub(crate) async fn read<F>(
+pub(crate) async fn read<F, Fut>(
     app: &App,
     stale: bool,
-    uri: &Uri,
-    headers: HeaderMap,
+    req: Forwardable,
     serve: F,
 ) -> Result<Response, ApiError>
 where
-    F: Fn() -> Result<Response, ApiError>,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
 {
     if stale {
-        return serve();
+        return serve().await;
     }
-    let req = Forwardable::new(Method::GET, uri, headers, Bytes::new(), false);
     lead_or_forward(app, req, || async {
         match app.reads.confirm().await {
-            Ok(()) => serve().map(Local::Done),
+            Ok(()) => serve().await.map(Local::Done),
             Err(ReadError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
             Err(ReadError::Timeout) => Err(ApiError::new(
                 ErrorCode::Unavailable,
@@ -246,9 +285,45 @@ pub(crate) async fn propose(
             "the write was proposed but its commit was not seen (it timed out or raft stopped); it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once",
         )),
         Err(WriteError::Stopped(m)) => Err(ApiError::new(ErrorCode::Unavailable, m)),
+        Err(e @ WriteError::Overloaded(_)) => {
+            Err(ApiError::new(ErrorCode::Unavailable, e.to_string()))
+        }
         Err(WriteError::DiskFull(full)) => Err(ApiError::new(
             ErrorCode::InsufficientStorage,
             full.to_string(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key the leader's router would extract from a forwarded path, after reqwest's
+    /// URL parser has had its way with it.
+    fn key_on_arrival(key: &str) -> String {
+        let url = reqwest::Url::parse(&format!("http://127.0.0.1:1{}", key_path(key)))
+            .expect("a forwarded path is a valid URL");
+        let path = url.path().strip_prefix("/v1/kv/").expect("the route stays");
+        percent_encoding::percent_decode_str(path)
+            .decode_utf8()
+            .expect("UTF-8")
+            .into_owned()
+    }
+
+    #[test]
+    fn a_forwarded_key_arrives_as_it_left() {
+        for key in [
+            "users/1:profile",
+            "a\\..\\b",
+            "a/%2e%2e/b",
+            "a/...",
+            "sp ace/q?x#y&z=1",
+            "caf\u{e9}/\u{1f600}",
+            "a//b/",
+            "%",
+        ] {
+            assert_eq!(key_on_arrival(key), key);
+        }
     }
 }

@@ -40,6 +40,8 @@ pub struct App {
     pub client: reqwest::Client,
     /// Input limits and timeouts.
     pub limits: LimitsConfig,
+    /// Held while `/v1/admin/digest` scans the state: one scan at a time.
+    pub digest_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who leads, as far as this node knows.

@@ -7,22 +7,43 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use kv_core::{Command, ErrorCode};
+use kv_store::Page;
 
 use super::answer;
 use super::leader::{lead_or_forward, propose, read, Forwardable};
-use super::request::{idempotency, parse_bool, parse_query, wants_stale, ListQuery, PrefixQuery};
+use super::request::{
+    idempotency, no_precondition, parse_bool, parse_query, wants_stale, ListQuery, PrefixQuery,
+};
 use super::{ApiError, App};
 
-fn serve_local_list(
+/// The most bytes of keys and values one list page holds (it always holds at least one
+/// entry): 1,000 values of 1 MiB would otherwise be a 1 GiB answer.
+pub(crate) const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Reads and encodes one page on the blocking pool, so a long scan never holds up the
+/// async workers (and raft's heartbeats with them).
+async fn serve_local_list(
     app: &App,
-    prefix: &str,
-    after: Option<&str>,
+    prefix: String,
+    after: Option<String>,
     limit: usize,
     keys_only: bool,
 ) -> Result<Response, ApiError> {
     let now = app.read_time_ms();
-    let (items, more) = app.reader.list(prefix, after, limit, now)?;
-    Ok(answer::page(&items, more, keys_only, now))
+    let reader = app.reader.clone();
+    tokio::task::spawn_blocking(move || {
+        let page = Page {
+            prefix: &prefix,
+            after: after.as_deref(),
+            limit,
+            max_bytes: MAX_PAGE_BYTES,
+            keys_only,
+        };
+        let (items, more) = reader.list(&page, now)?;
+        Ok(answer::page(&items, more, keys_only, now))
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("list task: {e}")))?
 }
 
 /// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true`: live entries in key order.
@@ -35,10 +56,12 @@ pub(crate) async fn list(
     let limit = q.limit()?;
     let keys_only = parse_bool(q.keys_only.as_deref(), "keys_only", ErrorCode::InvalidQuery)?;
     let stale = wants_stale(q.consistency.as_deref())?;
+    no_precondition(&headers)?;
     let prefix = q.prefix.unwrap_or_default();
     let after = q.after;
-    read(&app, stale, &uri, headers, || {
-        serve_local_list(&app, &prefix, after.as_deref(), limit, keys_only)
+    let req = Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
+    read(&app, stale, req, || {
+        serve_local_list(&app, prefix.clone(), after.clone(), limit, keys_only)
     })
     .await
 }
@@ -51,6 +74,7 @@ pub(crate) async fn delete_prefix(
 ) -> Result<Response, ApiError> {
     let q: PrefixQuery = parse_query(&uri)?;
     let prefix = q.prefix()?;
+    no_precondition(&headers)?;
     let idem = idempotency(&headers, "DELETE", "", &uri, b"")?;
     let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || {

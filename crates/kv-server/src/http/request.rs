@@ -29,12 +29,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Key {
 }
 
 /// Parses the query string into `T` (which denies unknown parameters); none is `T::default()`.
+/// Escapes that decode to invalid UTF-8 are refused rather than read as U+FFFD, which
+/// would turn a prefix or a cursor into another one.
 pub(crate) fn parse_query<T: DeserializeOwned + Default>(uri: &Uri) -> Result<T, ApiError> {
-    match uri.query() {
-        None => Ok(T::default()),
-        Some(q) => serde_urlencoded::from_str(q)
-            .map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string())),
+    let Some(q) = uri.query() else {
+        return Ok(T::default());
+    };
+    // Decoding the whole query at once is enough: an invalid sequence in one value
+    // cannot become valid next to a separator.
+    if percent_encoding::percent_decode_str(q)
+        .decode_utf8()
+        .is_err()
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "the query's %-escapes do not decode to UTF-8",
+        ));
     }
+    serde_urlencoded::from_str(q).map_err(|e| ApiError::new(ErrorCode::InvalidQuery, e.to_string()))
 }
 
 /// Routes that take no query parameters.
@@ -190,6 +202,18 @@ pub(crate) fn precondition(
     }
 }
 
+/// Refuses `If-Match` and `If-None-Match` on a request they cannot apply to, rather than
+/// ignoring a condition the caller relies on.
+pub(crate) fn no_precondition(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_NONE_MATCH) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidPrecondition,
+            "If-Match and If-None-Match apply only to PUT and DELETE of one key",
+        ));
+    }
+    Ok(())
+}
+
 /// Accepts a body declared as JSON (`application/json` or `application/*+json`) or not
 /// declared at all.
 pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -245,16 +269,94 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Checks that a value is JSON text; it is stored as sent.
+/// The deepest nesting of arrays and objects a value may have.
+pub(crate) const MAX_JSON_DEPTH: usize = 64;
+
+/// Checks that a value is one JSON text that every reader can parse: UTF-8 throughout,
+/// no lone surrogate escapes, nested at most [`MAX_JSON_DEPTH`] deep. Values are stored
+/// and served as sent, so what passes here is what readers get. Streams through the text
+/// without building it.
 pub(crate) fn check_json(body: &[u8]) -> Result<(), ApiError> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
-        .map(|_| ())
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde::de::DeserializeSeed::deserialize(JsonCheck { depth: 0 }, &mut de)
+        .and_then(|()| de.end())
         .map_err(|e| {
             ApiError::new(
                 ErrorCode::InvalidJson,
                 format!("the value is not valid JSON: {e}"),
             )
         })
+}
+
+/// A JSON value checked and dropped as it is read, `depth` levels down.
+#[derive(Clone, Copy)]
+struct JsonCheck {
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonCheck {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        // Any, not IgnoredAny: serde_json skips ignored strings without checking them.
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    // serde_json hands over strings only once they are valid UTF-8 with their escapes
+    // (lone surrogates included) checked.
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key_seed(inner)?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
+    }
+}
+
+impl JsonCheck {
+    fn nested<E: serde::de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_JSON_DEPTH {
+            return Err(E::custom(format!(
+                "arrays and objects are nested more than {MAX_JSON_DEPTH} deep"
+            )));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+        })
+    }
 }
 
 /// Header naming a write's idempotency key.
@@ -423,6 +525,65 @@ mod tests {
         assert!(check_json(br#"{"a":[1,null]}"#).is_ok());
         assert_eq!(code(check_json(b"{")), ErrorCode::InvalidJson);
         assert_eq!(code(check_json(b"")), ErrorCode::InvalidJson);
+    }
+
+    #[test]
+    fn values_are_json_that_every_reader_can_parse() {
+        for ok in [
+            &br#"{"a":[1,-2.5e3,true,false,null,"x\u00e9\ud83d\ude00"],"\u00e9":{}}"#[..],
+            "\"caf\u{e9} \u{1f600}\"".as_bytes(),
+            b" 7 ",
+        ] {
+            assert!(check_json(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        assert!(check_json(&deep(MAX_JSON_DEPTH)).is_ok());
+        let key_deep = format!(
+            "{}1{}",
+            "{\"k\":".repeat(MAX_JSON_DEPTH),
+            "}".repeat(MAX_JSON_DEPTH)
+        );
+        assert!(check_json(key_deep.as_bytes()).is_ok());
+        for bad in [
+            deep(MAX_JSON_DEPTH + 1),
+            vec![b'['; 1 << 20],
+            b"\"\xff\"".to_vec(),
+            b"{\"\xc3\":1}".to_vec(),
+            br#""\ud800""#.to_vec(),
+            br#"["\udc00x"]"#.to_vec(),
+            br#"{"\ud83d":1}"#.to_vec(),
+            b"1 2".to_vec(),
+            b"[1,]".to_vec(),
+        ] {
+            assert_eq!(
+                code(check_json(&bad)),
+                ErrorCode::InvalidJson,
+                "{}",
+                String::from_utf8_lossy(&bad[..bad.len().min(40)])
+            );
+        }
+    }
+
+    #[test]
+    fn preconditions_are_refused_where_they_cannot_apply() {
+        assert!(no_precondition(&HeaderMap::new()).is_ok());
+        for name in ["if-match", "if-none-match"] {
+            let h = headers(&[(name, "*")]);
+            assert_eq!(code(no_precondition(&h)), ErrorCode::InvalidPrecondition);
+        }
+    }
+
+    #[test]
+    fn query_escapes_must_decode_to_utf8() {
+        let q = |s: &str| parse_query::<ListQuery>(&s.parse::<Uri>().expect("test uri"));
+        assert_eq!(code(q("/v1/kv?prefix=%ff")), ErrorCode::InvalidQuery);
+        assert_eq!(
+            code(q("/v1/kv?prefix=a&after=%c3")),
+            ErrorCode::InvalidQuery
+        );
+        let ok = q("/v1/kv?prefix=caf%C3%A9%2F&after=%25").expect("valid escapes");
+        assert_eq!(ok.prefix.as_deref(), Some("café/"));
+        assert_eq!(ok.after.as_deref(), Some("%"));
     }
 
     #[test]
