@@ -768,6 +768,41 @@ async fn recv_frame(stream: &mut TcpStream) -> Result<Option<Vec<u8>>> {
 }
 
 #[tokio::test]
+async fn strangers_who_never_say_hello_cannot_hold_the_raft_port() -> Result<()> {
+    // Nodes on their own addresses, so the stranger (127.0.0.1) is not a member's address.
+    let tuning = Tuning {
+        own_addresses: true,
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let target = c.nodes[leader as usize - 1].raft_addr;
+    // Connections that never send a hello: the ninth from one address is closed at once.
+    let mut idle = vec![];
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(target).await?);
+    }
+    let mut ninth = TcpStream::connect(target).await?;
+    let mut byte = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), ninth.read(&mut byte)).await??;
+    ensure!(n == 0, "the connection over the cap was not closed");
+    // Meanwhile the members go on: a write commits and every node has it.
+    let (status, body) = c.put_json(leader, "/v1/kv/during", "1").await?;
+    ensure!(status == 200, "{status} {body}");
+    for id in c.live() {
+        let (status, got) = c.get_json(id, "/v1/kv/during").await?;
+        ensure!(status == 200, "node {id}: {status} {got}");
+    }
+    // And the idle ones are closed once their hello is overdue.
+    for mut s in idle {
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut byte)).await??;
+        ensure!(n == 0, "an idle connection got an answer");
+    }
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
 async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<()> {
     const HELLO: &[u8] = b"quorum-kv-raft/2\n";
     let c = TestCluster::start(3).await?;

@@ -8,7 +8,9 @@
 //!   [`MAX_FRAME`]).
 //! - The connecting node's first frame is [`HELLO`], its cluster id (empty while it has
 //!   none, see [`crate::cluster_id`]), a newline, and the cluster secret (empty when none
-//!   is set). The listener answers [`OK`] and its own cluster id, or [`REJECTED`] with a
+//!   is set), within [`HELLO_TIMEOUT`]; at most [`MAX_HANDSHAKES`] connections
+//!   ([`MAX_HANDSHAKES_PER_IP`] from one address) may be that far at once, and more are
+//!   closed as they arrive. The listener answers [`OK`] and its own cluster id, or [`REJECTED`] with a
 //!   reason and closes the connection: for a wrong secret, or a node of another cluster.
 //!   The connecting node refuses a listener of another cluster in turn.
 //! - Then each request is one frame: a kind byte ([`APPEND`], [`VOTE`], [`SNAPSHOT`]),
@@ -38,6 +40,7 @@ use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kv_store::typ::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig};
 use kv_store::{crash, SnapshotStore};
@@ -78,6 +81,13 @@ pub const MAX_FRAME: usize = 512 * 1024 * 1024;
 
 /// Largest hello: the protocol line and a cluster secret.
 const MAX_HELLO: usize = 4096;
+/// How long a new connection may take to present its hello before it is closed.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections presenting their hello at once, in all and from one address; more are
+/// closed as soon as they are accepted, so strangers can hold neither much memory nor
+/// every slot (members present their hello within milliseconds).
+const MAX_HANDSHAKES: usize = 64;
+const MAX_HANDSHAKES_PER_IP: usize = 8;
 
 /// Bytes of a request or answer frame before its body: the kind and the request id.
 const FRAME_HEAD: usize = 1 + 8;
@@ -709,6 +719,57 @@ impl Receiver {
     }
 }
 
+/// Connections that have not presented their hello yet, in all and per source address.
+#[derive(Default)]
+struct Handshakes {
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One connection's place among the [`Handshakes`]; given back when dropped.
+struct HandshakeSlot {
+    handshakes: Arc<Handshakes>,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    /// A slot for a new connection from `ip`, unless the caps are reached.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, by_ip) = &mut *open;
+        let from_ip = by_ip.entry(ip).or_default();
+        if *total >= MAX_HANDSHAKES || *from_ip >= MAX_HANDSHAKES_PER_IP {
+            if *from_ip == 0 {
+                by_ip.remove(&ip);
+            }
+            return None;
+        }
+        *from_ip += 1;
+        *total += 1;
+        Some(HandshakeSlot {
+            handshakes: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .handshakes
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (total, by_ip) = &mut *open;
+        *total -= 1;
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves raft RPCs on `listener` until `stop` fires; every connection is a task on
 /// `tracker` that also ends when `stop` fires.
 pub async fn serve(
@@ -719,6 +780,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let secret: Arc<[u8]> = secret.unwrap_or_default().into_bytes().into();
+    let handshakes = Arc::new(Handshakes::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -732,11 +794,15 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = handshakes.admit(peer.ip()) else {
+            tracing::debug!(%peer, "too many raft connections presenting their hello: closed");
+            continue;
+        };
         let (receiver, secret, stop) = (receiver.clone(), secret.clone(), stop.clone());
         tracker.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                result = serve_connection(stream, peer, &receiver, &secret) => {
+                result = serve_connection(stream, peer, &receiver, &secret, slot) => {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "raft connection ended");
                     }
@@ -751,12 +817,19 @@ async fn serve_connection(
     peer: SocketAddr,
     receiver: &Receiver,
     secret: &[u8],
+    slot: HandshakeSlot,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
-    // Nothing but the hello is read before the secret checks out, and a hello is small,
-    // so a stranger cannot make this node buffer more than a few KiB.
-    let Some(hello) = read_frame(&mut conn, MAX_HELLO).await? else {
+    // Nothing but the hello is read before the secret checks out, and a hello is small
+    // and comes at once, so a stranger cannot make this node buffer more than a few KiB
+    // or hold a connection for long.
+    let Ok(hello) = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut conn, MAX_HELLO)).await
+    else {
+        tracing::debug!(%peer, "no raft hello within {HELLO_TIMEOUT:?}: closed");
+        return Ok(());
+    };
+    let Some(hello) = hello? else {
         return Ok(());
     };
     let given = hello.strip_prefix(HELLO).and_then(|rest| {
@@ -778,6 +851,7 @@ async fn serve_connection(
             }
         },
     };
+    drop(slot);
     if let Some(reason) = refusal {
         let mut refusal = reason_frame(frame_with(REJECTED, reason.len()), &reason);
         return write_frame(conn.get_mut(), &mut refusal).await;
@@ -846,6 +920,37 @@ mod tests {
     use openraft::{LeaderId, Vote};
 
     use super::*;
+
+    #[test]
+    fn handshakes_are_capped_in_all_and_per_address_and_given_back() {
+        let handshakes = Arc::new(Handshakes::default());
+        let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
+        let first: Vec<_> = (0..MAX_HANDSHAKES_PER_IP)
+            .map(|_| handshakes.admit(ip(1)).expect("a slot"))
+            .collect();
+        assert!(
+            handshakes.admit(ip(1)).is_none(),
+            "one address holds its share"
+        );
+        let mut others: Vec<_> = (0..MAX_HANDSHAKES - MAX_HANDSHAKES_PER_IP)
+            .map(|i| {
+                handshakes
+                    .admit(ip(2 + (i / MAX_HANDSHAKES_PER_IP) as u8))
+                    .expect("a slot")
+            })
+            .collect();
+        assert!(handshakes.admit(ip(200)).is_none(), "all slots are taken");
+        others.pop();
+        assert!(
+            handshakes.admit(ip(200)).is_some(),
+            "a slot given back is free again"
+        );
+        drop(first);
+        assert!(handshakes.admit(ip(1)).is_some());
+        drop(others);
+        let open = handshakes.open.lock().expect("lock");
+        assert_eq!((open.0, open.1.len()), (0, 0), "every slot given back");
+    }
 
     /// How the fake peer answers request `n` (from 0): after a delay, and with the
     /// request's id or another.

@@ -35,7 +35,7 @@ pub(crate) async fn get_key(
     let q: GetQuery = parse_query(&uri)?;
     let stale = wants_stale(q.consistency.as_deref())?;
     no_precondition(&headers)?;
-    let req = Forwardable::for_key(Method::GET, &key, &uri, headers, Bytes::new(), false);
+    let req = || Forwardable::for_key(Method::GET, &key, &uri, headers, Bytes::new(), false);
     read(&app, stale, req, || async { serve_local_get(&app, &key) }).await
 }
 

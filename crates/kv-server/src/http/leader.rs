@@ -219,10 +219,11 @@ fn unreachable_or_unknown(e: reqwest::Error, is_write: bool) -> ApiError {
 
 /// Serves a read from local state: at once when stale reads are allowed, otherwise on
 /// the leader after a ReadIndex confirmation (forwarding there if needed).
+/// `req` builds the request as it would be forwarded; a stale read never needs it.
 pub(crate) async fn read<F, Fut>(
     app: &App,
     stale: bool,
-    req: Forwardable,
+    req: impl FnOnce() -> Forwardable,
     serve: F,
 ) -> Result<Response, ApiError>
 where
@@ -232,7 +233,7 @@ where
     if stale {
         return serve().await;
     }
-    lead_or_forward(app, req, || async {
+    lead_or_forward(app, req(), || async {
         match app.reads.confirm().await {
             Ok(()) => serve().await.map(Local::Done),
             Err(ReadError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),

@@ -59,7 +59,7 @@ pub(crate) async fn list(
     no_precondition(&headers)?;
     let prefix = q.prefix.unwrap_or_default();
     let after = q.after;
-    let req = Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
+    let req = || Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
     read(&app, stale, req, || {
         serve_local_list(&app, prefix.clone(), after.clone(), limit, keys_only)
     })
