@@ -1,9 +1,9 @@
 //! Async HTTP client for quorum-kv.
 //!
 //! Invariants: this crate talks HTTP only and never depends on RocksDB or openraft (it
-//! shares only kv-core's input checks and error codes). Every request has a timeout, every call an
-//! overall deadline. Every write carries one Idempotency-Key per logical call, reused on
-//! every retry, so a retried write is applied at most once.
+//! shares only kv-core's input checks, error codes and key paths). Every request has a
+//! timeout, every call an overall deadline. Every write carries one Idempotency-Key per
+//! logical call, reused on every retry, so a retried write is applied at most once.
 //!
 //! Retries: connection errors, `503` and `504 outcome_unknown` are retried with capped
 //! exponential backoff and jitter, moving to the next endpoint each time. Other answers,
@@ -15,7 +15,6 @@ mod retry;
 
 use std::time::Duration;
 
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -28,22 +27,6 @@ pub use retry::RetryPolicy;
 
 use error::decode_ok;
 use retry::Call;
-
-/// Characters escaped in a key path segment; '/' and ':' stay as they are.
-const KEY_ESCAPES: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'&')
-    .add(b'+')
-    .add(b'=');
 
 /// The local three-node cluster that `scripts/cluster.sh up` starts.
 pub const LOCAL_CLUSTER: &str = "http://127.0.0.1:7001,http://127.0.0.1:7002,http://127.0.0.1:7003";
@@ -180,7 +163,7 @@ impl KvClient {
 
     fn key_path(key: &str) -> Result<String, ClientError> {
         kv_core::validate::check_key(key)?;
-        Ok(format!("/v1/kv/{}", utf8_percent_encode(key, KEY_ESCAPES)))
+        Ok(kv_core::key_path(key))
     }
 
     fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ClientError> {
@@ -360,5 +343,36 @@ fn mismatch_or<M, T: DeserializeOwned>(
             Ok(Swapped::Mismatch(current))
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_arrives_as_it_left_through_the_url_parser() {
+        // The path a node forwards to the leader is the same `kv_core::key_path`.
+        for key in [
+            "users/1:profile",
+            "a\\b",
+            "sp ace/q?x#y&z=1+2",
+            "caf\u{e9}/\u{1f600}",
+            "a//b/",
+            "%2e%2e",
+            "a/%2e%2e/b",
+            "a\\..\\b",
+            "a/...",
+            "%",
+            "[x]|^",
+        ] {
+            let path = KvClient::key_path(key).expect("a valid key");
+            let url = reqwest::Url::parse(&format!("http://127.0.0.1:1{path}")).expect("a URL");
+            let sent = url.path().strip_prefix("/v1/kv/").expect("the route stays");
+            let decoded = percent_encoding::percent_decode_str(sent)
+                .decode_utf8()
+                .expect("UTF-8");
+            assert_eq!(decoded, key);
+        }
     }
 }

@@ -14,6 +14,7 @@
 pub mod command;
 pub mod entry;
 pub mod error_code;
+pub mod key_path;
 pub mod overlay;
 pub mod record;
 pub mod validate;
@@ -24,5 +25,6 @@ pub use command::{
 };
 pub use entry::Entry;
 pub use error_code::ErrorCode;
+pub use key_path::key_path;
 pub use overlay::{Due, Overlay, Slot, StateView};
 pub use record::{fingerprint, Fingerprinter, Record};

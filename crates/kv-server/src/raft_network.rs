@@ -10,8 +10,9 @@
 //!   none, see [`crate::cluster_id`]), a newline, and the cluster secret (empty when none
 //!   is set), within [`HELLO_TIMEOUT`]; at most [`MAX_HANDSHAKES`] connections
 //!   ([`MAX_HANDSHAKES_PER_IP`] from one address) may be that far at once, and more are
-//!   closed as they arrive. The listener answers [`OK`] and its own cluster id, or [`REJECTED`] with a
-//!   reason and closes the connection: for a wrong secret, or a node of another cluster.
+//!   closed as they arrive. The listener answers [`OK`] and its own cluster id, or
+//!   [`REJECTED`] with a reason and closes the connection: for a wrong secret, or a node
+//!   of another cluster.
 //!   The connecting node refuses a listener of another cluster in turn.
 //! - Then each request is one frame: a kind byte ([`APPEND`], [`VOTE`], [`SNAPSHOT`]),
 //!   the request's id (big-endian `u64`, unique per sending process) and the postcard
@@ -719,10 +720,11 @@ impl Receiver {
     }
 }
 
-/// Connections that have not presented their hello yet, in all and per source address.
+/// Connections that have not presented their hello yet, per source address (at most
+/// [`MAX_HANDSHAKES`] in all, so summing them is cheap).
 #[derive(Default)]
 struct Handshakes {
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// One connection's place among the [`Handshakes`]; given back when dropped.
@@ -735,16 +737,12 @@ impl Handshakes {
     /// A slot for a new connection from `ip`, unless the caps are reached.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, by_ip) = &mut *open;
-        let from_ip = by_ip.entry(ip).or_default();
-        if *total >= MAX_HANDSHAKES || *from_ip >= MAX_HANDSHAKES_PER_IP {
-            if *from_ip == 0 {
-                by_ip.remove(&ip);
-            }
+        let total: usize = open.values().sum();
+        let from_ip = open.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
             return None;
         }
-        *from_ip += 1;
-        *total += 1;
+        open.insert(ip, from_ip + 1);
         Some(HandshakeSlot {
             handshakes: self.clone(),
             ip,
@@ -759,12 +757,10 @@ impl Drop for HandshakeSlot {
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let (total, by_ip) = &mut *open;
-        *total -= 1;
-        if let Some(n) = by_ip.get_mut(&self.ip) {
+        if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
-                by_ip.remove(&self.ip);
+                open.remove(&self.ip);
             }
         }
     }
@@ -949,7 +945,7 @@ mod tests {
         assert!(handshakes.admit(ip(1)).is_some());
         drop(others);
         let open = handshakes.open.lock().expect("lock");
-        assert_eq!((open.0, open.1.len()), (0, 0), "every slot given back");
+        assert!(open.is_empty(), "every slot given back");
     }
 
     /// How the fake peer answers request `n` (from 0): after a delay, and with the

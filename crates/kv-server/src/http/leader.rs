@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use kv_core::{Command, ErrorCode, OpResult};
 use kv_store::typ::{NodeId, NodeInfo};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::answer;
 use super::request::Idempotency;
@@ -48,21 +47,6 @@ pub(crate) struct Forwardable {
     pub is_write: bool,
 }
 
-/// What is escaped in a key forwarded to the leader: everything but unreserved characters
-/// and `/`, so no URL parser on the way (reqwest's resolves `\` and `%2e%2e`) can make
-/// it name another key. Keys hold no `.` or `..` parts (`check_key`).
-const KEY_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
-
-/// The path of `/v1/kv/{key}` as it is forwarded: the checked key, escaped.
-fn key_path(key: &str) -> String {
-    format!("/v1/kv/{}", utf8_percent_encode(key, KEY_ESCAPES))
-}
-
 impl Forwardable {
     /// A request of `/v1/kv/{key}`, forwarded with the checked key rather than the path
     /// as received, so it means the same on the leader.
@@ -74,7 +58,7 @@ impl Forwardable {
         body: Bytes,
         is_write: bool,
     ) -> Self {
-        let mut path_and_query = key_path(key);
+        let mut path_and_query = kv_core::key_path(key);
         if let Some(q) = uri.query() {
             path_and_query.push('?');
             path_and_query.push_str(q);
@@ -293,38 +277,5 @@ pub(crate) async fn propose(
             ErrorCode::InsufficientStorage,
             full.to_string(),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The key the leader's router would extract from a forwarded path, after reqwest's
-    /// URL parser has had its way with it.
-    fn key_on_arrival(key: &str) -> String {
-        let url = reqwest::Url::parse(&format!("http://127.0.0.1:1{}", key_path(key)))
-            .expect("a forwarded path is a valid URL");
-        let path = url.path().strip_prefix("/v1/kv/").expect("the route stays");
-        percent_encoding::percent_decode_str(path)
-            .decode_utf8()
-            .expect("UTF-8")
-            .into_owned()
-    }
-
-    #[test]
-    fn a_forwarded_key_arrives_as_it_left() {
-        for key in [
-            "users/1:profile",
-            "a\\..\\b",
-            "a/%2e%2e/b",
-            "a/...",
-            "sp ace/q?x#y&z=1",
-            "caf\u{e9}/\u{1f600}",
-            "a//b/",
-            "%",
-        ] {
-            assert_eq!(key_on_arrival(key), key);
-        }
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::ApiError;
 
-/// The checked key of `/v1/kv/{key}`: percent-decoded, non-empty and within the limit.
+/// The key of `/v1/kv/{key}`, percent-decoded and checked by `check_key`.
 pub(crate) struct Key(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Key {
