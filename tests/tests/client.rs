@@ -150,8 +150,11 @@ async fn every_client_call_works_and_fails_as_typed() -> Result<()> {
         sizes.push(page?.len());
     }
     ensure!(sizes == [10, 10, 3], "{sizes:?}");
-    ensure!(client.delete_prefix("list/").await?.deleted == 23);
+    let deleted = client.delete_prefix("list/").await?;
     ensure!(client.list::<u32>("list/").collect_all().await?.is_empty());
+    ensure!(client.get::<u32>("list/07").await?.is_none());
+    let kept = client.set("list/new", &1, SetOptions::default()).await?;
+    ensure!(kept.revision > deleted.revision, "{kept:?} {deleted:?}");
     let status = client.cluster().await?;
     ensure!(status["leader_id"].is_u64(), "{status}");
 

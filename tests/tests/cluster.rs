@@ -494,6 +494,83 @@ async fn a_full_disk_refuses_growth_with_507_while_reads_and_deletes_work() -> R
     Ok(())
 }
 
+#[tokio::test]
+async fn the_data_quota_refuses_growth_with_507_exactly_and_writes_resume_after_deletes(
+) -> Result<()> {
+    const QUOTA: usize = 64 * 1024;
+    let tuning = Tuning {
+        limits: vec![format!("max_data_bytes = {QUOTA}")],
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let follower = c.other_than(leader);
+    // Each entry is a 6-byte key and a 1,002-byte value (a JSON string).
+    let value = format!("\"{}\"", "v".repeat(1000));
+    let mut stored = 0;
+    let refused = loop {
+        let key = format!("q/{stored:04}");
+        let (status, body) = c.put_json(leader, &format!("/v1/kv/{key}"), &value).await?;
+        if status != 200 {
+            break (status, body);
+        }
+        stored += 1;
+        ensure!(stored < 1000, "the quota never refused a write");
+    };
+    ensure!(
+        refused.0 == 507 && refused.1["error"]["code"] == "quota_exceeded",
+        "{refused:?}"
+    );
+    ensure!(
+        stored * 1008 <= QUOTA && (stored + 1) * 1008 > QUOTA,
+        "{stored} entries of 1008 bytes stored under a quota of {QUOTA}"
+    );
+    let (status, body) = c.put_json(follower, "/v1/kv/q/other", &value).await?;
+    ensure!(
+        status == 507 && body["error"]["code"] == "quota_exceeded",
+        "through a follower: {status} {body}"
+    );
+    // A refused write with an Idempotency-Key leaves no record: its retry applies later.
+    let idempotent_put = || {
+        c.http
+            .put(c.url(leader, "/v1/kv/q/idem"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", "quota-retry")
+            .body(value.clone())
+            .send()
+    };
+    let (status, _) = TestCluster::json(idempotent_put().await?).await?;
+    ensure!(status == 507, "idempotent write over the quota: {status}");
+    // Reads, shrinking writes and deletes go on.
+    let (status, body) = c.get_json(follower, "/v1/kv/q/0000").await?;
+    ensure!(
+        status == 200 && body["value"] == value.trim_matches('"'),
+        "{status}"
+    );
+    let (status, body) = c.put_json(leader, "/v1/kv/q/0000", "1").await?;
+    ensure!(
+        status == 200,
+        "a write that shrinks the data: {status} {body}"
+    );
+    let (status, body) = c.delete(leader, "/v1/kv/q/0001").await?;
+    ensure!(status == 200 && body["deleted"] == true, "{status} {body}");
+    let (status, body) = c.delete(follower, "/v1/kv?prefix=q/00").await?;
+    ensure!(
+        status == 200,
+        "prefix delete over the quota: {status} {body}"
+    );
+    // Once the purges have removed the deleted entries, writes resume on their own.
+    c.poll("writes to resume once deletes made room", || async {
+        let (status, _) = TestCluster::json(idempotent_put().await?).await?;
+        Ok(status == 200)
+    })
+    .await?;
+    let (status, body) = c.get_json(follower, "/v1/kv/q/idem").await?;
+    ensure!(status == 200 && body["version"] == 1, "{status} {body}");
+    c.pass();
+    Ok(())
+}
+
 /// Sends one HTTP/1.1 request exactly as written, with no URL parser in between, and
 /// returns the status and the JSON body.
 async fn raw_request(

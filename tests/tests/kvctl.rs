@@ -106,7 +106,9 @@ async fn kvctl_commands_print_json_or_tables_and_exit_with_usable_codes() -> Res
     let (code, out) = run(&["delete", "app/stdin"])?;
     ensure!(code == 0 && json_of(&out)?["deleted"] == true, "{out}");
     let (code, out) = run(&["delete-prefix", "app/"])?;
-    ensure!(code == 0 && json_of(&out)?["deleted"] == 2, "{out}");
+    ensure!(code == 0 && json_of(&out)?["revision"].is_u64(), "{out}");
+    let (code, out) = run(&["list", "app/"])?;
+    ensure!(code == 0 && !out.contains("app/"), "{out}");
 
     // Exit codes: 1 not found, 2 usage or refused input, 3 unavailable.
     ensure!(run(&["get", "app/cfg"])?.0 == 1);

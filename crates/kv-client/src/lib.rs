@@ -79,8 +79,7 @@ pub struct Deleted {
 /// What a prefix delete reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletedPrefix {
-    /// How many live keys were removed.
-    pub deleted: u64,
+    /// Every key under the prefix written before this revision is deleted.
     pub revision: u64,
 }
 

@@ -4,12 +4,18 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::overlay::Slot;
+use crate::entry::data_bytes;
+use crate::overlay::{tombstoned, Slot, Tombstone};
 use crate::record::Record;
 use crate::{Entry, Overlay, StateView};
 
 /// The most keys one `Expire` command removes, so one log entry stays small.
 pub const EXPIRE_LIMIT: usize = 1000;
+/// The most keys one `Purge` command looks at, so applying it takes milliseconds.
+pub const PURGE_LIMIT: usize = 1000;
+/// The most prefix deletes whose keys are still being purged; past it a prefix delete
+/// is refused until the purges catch up.
+pub const MAX_TOMBSTONES: usize = 64;
 
 /// One log entry's payload: a command and the time stamp of the node that proposed it.
 /// Wire and on-disk type.
@@ -52,6 +58,10 @@ pub enum Failure {
     KeyExists,
     /// The key's revision was not the expected one, or the key was absent.
     RevisionMismatch,
+    /// The write would take the stored data past `limits.max_data_bytes`.
+    QuotaExceeded,
+    /// [`MAX_TOMBSTONES`] prefix deletes are still being purged.
+    PrefixDeletesPending,
 }
 
 impl Failure {
@@ -60,7 +70,15 @@ impl Failure {
         match self {
             Self::KeyExists => crate::ErrorCode::KeyExists,
             Self::RevisionMismatch => crate::ErrorCode::RevisionMismatch,
+            Self::QuotaExceeded => crate::ErrorCode::QuotaExceeded,
+            Self::PrefixDeletesPending => crate::ErrorCode::Unavailable,
         }
+    }
+
+    /// Whether the same request may succeed later without anything else changing its
+    /// key: such failures are not kept as an idempotency record's answer.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Self::QuotaExceeded | Self::PrefixDeletesPending)
     }
 }
 
@@ -94,7 +112,8 @@ pub enum Command {
     /// Physically remove keys whose expiry is at or before `up_to_ms`, at most
     /// [`EXPIRE_LIMIT`], in expiry-index order.
     Expire { up_to_ms: u64 },
-    /// Remove every key starting with `prefix` (never empty: the API refuses that).
+    /// Delete every key starting with `prefix` (never empty: the API refuses that) by
+    /// adding a [`Tombstone`]; `Purge` removes the entries later.
     DeletePrefix { prefix: String },
     /// Several commands in one log entry, applied in order.
     Batch(Vec<Command>),
@@ -107,6 +126,14 @@ pub enum Command {
         retain_ms: u64,
         command: Box<Command>,
     },
+    /// Physically removes up to [`PURGE_LIMIT`] entries of the oldest tombstone.
+    Purge,
+    /// Applies `command` unless it is a write that would take the stored data (keys and
+    /// values) past `max_data_bytes`, the proposer's `limits.max_data_bytes`.
+    WithinQuota {
+        max_data_bytes: u64,
+        command: Box<Command>,
+    },
 }
 
 impl Command {
@@ -115,8 +142,10 @@ impl Command {
     pub fn named_key(&self) -> Option<&str> {
         match self {
             Self::Set { key, .. } | Self::Delete { key, .. } => Some(key),
-            Self::Idempotent { command, .. } => command.named_key(),
-            Self::Expire { .. } | Self::DeletePrefix { .. } | Self::Batch(_) => None,
+            Self::Idempotent { command, .. } | Self::WithinQuota { command, .. } => {
+                command.named_key()
+            }
+            Self::Expire { .. } | Self::DeletePrefix { .. } | Self::Batch(_) | Self::Purge => None,
         }
     }
 }
@@ -192,6 +221,10 @@ pub enum OpResult {
     Replayed(Box<OpResult>),
     /// The idempotency key was used before by a different request; nothing changed.
     IdempotencyKeyReused,
+    /// Every key under the prefix is deleted as of `revision`, the command's.
+    PrefixDeleted { revision: u64 },
+    /// How many deleted entries a purge removed, and how many prefix deletes remain.
+    Purged { removed: u64, pending: u64 },
 }
 
 /// What applying one log entry answered. Wire type.
@@ -223,44 +256,14 @@ fn apply_command<V: StateView>(
 ) -> Result<OpResult, V::Error> {
     let now = overlay.clock_ms;
     Ok(match command {
-        Command::Set {
-            key,
-            value,
-            ttl,
-            precondition,
-        } => {
-            let stored = overlay.get(view, key)?;
-            let live = stored.as_ref().filter(|e| e.is_live_at(now));
-            if let Err(failure) = check_precondition(*precondition, live) {
-                return Ok(OpResult::Failed {
-                    failure,
-                    current: live.cloned(),
-                });
-            }
-            let expires_at_ms = match ttl {
-                Ttl::Clear => None,
-                Ttl::AfterMs(ms) => Some(now.saturating_add(*ms)),
-                Ttl::Keep => live.and_then(|e| e.expires_at_ms),
-            };
-            let entry = Entry {
-                value: value.clone(),
-                revision,
-                create_revision: live.map_or(revision, |e| e.create_revision),
-                version: live.map_or(1, |e| e.version + 1),
-                expires_at_ms,
-            };
-            let result = OpResult::Written {
-                revision,
-                create_revision: entry.create_revision,
-                version: entry.version,
-                expires_at_ms: entry.expires_at_ms,
-            };
-            overlay.put(key, entry, stored.as_ref());
-            result
-        }
+        Command::Set { .. } => set(view, overlay, command, revision, None)?,
+        Command::WithinQuota {
+            max_data_bytes,
+            command,
+        } => set(view, overlay, command, revision, Some(*max_data_bytes))?,
         Command::Delete { key, precondition } => {
             let stored = overlay.get(view, key)?;
-            let live = stored.as_ref().filter(|e| e.is_live_at(now));
+            let live = overlay.live(key, stored.as_ref());
             if let Err(failure) = check_precondition(*precondition, live) {
                 return Ok(OpResult::Failed {
                     failure,
@@ -274,15 +277,53 @@ fn apply_command<V: StateView>(
             OpResult::Deleted { deleted, revision }
         }
         Command::DeletePrefix { prefix } => {
-            let mut deleted = 0;
-            for key in overlay.keys_with_prefix(view, prefix)? {
-                let stored = overlay.get(view, &key)?;
-                if stored.as_ref().is_some_and(|e| e.is_live_at(now)) {
-                    deleted += 1;
-                }
-                overlay.delete(&key, stored.as_ref());
+            // A tombstone under this prefix covers nothing this one does not.
+            let mut kept: Vec<Tombstone> = overlay
+                .tombstones
+                .iter()
+                .filter(|t| !t.prefix.starts_with(prefix.as_str()))
+                .cloned()
+                .collect();
+            if kept.len() >= MAX_TOMBSTONES {
+                return Ok(OpResult::Failed {
+                    failure: Failure::PrefixDeletesPending,
+                    current: None,
+                });
             }
-            OpResult::DeletedPrefix { deleted, revision }
+            kept.push(Tombstone {
+                prefix: prefix.clone(),
+                revision,
+                after: None,
+            });
+            overlay.tombstones = kept;
+            OpResult::PrefixDeleted { revision }
+        }
+        Command::Purge => {
+            let Some(oldest) = overlay.tombstones.first().cloned() else {
+                return Ok(OpResult::Purged {
+                    removed: 0,
+                    pending: 0,
+                });
+            };
+            let (found, next) =
+                overlay.scan(view, &oldest.prefix, oldest.after.as_deref(), PURGE_LIMIT)?;
+            let mut removed = 0;
+            for (key, meta) in found {
+                if tombstoned(&overlay.tombstones, &key, meta.revision) {
+                    overlay.remove(&key, Some(meta));
+                    removed += 1;
+                }
+            }
+            match next {
+                Some(key) => overlay.tombstones[0].after = Some(key),
+                None => {
+                    overlay.tombstones.remove(0);
+                }
+            }
+            OpResult::Purged {
+                removed,
+                pending: overlay.tombstones.len() as u64,
+            }
         }
         Command::Expire { up_to_ms } => {
             let up_to = (*up_to_ms).min(now);
@@ -324,6 +365,12 @@ fn apply_command<V: StateView>(
                 Some(_) => OpResult::IdempotencyKeyReused,
                 None => {
                     let result = apply_command(view, overlay, command, revision)?;
+                    if let OpResult::Failed { failure, .. } = &result {
+                        if failure.is_transient() {
+                            // Not recorded: a retry once it can succeed must apply.
+                            return Ok(result);
+                        }
+                    }
                     let record = Record {
                         fingerprint: *fingerprint,
                         result: result.clone(),
@@ -351,6 +398,66 @@ fn apply_command<V: StateView>(
     })
 }
 
+/// Applies `command` if it is a `Set`, refusing it with `quota` if it would take the
+/// stored data past that many bytes (a write that does not grow the data always
+/// applies); applies any other command as it is.
+fn set<V: StateView>(
+    view: &V,
+    overlay: &mut Overlay,
+    command: &Command,
+    revision: u64,
+    quota: Option<u64>,
+) -> Result<OpResult, V::Error> {
+    let Command::Set {
+        key,
+        value,
+        ttl,
+        precondition,
+    } = command
+    else {
+        return apply_command(view, overlay, command, revision);
+    };
+    let now = overlay.clock_ms;
+    let stored = overlay.get(view, key)?;
+    let live = overlay.live(key, stored.as_ref());
+    if let Err(failure) = check_precondition(*precondition, live) {
+        return Ok(OpResult::Failed {
+            failure,
+            current: live.cloned(),
+        });
+    }
+    if let Some(max) = quota {
+        let old = stored.as_ref().map_or(0, |e| e.meta(key).bytes);
+        let new = data_bytes(key, value.len());
+        if new > old && overlay.data_bytes.saturating_add(new - old) > max {
+            return Ok(OpResult::Failed {
+                failure: Failure::QuotaExceeded,
+                current: None,
+            });
+        }
+    }
+    let expires_at_ms = match ttl {
+        Ttl::Clear => None,
+        Ttl::AfterMs(ms) => Some(now.saturating_add(*ms)),
+        Ttl::Keep => live.and_then(|e| e.expires_at_ms),
+    };
+    let entry = Entry {
+        value: value.clone(),
+        revision,
+        create_revision: live.map_or(revision, |e| e.create_revision),
+        version: live.map_or(1, |e| e.version + 1),
+        expires_at_ms,
+    };
+    let result = OpResult::Written {
+        revision,
+        create_revision: entry.create_revision,
+        version: entry.version,
+        expires_at_ms: entry.expires_at_ms,
+    };
+    overlay.put(key, entry, stored.as_ref());
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -362,6 +469,8 @@ mod tests {
     #[derive(Default, Debug, PartialEq)]
     struct Mem {
         clock_ms: u64,
+        data_bytes: u64,
+        tombstones: Vec<Tombstone>,
         data: BTreeMap<String, Entry>,
         records: BTreeMap<String, Record>,
         index: BTreeMap<crate::overlay::Due, ()>,
@@ -372,12 +481,21 @@ mod tests {
         fn get(&self, key: &str) -> Result<Option<Entry>, Infallible> {
             Ok(self.data.get(key).cloned())
         }
-        fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, Infallible> {
+        fn scan(
+            &self,
+            prefix: &str,
+            after: Option<&str>,
+            limit: usize,
+            skip: &mut dyn FnMut(&str) -> bool,
+        ) -> Result<Vec<(String, crate::EntryMeta)>, Infallible> {
             Ok(self
                 .data
                 .range(prefix.to_owned()..)
                 .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, _)| k.clone())
+                .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+                .filter(|(k, _)| !skip(k))
+                .take(limit)
+                .map(|(k, e)| (k.clone(), e.meta(k)))
                 .collect())
         }
         fn get_record(&self, id: &str) -> Result<Option<Record>, Infallible> {
@@ -403,6 +521,8 @@ mod tests {
     impl Mem {
         fn persist(&mut self, overlay: Overlay) {
             self.clock_ms = overlay.clock_ms;
+            self.data_bytes = overlay.data_bytes;
+            self.tombstones = overlay.tombstones;
             for (k, e) in overlay.data {
                 match e {
                     Some(e) => self.data.insert(k, e),
@@ -430,6 +550,8 @@ mod tests {
             let mut results = vec![];
             for (n, chunk) in requests.chunks(group).enumerate() {
                 let mut overlay = Overlay::new(mem.clock_ms);
+                overlay.data_bytes = mem.data_bytes;
+                overlay.tombstones = mem.tombstones.clone();
                 for (i, r) in chunk.iter().enumerate() {
                     let index = (n * group + i + 1) as u64;
                     results.push(
@@ -749,13 +871,13 @@ mod tests {
             results,
             vec![
                 OpResult::Batch(vec![written(1, 1, 1, None)]),
-                OpResult::Batch(vec![OpResult::DeletedPrefix {
-                    deleted: 1,
-                    revision: 2
-                }]),
+                OpResult::Batch(vec![OpResult::PrefixDeleted { revision: 2 }]),
             ]
         );
-        assert!(mem.data.is_empty());
+        assert_eq!(
+            mem.tombstones[0].revision, 2,
+            "a/x at revision 1 is covered"
+        );
     }
 
     #[test]
@@ -787,8 +909,15 @@ mod tests {
                 3 => expire(at),
                 _ => set(at, &key, &i.to_string(), Some(5 + i % 3)),
             });
+            if i % 13 == 0 {
+                requests.push(delete_prefix(at, &format!("k{}", i % 3)));
+            }
+            if i % 17 == 0 {
+                requests.push(purge(at));
+            }
         }
         let reference = Mem::apply_grouped(&requests, 1);
+        assert_eq!(reference.0.data_bytes, reference.0.counted_bytes());
         for group in [2, 3, 7, 60] {
             assert_eq!(
                 Mem::apply_grouped(&requests, group),
@@ -904,8 +1033,35 @@ mod tests {
         }
     }
 
+    fn purge(at: u64) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::Purge,
+        }
+    }
+
+    fn within_quota(max_data_bytes: u64, inner: Request) -> Request {
+        Request {
+            stamp_ms: inner.stamp_ms,
+            command: Command::WithinQuota {
+                max_data_bytes,
+                command: Box::new(inner.command),
+            },
+        }
+    }
+
+    impl Mem {
+        /// Key and value bytes of every stored entry, counted from scratch.
+        fn counted_bytes(&self) -> u64 {
+            self.data
+                .iter()
+                .map(|(k, e)| crate::data_bytes(k, e.value.len()))
+                .sum()
+        }
+    }
+
     #[test]
-    fn delete_prefix_removes_exactly_the_matching_keys_and_counts_live_ones() {
+    fn delete_prefix_hides_exactly_the_matching_keys_at_once_and_purge_removes_them() {
         let (mem, results) = Mem::run(&[
             set(1000, "app/a", "1", None),
             set(1000, "app/b", "1", Some(10)),
@@ -913,17 +1069,139 @@ mod tests {
             set(1000, "ap", "1", None),
             set(1000, "app/c", "1", None),
             delete_prefix(2000, "app/"),
+            del(2000, "app/a"),
+            set_with(2000, "app/c", "2", Ttl::Clear, Precondition::Revision(5)),
+            set_with(2000, "app/c", "3", Ttl::Clear, Precondition::Absent),
+            purge(2000),
+            purge(2000),
         ]);
+        assert_eq!(results[5], OpResult::PrefixDeleted { revision: 6 });
+        let gone = OpResult::Deleted {
+            deleted: false,
+            revision: 7,
+        };
+        assert_eq!(results[6], gone, "app/a is deleted before any purge");
+        assert_eq!(results[7], failed(Failure::RevisionMismatch, None));
+        assert_eq!(results[8], written(9, 9, 1, None), "app/c is created anew");
+        assert_eq!(
+            results[9],
+            OpResult::Purged {
+                removed: 1,
+                pending: 0
+            },
+            "app/b is left; app/c was rewritten after the delete"
+        );
+        assert_eq!(
+            results[10],
+            OpResult::Purged {
+                removed: 0,
+                pending: 0
+            }
+        );
+        assert_eq!(
+            mem.data.keys().collect::<Vec<_>>(),
+            vec!["ap", "app/c", "apple"]
+        );
+        assert!(mem.index.is_empty() && mem.tombstones.is_empty());
+        assert_eq!(mem.data_bytes, mem.counted_bytes());
+    }
+
+    #[test]
+    fn purges_go_a_bounded_number_of_keys_at_a_time_and_keep_later_writes() {
+        let n = PURGE_LIMIT * 2 + 10;
+        let mut requests: Vec<Request> = (0..n)
+            .map(|i| set(1000, &format!("p/{i:05}"), "1", Some(1_000_000)))
+            .collect();
+        requests.push(delete_prefix(1000, "p/"));
+        requests.push(set(1000, "p/00500", "kept", None));
+        requests.push(purge(1000));
+        requests.push(set(1000, "p/99999", "kept", None));
+        requests.push(purge(1000));
+        requests.push(del(1000, "p/00500"));
+        requests.push(set(1000, "p/00501", "kept", None));
+        requests.push(purge(1000));
+        let reference = Mem::apply_grouped(&requests, 1);
+        for group in [2, 7, 64, requests.len()] {
+            assert_eq!(
+                Mem::apply_grouped(&requests, group),
+                reference,
+                "grouping by {group}"
+            );
+        }
+        let (mem, results) = reference;
+        let purged: Vec<_> = results
+            .iter()
+            .filter(|r| matches!(r, OpResult::Purged { .. }))
+            .collect();
+        let purged_of = |removed, pending| OpResult::Purged { removed, pending };
+        assert_eq!(
+            purged,
+            vec![&purged_of(999, 1), &purged_of(1000, 1), &purged_of(10, 0)]
+        );
+        assert_eq!(
+            mem.data.keys().collect::<Vec<_>>(),
+            vec!["p/00501", "p/99999"]
+        );
+        assert!(mem.index.is_empty());
+        assert_eq!(mem.data_bytes, mem.counted_bytes());
+    }
+
+    #[test]
+    fn a_prefix_delete_absorbs_the_ones_it_covers_and_refuses_past_the_cap() {
+        let mut requests: Vec<Request> = (0..MAX_TOMBSTONES)
+            .map(|i| delete_prefix(10, &format!("t/{i:03}/")))
+            .collect();
+        requests.push(delete_prefix(10, "u/"));
+        requests.push(delete_prefix(10, "t/"));
+        requests.push(delete_prefix(10, "u/"));
+        let (mem, results) = Mem::run(&requests);
+        assert_eq!(
+            results[MAX_TOMBSTONES],
+            failed(Failure::PrefixDeletesPending, None)
+        );
+        let prefixes: Vec<_> = mem.tombstones.iter().map(|t| t.prefix.as_str()).collect();
+        assert_eq!(prefixes, vec!["t/", "u/"]);
+    }
+
+    #[test]
+    fn the_quota_refuses_growth_only_and_lets_writes_resume_after_deletes() {
+        // Each entry below is 2 bytes of key and 2 of value.
+        let (mem, results) = Mem::run(&[
+            within_quota(8, set(10, "k1", "11", None)),
+            within_quota(8, set(10, "k2", "22", None)),
+            within_quota(8, set(10, "k3", "33", None)),
+            within_quota(8, set(10, "k2", "2", None)),
+            within_quota(8, set(10, "k1", "1", None)),
+            within_quota(
+                8,
+                set_with(10, "k9", "9", Ttl::Clear, Precondition::Revision(3)),
+            ),
+            del(10, "k2"),
+            within_quota(8, set(10, "k3", "33", None)),
+        ]);
+        assert_eq!(results[2], failed(Failure::QuotaExceeded, None));
+        assert!(matches!(results[3], OpResult::Written { .. }), "shrinks");
+        assert!(matches!(results[4], OpResult::Written { .. }), "shrinks");
         assert_eq!(
             results[5],
-            OpResult::DeletedPrefix {
-                deleted: 2,
-                revision: 6
-            },
-            "app/b had expired: removed but not counted"
+            failed(Failure::RevisionMismatch, None),
+            "a failed precondition answers first"
         );
-        assert_eq!(mem.data.keys().collect::<Vec<_>>(), vec!["ap", "apple"]);
-        assert!(mem.index.is_empty());
+        assert!(matches!(results[7], OpResult::Written { .. }), "room again");
+        assert_eq!(mem.data_bytes, 7);
+        assert_eq!(mem.data_bytes, mem.counted_bytes());
+    }
+
+    #[test]
+    fn a_write_refused_by_the_quota_leaves_no_idempotency_record() {
+        let write = || within_quota(3, set(10, "k", "big", None));
+        let (mem, results) = Mem::run(&[
+            idempotent(10, "req", 1, write()),
+            idempotent(10, "req", 1, within_quota(100, set(10, "k", "big", None))),
+        ]);
+        assert_eq!(results[0], failed(Failure::QuotaExceeded, None));
+        assert_eq!(results[1], written(2, 2, 1, None), "the retry applies");
+        assert_eq!(mem.records.len(), 1);
     }
 
     #[test]
@@ -933,9 +1211,10 @@ mod tests {
             set(1000, "p/2", "1", None),
             delete_prefix(1000, "p/"),
             set(1000, "p/3", "1", None),
+            purge(1000),
         ];
         let reference = Mem::apply_grouped(&requests, 1);
-        assert_eq!(Mem::apply_grouped(&requests, 4), reference);
+        assert_eq!(Mem::apply_grouped(&requests, 5), reference);
         assert_eq!(reference.0.data.keys().collect::<Vec<_>>(), vec!["p/3"]);
     }
 

@@ -31,6 +31,31 @@ impl Entry {
     pub fn ttl_ms_at(&self, now_ms: u64) -> Option<u64> {
         self.expires_at_ms.map(|at| at.saturating_sub(now_ms))
     }
+
+    /// What bookkeeping needs of the entry stored under `key`.
+    pub fn meta(&self, key: &str) -> EntryMeta {
+        EntryMeta {
+            revision: self.revision,
+            expires_at_ms: self.expires_at_ms,
+            bytes: data_bytes(key, self.value.len()),
+        }
+    }
+}
+
+/// What a stored entry costs against `limits.max_data_bytes`: its key and value bytes.
+pub fn data_bytes(key: &str, value_len: usize) -> u64 {
+    (key.len() + value_len) as u64
+}
+
+/// A stored entry without its value: enough to remove it and keep the books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Log index of the entry's last change.
+    pub revision: u64,
+    /// When the entry expires, if ever (its expiry-index entry).
+    pub expires_at_ms: Option<u64>,
+    /// [`data_bytes`] of the key and value.
+    pub bytes: u64,
 }
 
 #[cfg(test)]

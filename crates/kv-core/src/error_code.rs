@@ -85,6 +85,8 @@ error_codes! {
     OutcomeUnknown = "outcome_unknown", 504;
     /// The leader's disk is too full for writes that grow the data.
     InsufficientStorage = "insufficient_storage", 507;
+    /// The write would take the stored keys and values past `limits.max_data_bytes`.
+    QuotaExceeded = "quota_exceeded", 507;
 }
 
 impl ErrorCode {

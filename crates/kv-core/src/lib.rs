@@ -21,10 +21,10 @@ pub mod validate;
 
 pub use command::{
     apply_request, changes_keys_once, check_precondition, BatchKeys, Command, Failure, OpResult,
-    Precondition, Request, Response, Ttl, EXPIRE_LIMIT,
+    Precondition, Request, Response, Ttl, EXPIRE_LIMIT, MAX_TOMBSTONES, PURGE_LIMIT,
 };
-pub use entry::Entry;
+pub use entry::{data_bytes, Entry, EntryMeta};
 pub use error_code::ErrorCode;
 pub use key_path::key_path;
-pub use overlay::{Due, Overlay, Slot, StateView};
+pub use overlay::{tombstoned, Due, Overlay, Slot, StateView, Tombstone};
 pub use record::{fingerprint, Fingerprinter, Record};

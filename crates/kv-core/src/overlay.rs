@@ -6,7 +6,11 @@
 //! into one atomic write when the call ends.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
+use serde::{Deserialize, Serialize};
+
+use crate::entry::EntryMeta;
 use crate::record::Record;
 use crate::Entry;
 
@@ -39,6 +43,32 @@ impl Slot {
 /// One expiry-index entry: when, what kind, which key or record id.
 pub type Due = (u64, Slot, String);
 
+/// A prefix delete whose keys are not all removed yet. Every entry under `prefix`
+/// whose revision is below `revision` is deleted from the moment the delete applied;
+/// `Purge` commands remove those entries a bounded number at a time, from `after` on,
+/// and drop the tombstone when none is left. On-disk type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    /// Keys starting with this are covered.
+    pub prefix: String,
+    /// The prefix delete's revision: entries written before it are deleted.
+    pub revision: u64,
+    /// Keys up to and including this one have been purged.
+    pub after: Option<String>,
+}
+
+impl Tombstone {
+    /// Whether the entry of `key` last written at `revision` is deleted by this.
+    pub fn covers(&self, key: &str, revision: u64) -> bool {
+        revision < self.revision && key.starts_with(&self.prefix)
+    }
+}
+
+/// Whether any of `tombstones` deletes the entry of `key` written at `revision`.
+pub fn tombstoned(tombstones: &[Tombstone], key: &str, revision: u64) -> bool {
+    tombstones.iter().any(|t| t.covers(key, revision))
+}
+
 /// Read access to the persisted state machine.
 pub trait StateView {
     /// The storage engine's error.
@@ -50,8 +80,16 @@ pub trait StateView {
     /// The stored idempotency record `id`, live or expired.
     fn get_record(&self, id: &str) -> Result<Option<Record>, Self::Error>;
 
-    /// Every stored key starting with `prefix`, live or expired, in key order.
-    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, Self::Error>;
+    /// Stored entries (live, expired or tombstoned) whose keys start with `prefix`,
+    /// strictly after `after` if given, in key order, leaving out keys `skip` returns
+    /// true for, until `limit` are found. Values are not read.
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        skip: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<(String, EntryMeta)>, Self::Error>;
 
     /// Expiry-index entries with `expires_at_ms <= up_to_ms`, in index order, leaving
     /// out those `skip` returns true for, until `limit` are found.
@@ -68,6 +106,10 @@ pub trait StateView {
 pub struct Overlay {
     /// The state machine's clock after the commands applied so far.
     pub clock_ms: u64,
+    /// Key and value bytes of every stored entry after the commands applied so far.
+    pub data_bytes: u64,
+    /// Prefix deletes not yet purged, oldest first, after the commands applied so far.
+    pub tombstones: Vec<Tombstone>,
     /// Pending entry changes: `Some` puts, `None` deletes.
     pub data: BTreeMap<String, Option<Entry>>,
     /// Pending idempotency-record changes: `Some` puts, `None` deletes.
@@ -93,25 +135,43 @@ impl Overlay {
         }
     }
 
+    /// `stored`, the stored entry of `key`, if it is live at the clock: neither expired
+    /// nor deleted by a prefix delete.
+    pub fn live<'e>(&self, key: &str, stored: Option<&'e Entry>) -> Option<&'e Entry> {
+        stored.filter(|e| {
+            e.is_live_at(self.clock_ms) && !tombstoned(&self.tombstones, key, e.revision)
+        })
+    }
+
     /// Replaces the entry of `key`; `old` is its stored entry, so its index entry goes.
     pub fn put(&mut self, key: &str, entry: Entry, old: Option<&Entry>) {
-        self.unindex(key, old);
+        self.forget(key, old.map(|e| e.meta(key)));
         if let Some(at) = entry.expires_at_ms {
             self.index.insert((at, Slot::Key, key.to_owned()), true);
         }
+        self.data_bytes += entry.meta(key).bytes;
         self.data.insert(key.to_owned(), Some(entry));
     }
 
     /// Removes the entry of `key`; `old` is its stored entry.
     pub fn delete(&mut self, key: &str, old: Option<&Entry>) {
-        self.unindex(key, old);
+        self.remove(key, old.map(|e| e.meta(key)));
+    }
+
+    /// [`Overlay::delete`] knowing only the stored entry's metadata.
+    pub fn remove(&mut self, key: &str, old: Option<EntryMeta>) {
+        self.forget(key, old);
         self.data.insert(key.to_owned(), None);
     }
 
-    fn unindex(&mut self, key: &str, old: Option<&Entry>) {
-        if let Some(at) = old.and_then(|e| e.expires_at_ms) {
+    /// Drops the index entry and the bytes of `key`'s stored entry `old`.
+    fn forget(&mut self, key: &str, old: Option<EntryMeta>) {
+        let Some(old) = old else { return };
+        if let Some(at) = old.expires_at_ms {
             self.index.insert((at, Slot::Key, key.to_owned()), false);
         }
+        // Saturating: a state the books disagree with must not stop apply.
+        self.data_bytes = self.data_bytes.saturating_sub(old.bytes);
     }
 
     /// The idempotency record `id` as the next command sees it, live or expired.
@@ -140,27 +200,43 @@ impl Overlay {
         self.records.insert(id.to_owned(), None);
     }
 
-    /// Every key starting with `prefix` that the next command sees, live or expired,
-    /// in key order.
-    pub fn keys_with_prefix<V: StateView>(
+    /// The first `limit` stored entries under `prefix` strictly after `after`, in key
+    /// order, as the next command sees them; and the key to continue after, or `None`
+    /// when no entry under `prefix` follows the last one returned.
+    #[allow(clippy::type_complexity)]
+    pub fn scan<V: StateView>(
         &self,
         view: &V,
         prefix: &str,
-    ) -> Result<Vec<String>, V::Error> {
-        let mut keys: Vec<String> = view
-            .keys_with_prefix(prefix)?
-            .into_iter()
-            .filter(|k| !self.data.contains_key(k))
-            .collect();
-        keys.extend(
-            self.data
-                .range(prefix.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .filter(|(_, e)| e.is_some())
-                .map(|(k, _)| k.clone()),
-        );
-        keys.sort();
-        Ok(keys)
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<(String, EntryMeta)>, Option<String>), V::Error> {
+        // Persisted keys this overlay touched are decided by the overlay alone, so the
+        // view's part is the first `limit` keys the overlay leaves as they are.
+        let mut skip = |key: &str| self.data.contains_key(key);
+        let persisted = view.scan(prefix, after, limit, &mut skip)?;
+        let upper = (persisted.len() == limit).then(|| persisted[limit - 1].0.clone());
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let mut found: BTreeMap<String, EntryMeta> = persisted.into_iter().collect();
+        for (key, entry) in self.data.range((lower, Bound::Unbounded)) {
+            if !key.starts_with(prefix) || upper.as_ref().is_some_and(|u| key > u) {
+                break;
+            }
+            if let Some(entry) = entry {
+                found.insert(key.clone(), entry.meta(key));
+            }
+        }
+        let complete = upper.is_none() && found.len() <= limit;
+        let found: Vec<_> = found.into_iter().take(limit).collect();
+        let next = if complete {
+            None
+        } else {
+            found.last().map(|(k, _)| k.clone()).or(upper)
+        };
+        Ok((found, next))
     }
 
     /// The first `limit` expiry-index entries due at `up_to_ms`, in index order, as the

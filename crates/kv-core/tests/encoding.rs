@@ -40,6 +40,12 @@ enum PlainCommand {
         retain_ms: u64,
         command: Box<PlainCommand>,
     },
+    // Appended later: earlier variants keep their numbers.
+    Purge,
+    WithinQuota {
+        max_data_bytes: u64,
+        command: Box<PlainCommand>,
+    },
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -93,6 +99,14 @@ fn plain_command(c: &Command) -> PlainCommand {
             id: id.clone(),
             fingerprint: *fingerprint,
             retain_ms: *retain_ms,
+            command: Box::new(plain_command(command)),
+        },
+        Command::Purge => PlainCommand::Purge,
+        Command::WithinQuota {
+            max_data_bytes,
+            command,
+        } => PlainCommand::WithinQuota {
+            max_data_bytes: *max_data_bytes,
             command: Box::new(plain_command(command)),
         },
     }
@@ -182,6 +196,21 @@ fn request_encoding_is_the_released_one() {
     assert_eq!(
         postcard::from_bytes::<Request>(&golden).expect("decodes"),
         r
+    );
+}
+
+#[test]
+fn later_commands_take_the_next_variant_numbers() {
+    let c = Command::WithinQuota {
+        max_data_bytes: 1 << 33,
+        command: Box::new(Command::Purge),
+    };
+    let golden = [0x07, 0x80, 0x80, 0x80, 0x80, 0x20, 0x06];
+    assert_eq!(encode(&c), golden);
+    assert_eq!(encode(&plain_command(&c)), golden);
+    assert_eq!(
+        postcard::from_bytes::<Command>(&golden).expect("decodes"),
+        c
     );
 }
 

@@ -93,6 +93,11 @@ pub struct LimitsConfig {
     /// that grow the data are refused (507) while deletes, expiry and reads go on. At
     /// least twice `raft.log_segment_mib`, so the log always finds room for a segment.
     pub min_free_disk_mib: u64,
+    /// Most bytes of keys and values stored (expired and deleted entries count until
+    /// they are removed): past it, writes that grow the data are refused (507
+    /// `quota_exceeded`) while deletes, expiry and reads go on. The leader's setting is
+    /// the one that counts.
+    pub max_data_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -104,6 +109,7 @@ impl Default for LimitsConfig {
             max_batch: 512,
             idempotency_retention_s: 24 * 3600,
             min_free_disk_mib: 256,
+            max_data_bytes: 8 << 30,
         }
     }
 }
@@ -196,6 +202,7 @@ impl NodeConfig {
             );
         }
         if self.limits.max_value_bytes == 0
+            || self.limits.max_data_bytes == 0
             || self.limits.max_batch == 0
             || self.limits.idempotency_retention_s == 0
         {

@@ -1,9 +1,11 @@
-//! The expiry ticker: while this node leads, it proposes `Expire` when keys are due.
-//! Followers never delete expired keys on their own; deletion travels through the log.
+//! The expiry ticker: while this node leads, it proposes `Expire` when keys are due and
+//! `Purge` while prefix deletes have entries left to remove. Followers never delete on
+//! their own; deletion travels through the log, a bounded number of keys per entry.
 
 use std::time::Duration;
 
 use kv_core::{Command, OpResult, EXPIRE_LIMIT};
+
 use kv_store::StateReader;
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,7 @@ pub async fn run(
         if raft.metrics().borrow().state != ServerState::Leader {
             continue;
         }
+        purge(&reader, &proposer).await;
         // Keep going while a full command's worth was removed: more may be due.
         loop {
             let now = clock.now_ms();
@@ -50,6 +53,20 @@ pub async fn run(
                     tracing::debug!(error = %e, "expire proposal did not go through");
                     break;
                 }
+            }
+        }
+    }
+}
+
+/// Proposes `Purge` until no prefix delete has entries left, or a proposal fails.
+async fn purge(reader: &StateReader, proposer: &Proposer) {
+    while reader.pending_purges() > 0 {
+        match proposer.write(Command::Purge).await {
+            Ok(OpResult::Purged { pending, .. }) if pending > 0 => continue,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "purge proposal did not go through");
+                break;
             }
         }
     }

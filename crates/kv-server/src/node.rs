@@ -133,7 +133,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let proposer = Proposer::start(
         raft.clone(),
         clock,
-        DiskGuard::new(config.data_dir.clone(), limits.min_free_disk_mib << 20),
+        DiskGuard::new(
+            config.data_dir.clone(),
+            limits.min_free_disk_mib << 20,
+            limits.max_data_bytes,
+        ),
         limits.max_batch,
         Duration::from_millis(limits.write_timeout_ms),
         &tracker,

@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
-use kv_core::{Due, Entry, Fingerprinter, Record, Slot, StateView};
+use kv_core::{
+    tombstoned, Due, Entry, EntryMeta, Fingerprinter, Record, Slot, StateView, Tombstone,
+};
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
 use crate::log_files::LogFiles;
@@ -20,7 +22,7 @@ pub(crate) const CF_LOG: &str = "raft_log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 /// Key → postcard-encoded [`Entry`].
 pub(crate) const CF_DATA: &str = "sm_data";
-/// Last applied log id, membership, clock.
+/// Last applied log id, membership, clock, data bytes, tombstones.
 pub(crate) const CF_SM_META: &str = "sm_meta";
 /// Big-endian `expires_at_ms`, a slot byte (key or record), then the key or record id;
 /// empty values.
@@ -34,6 +36,8 @@ pub(crate) const META_LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const META_LAST_APPLIED: &[u8] = b"last_applied";
 pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const META_CLOCK: &[u8] = b"clock";
+pub(crate) const META_DATA_BYTES: &[u8] = b"data_bytes";
+pub(crate) const META_TOMBSTONES: &[u8] = b"tombstones";
 
 /// An exclusive upper bound above every data key: 0xFF never occurs in UTF-8.
 pub(crate) const DATA_END: &[u8] = &[0xFF];
@@ -159,7 +163,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
     reconcile_log(&files, last_purged, state_machine.last_applied())?;
     let reader = StateReader {
         db: db.clone(),
-        clock_ms: state_machine.clock_handle(),
+        shared: state_machine.shared(),
     };
     Ok(Stores {
         log: LogStore::new(db, files),
@@ -225,6 +229,34 @@ pub struct Page<'a> {
     pub keys_only: bool,
 }
 
+/// What the state machine shares with readers besides RocksDB. Set after each apply or
+/// install is written, before openraft reports it applied.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The latest stamp applied.
+    pub clock_ms: AtomicU64,
+    /// Key and value bytes of every stored entry.
+    pub data_bytes: AtomicU64,
+    /// Prefix deletes not yet purged.
+    pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
+}
+
+impl Shared {
+    pub(crate) fn tombstones(&self) -> Arc<Vec<Tombstone>> {
+        self.tombstones
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_tombstones(&self, tombstones: Vec<Tombstone>) {
+        let mut current = self.tombstones.write().unwrap_or_else(|e| e.into_inner());
+        if **current != tombstones {
+            *current = Arc::new(tombstones);
+        }
+    }
+}
+
 /// A stored entry read without copying its value: the fields of [`Entry`] in its order,
 /// so it decodes the same postcard bytes.
 #[derive(serde::Deserialize)]
@@ -238,6 +270,14 @@ struct StoredMeta<'a> {
 }
 
 impl StoredMeta<'_> {
+    fn entry_meta(&self, key: &str) -> EntryMeta {
+        EntryMeta {
+            revision: self.revision,
+            expires_at_ms: self.expires_at_ms,
+            bytes: kv_core::data_bytes(key, self._value.len()),
+        }
+    }
+
     fn without_value(self) -> Entry {
         Entry {
             value: Vec::new(),
@@ -254,14 +294,17 @@ impl StoredMeta<'_> {
 #[derive(Clone)]
 pub struct StateReader {
     db: Arc<DB>,
-    clock_ms: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
 
 impl StateReader {
-    /// The stored entry of `key`, live or expired: the caller decides liveness at its
-    /// own reading time.
+    /// The stored entry of `key`, live or expired, unless a prefix delete deleted it:
+    /// the caller decides liveness at its own reading time.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        DbView(&self.db).get(key)
+        let tombstones = self.shared.tombstones();
+        Ok(DbView(&self.db)
+            .get(key)?
+            .filter(|e| !tombstoned(&tombstones, key, e.revision)))
     }
 
     /// Live entries at `now_ms` whose keys start with `prefix`, in key order, strictly
@@ -279,6 +322,7 @@ impl StateReader {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
+        let tombstones = self.shared.tombstones();
         let mut items = vec![];
         let mut bytes = 0;
         let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
@@ -298,6 +342,13 @@ impl StateReader {
             if !entry.is_live_at(now_ms) {
                 continue;
             }
+            // Keys a prefix delete deleted are skipped until purged: a list of a
+            // just-deleted prefix reads past them.
+            let deleted =
+                |t: &Tombstone| entry.revision < t.revision && k.starts_with(t.prefix.as_bytes());
+            if tombstones.iter().any(deleted) {
+                continue;
+            }
             let size = k.len() + entry.value.len() + ENTRY_OVERHEAD;
             if items.len() == page.limit || (!items.is_empty() && bytes + size > page.max_bytes) {
                 return Ok((items, true));
@@ -310,7 +361,18 @@ impl StateReader {
 
     /// The state machine's clock: the latest stamp applied so far.
     pub fn clock_ms(&self) -> u64 {
-        self.clock_ms.load(Ordering::Acquire)
+        self.shared.clock_ms.load(Ordering::Acquire)
+    }
+
+    /// Key and value bytes of every stored entry (expired and deleted ones until they
+    /// are removed): what `limits.max_data_bytes` bounds.
+    pub fn data_bytes(&self) -> u64 {
+        self.shared.data_bytes.load(Ordering::Acquire)
+    }
+
+    /// How many prefix deletes still have entries to purge.
+    pub fn pending_purges(&self) -> usize {
+        self.shared.tombstones().len()
     }
 
     /// Whether any key's expiry is at or before `now_ms`, i.e. an Expire command would
@@ -379,17 +441,38 @@ impl StateView for DbView<'_> {
         read_value(self.0, CF_DATA, key.as_bytes())
     }
 
-    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut keys = vec![];
-        let mode = IteratorMode::From(prefix.as_bytes(), Direction::Forward);
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        skip: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<(String, EntryMeta)>, StoreError> {
+        let start = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let mut found = vec![];
+        let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
         for item in self.0.iterator_cf(cf(self.0, CF_DATA), mode) {
-            let (k, _) = item?;
+            if found.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
             if !k.starts_with(prefix.as_bytes()) {
                 break;
             }
-            keys.push(utf8_key(k, CF_DATA)?);
+            if after.is_some_and(|a| k.as_ref() <= a.as_bytes()) {
+                continue;
+            }
+            let key = utf8_key(k, CF_DATA)?;
+            if skip(&key) {
+                continue;
+            }
+            let meta = postcard::from_bytes::<StoredMeta<'_>>(&v)?.entry_meta(&key);
+            found.push((key, meta));
         }
-        Ok(keys)
+        Ok(found)
     }
 
     fn get_record(&self, id: &str) -> Result<Option<Record>, StoreError> {

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kv_core::{Entry, Record};
+use kv_core::{Entry, Record, Tombstone};
 use serde::{Deserialize, Serialize};
 
 use crate::typ::SnapshotMeta;
@@ -17,6 +17,7 @@ pub(crate) struct SnapshotState {
     pub clock_ms: u64,
     pub entries: Vec<(String, Entry)>,
     pub records: Vec<(String, Record)>,
+    pub tombstones: Vec<Tombstone>,
 }
 
 /// The current snapshot as persisted. On-disk type.

@@ -1,11 +1,13 @@
 //! The replicated state machine in RocksDB.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kv_core::{apply_request, Due, Entry, Overlay, Record, Response, Slot, StateView};
+use kv_core::{
+    apply_request, Due, Entry, EntryMeta, Overlay, Record, Response, Slot, StateView, Tombstone,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use rocksdb::{IteratorMode, WriteBatch, DB};
@@ -13,8 +15,9 @@ use serde::de::DeserializeOwned;
 
 use crate::crash;
 use crate::db::{
-    blocking, cf, expiry_key, read_value, synced, DbView, CF_DATA, CF_EXPIRY, CF_RECORDS,
-    CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_LAST_APPLIED, META_MEMBERSHIP,
+    blocking, cf, expiry_key, read_value, synced, DbView, Shared, CF_DATA, CF_EXPIRY, CF_RECORDS,
+    CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_DATA_BYTES, META_LAST_APPLIED,
+    META_MEMBERSHIP, META_TOMBSTONES,
 };
 use crate::entry_cache::EntryCache;
 use crate::error::OrRaft;
@@ -35,7 +38,8 @@ pub struct StateMachine {
     snapshots: SnapshotFiles,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    clock_ms: Arc<AtomicU64>,
+    /// Clock, data bytes and tombstones, shared with readers.
+    shared: Arc<Shared>,
     cache: EntryCache,
 }
 
@@ -59,8 +63,14 @@ impl StateView for CachedView<'_> {
         self.db.get_record(id)
     }
 
-    fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.db.keys_with_prefix(prefix)
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        skip: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<(String, EntryMeta)>, StoreError> {
+        self.db.scan(prefix, after, limit, skip)
     }
 
     fn due(
@@ -77,19 +87,49 @@ fn read_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, Stor
     read_value(db, CF_SM_META, key)
 }
 
+/// The state machine's small state besides entries and records, as one apply or
+/// install leaves it.
+struct Books<'a> {
+    clock_ms: u64,
+    data_bytes: u64,
+    tombstones: &'a [Tombstone],
+}
+
 /// Adds the metadata writes that end every apply or install batch.
 fn put_meta(
     db: &DB,
     batch: &mut WriteBatch,
     last_applied: &Option<LogId>,
     membership: &StoredMembership,
-    clock_ms: u64,
+    books: &Books<'_>,
 ) -> Result<(), StoreError> {
     let meta = cf(db, CF_SM_META);
     batch.put_cf(meta, META_LAST_APPLIED, postcard::to_stdvec(last_applied)?);
     batch.put_cf(meta, META_MEMBERSHIP, postcard::to_stdvec(membership)?);
-    batch.put_cf(meta, META_CLOCK, postcard::to_stdvec(&clock_ms)?);
+    batch.put_cf(meta, META_CLOCK, postcard::to_stdvec(&books.clock_ms)?);
+    batch.put_cf(
+        meta,
+        META_DATA_BYTES,
+        postcard::to_stdvec(&books.data_bytes)?,
+    );
+    batch.put_cf(
+        meta,
+        META_TOMBSTONES,
+        postcard::to_stdvec(books.tombstones)?,
+    );
     Ok(())
+}
+
+/// Key and value bytes of every stored entry, counted by reading them all: for a
+/// database written before the count was kept.
+fn count_data_bytes(db: &DB) -> Result<u64, StoreError> {
+    let mut bytes = 0;
+    for item in db.iterator_cf(cf(db, CF_DATA), IteratorMode::Start) {
+        let (key, value) = item?;
+        let entry: Entry = postcard::from_bytes(&value)?;
+        bytes += (key.len() + entry.value.len()) as u64;
+    }
+    Ok(bytes)
 }
 
 /// Adds an overlay's pending changes to one column family: `Some` puts, `None` deletes.
@@ -123,18 +163,27 @@ impl StateMachine {
                     applied = ?applied,
                     "installing the stored snapshot, which is ahead of the state"
                 );
-                install_batch(&db, &meta, &data)?;
+                install_batch(&db, &meta, &data, &Shared::default())?;
             }
         }
         let last_applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
         let membership = read_meta(&db, META_MEMBERSHIP)?.unwrap_or_default();
-        let clock_ms = read_meta(&db, META_CLOCK)?.unwrap_or(0);
+        let shared = Shared::default();
+        shared
+            .clock_ms
+            .store(read_meta(&db, META_CLOCK)?.unwrap_or(0), Ordering::Release);
+        let data_bytes = match read_meta(&db, META_DATA_BYTES)? {
+            Some(bytes) => bytes,
+            None => count_data_bytes(&db)?,
+        };
+        shared.data_bytes.store(data_bytes, Ordering::Release);
+        shared.set_tombstones(read_meta(&db, META_TOMBSTONES)?.unwrap_or_default());
         Ok(Self {
             db,
             snapshots,
             last_applied,
             membership,
-            clock_ms: Arc::new(AtomicU64::new(clock_ms)),
+            shared: Arc::new(shared),
             cache: EntryCache::new(ENTRY_CACHE_BYTES),
         })
     }
@@ -144,12 +193,12 @@ impl StateMachine {
         self.last_applied
     }
 
-    pub(crate) fn clock_handle(&self) -> Arc<AtomicU64> {
-        self.clock_ms.clone()
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     fn clock(&self) -> u64 {
-        self.clock_ms.load(Ordering::Acquire)
+        self.shared.clock_ms.load(Ordering::Acquire)
     }
 
     /// Encodes the applied state as of now. Called where openraft serializes it with
@@ -173,6 +222,7 @@ impl StateMachine {
                 data.extend_from_slice(&value);
             }
         }
+        data = postcard::to_extend(&*self.shared.tombstones(), data)?;
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
@@ -194,27 +244,34 @@ impl StateMachine {
         // The cached entries describe the state being replaced.
         self.cache.clear();
         let (files, db, m) = (self.snapshots.clone(), self.db.clone(), meta.clone());
-        let clock_ms = blocking(move || {
+        let shared = self.shared.clone();
+        blocking(move || {
             files.store(&m, &data)?;
-            install_batch(&db, &m, &data)
+            install_batch(&db, &m, &data, &shared)
         })
         .await?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.clock_ms.store(clock_ms, Ordering::Release);
         Ok(())
     }
 }
 
 /// Writes a snapshot's state into RocksDB as one synced batch that replaces everything,
-/// so a reader never sees half old, half new; returns the snapshot's clock.
-fn install_batch(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<u64, StoreError> {
+/// so a reader never sees half old, half new; then sets `shared` to the snapshot's.
+fn install_batch(
+    db: &DB,
+    meta: &SnapshotMeta,
+    data: &[u8],
+    shared: &Shared,
+) -> Result<(), StoreError> {
     let state: SnapshotState = postcard::from_bytes(data)?;
+    let mut data_bytes = 0;
     let mut batch = WriteBatch::default();
     batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
     batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
     batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
     for (key, entry) in state.entries {
+        data_bytes += entry.meta(&key).bytes;
         if let Some(at) = entry.expires_at_ms {
             batch.put_cf(
                 cf(db, CF_EXPIRY),
@@ -237,18 +294,26 @@ fn install_batch(db: &DB, meta: &SnapshotMeta, data: &[u8]) -> Result<u64, Store
         );
         batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
     }
+    let books = Books {
+        clock_ms: state.clock_ms,
+        data_bytes,
+        tombstones: &state.tombstones,
+    };
     put_meta(
         db,
         &mut batch,
         &meta.last_log_id,
         &meta.last_membership,
-        state.clock_ms,
+        &books,
     )?;
     crash::point(crash::SNAPSHOT_INSTALLING);
     // Synced: the log the snapshot replaces may be purged right after.
     db.write_opt(batch, &synced())?;
     crash::point(crash::SNAPSHOT_INSTALLED);
-    Ok(state.clock_ms)
+    shared.clock_ms.store(state.clock_ms, Ordering::Release);
+    shared.data_bytes.store(data_bytes, Ordering::Release);
+    shared.set_tombstones(state.tombstones);
+    Ok(())
 }
 
 /// Builds a snapshot from the state captured when it was asked for.
@@ -292,6 +357,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut overlay = Overlay::new(self.clock());
+        overlay.data_bytes = self.shared.data_bytes.load(Ordering::Acquire);
+        overlay.tombstones = self.shared.tombstones().to_vec();
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
         let mut responses = vec![];
@@ -327,7 +394,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 batch.delete_cf(cf(db, CF_EXPIRY), expiry_key(&due));
             }
         }
-        put_meta(db, &mut batch, &last_applied, &membership, overlay.clock_ms)
+        let books = Books {
+            clock_ms: overlay.clock_ms,
+            data_bytes: overlay.data_bytes,
+            tombstones: &overlay.tombstones,
+        };
+        put_meta(db, &mut batch, &last_applied, &membership, &books)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         // Not synced: every entry applied here is already synced in the raft log files.
         // A crash can only lose a suffix of apply batches (last_applied goes back with
@@ -346,7 +418,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         self.last_applied = last_applied;
         self.membership = membership;
-        self.clock_ms.store(overlay.clock_ms, Ordering::Release);
+        self.shared
+            .clock_ms
+            .store(overlay.clock_ms, Ordering::Release);
+        self.shared
+            .data_bytes
+            .store(overlay.data_bytes, Ordering::Release);
+        self.shared.set_tombstones(overlay.tombstones);
         Ok(responses)
     }
 

@@ -591,3 +591,106 @@ async fn list_pages_end_at_their_count_or_byte_bound_and_skip_expired_keys() {
         );
     }
 }
+
+/// A prefix delete hides its keys from reads and lists at once; its tombstone and the
+/// data-byte count survive a reopen and travel in a snapshot; purges then remove the
+/// keys, and every copy of the state agrees at every step.
+#[tokio::test]
+async fn prefix_deletes_hide_at_once_survive_restarts_and_snapshots_and_purge_later() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = kv_core::PURGE_LIMIT as u64 + 5;
+    {
+        let mut a = open(dir.path()).expect("open");
+        let mut entries = vec![membership_entry(1)];
+        for i in 0..n {
+            entries.push(normal(
+                2 + i,
+                1000,
+                set(&format!("p/{i:05}"), "12", Some(60_000)),
+            ));
+        }
+        entries.push(normal(n + 2, 1000, set("q", "1", None)));
+        entries.push(normal(
+            n + 3,
+            1000,
+            Command::DeletePrefix {
+                prefix: "p/".into(),
+            },
+        ));
+        entries.push(normal(n + 4, 1000, set("p/00007", "\"new\"", None)));
+        a.state_machine.apply(entries).await.expect("apply");
+    }
+    let mut a = open(dir.path()).expect("reopen");
+    // 7 bytes per p/ key with its value, 2 for q, 12 for the rewritten p/00007.
+    assert_eq!(
+        a.reader.data_bytes(),
+        (n - 1) * 9 + 2 + 12,
+        "counted, not reset"
+    );
+    assert_eq!(a.reader.pending_purges(), 1, "the tombstone persisted");
+    assert_eq!(a.reader.get("p/00003").expect("get"), None);
+    assert!(a.reader.get("p/00007").expect("get").is_some());
+    let page = kv_store::Page {
+        prefix: "",
+        after: None,
+        limit: 10,
+        max_bytes: 1 << 20,
+        keys_only: true,
+    };
+    let (items, more) = a.reader.list(&page, 1000).expect("list");
+    let keys: Vec<_> = items.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!((keys, more), (vec!["p/00007", "q"], false));
+
+    let (_bdir, mut b) = fresh_node();
+    install(
+        &mut b.state_machine,
+        snapshot_of(&mut a.state_machine).await,
+    )
+    .await;
+    assert_eq!(
+        b.reader.digest().expect("digest"),
+        a.reader.digest().expect("digest")
+    );
+    assert_eq!(b.reader.data_bytes(), a.reader.data_bytes());
+    assert_eq!(
+        b.reader.get("p/00003").expect("get"),
+        None,
+        "installed tombstone"
+    );
+
+    let purge = |index| normal(index, 1000, Command::Purge);
+    let next = n + 5;
+    for s in [&mut a, &mut b] {
+        let responses = s
+            .state_machine
+            .apply([purge(next), purge(next + 1)])
+            .await
+            .expect("apply");
+        assert_eq!(
+            responses,
+            vec![
+                Response::Applied(OpResult::Purged {
+                    removed: 999,
+                    pending: 1
+                }),
+                Response::Applied(OpResult::Purged {
+                    removed: 5,
+                    pending: 0
+                }),
+            ]
+        );
+    }
+    for s in [&a, &b] {
+        let digest = s.reader.digest().expect("digest");
+        assert_eq!((digest.keys, s.reader.pending_purges()), (2, 0));
+        assert_eq!(s.reader.data_bytes(), 2 + 12);
+        assert!(
+            !s.reader.has_due(u64::MAX - 1).expect("has_due"),
+            "index emptied"
+        );
+    }
+    assert_eq!(
+        a.reader.digest().expect("digest"),
+        b.reader.digest().expect("digest")
+    );
+}

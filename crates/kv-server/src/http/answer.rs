@@ -117,6 +117,8 @@ fn precondition_failed(
         Failure::RevisionMismatch => {
             "the key is not at the expected revision; current holds its entry (null when absent)"
         }
+        // Answered as plain errors by `written`; listed for completeness.
+        Failure::QuotaExceeded | Failure::PrefixDeletesPending => "the write was refused",
     };
     let code: ErrorCode = failure.code();
     let mut body = b"{\"error\":{\"code\":".to_vec();
@@ -133,11 +135,27 @@ fn precondition_failed(
     json_response(StatusCode::PRECONDITION_FAILED, body, revision)
 }
 
-/// `{"deleted": …, "revision": …}`: a count for prefix deletes, a flag for one key.
+/// `{"deleted": …, "revision": …}`: whether one key was there, or for prefix deletes
+/// recorded before they became tombstones, a count.
 fn deleted(deleted: serde_json::Value, revision: u64) -> Response {
     let body = serde_json::to_vec(&serde_json::json!({ "deleted": deleted, "revision": revision }))
         .expect("a small object serializes");
     json_response(StatusCode::OK, body, None)
+}
+
+/// Why a write was refused without a precondition failing, as a plain error.
+fn refused(failure: Failure) -> ApiError {
+    let message = match failure {
+        Failure::QuotaExceeded => {
+            "storing this would take the keys and values stored past limits.max_data_bytes; \
+             writes that grow the data resume once deletes or expiry make room"
+        }
+        Failure::PrefixDeletesPending => {
+            "too many prefix deletes are still removing their keys; retry shortly"
+        }
+        Failure::KeyExists | Failure::RevisionMismatch => "the precondition failed",
+    };
+    ApiError::new(failure.code(), message)
 }
 
 /// The answer to an applied write of `key`. `created` says a success is a creation (201).
@@ -149,6 +167,7 @@ pub(crate) fn written(
 ) -> Result<Local, ApiError> {
     let now_ms = app.read_time_ms();
     let response = match result {
+        OpResult::Failed { failure, .. } if failure.is_transient() => return Err(refused(failure)),
         OpResult::Failed { failure, current } => precondition_failed(key, failure, current, now_ms),
         OpResult::Written {
             revision,
@@ -170,6 +189,11 @@ pub(crate) fn written(
                 StatusCode::OK
             };
             json_response(status, body, Some(revision))
+        }
+        OpResult::PrefixDeleted { revision } => {
+            let body = serde_json::to_vec(&serde_json::json!({ "revision": revision }))
+                .expect("a small object serializes");
+            json_response(StatusCode::OK, body, None)
         }
         OpResult::DeletedPrefix {
             deleted: n,
