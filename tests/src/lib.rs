@@ -202,6 +202,8 @@ impl TestCluster {
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
+            // Below the nodes' idle timeout, as kv-client's.
+            .pool_idle_timeout(Duration::from_secs(10))
             .build()?;
         let mut cluster = Self {
             nodes,

@@ -598,6 +598,82 @@ async fn raw_request(
     Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
+/// Reads until the node closes the connection, or fails after `within`.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Result<String> {
+    let mut answer = vec![];
+    tokio::time::timeout(within, s.read_to_end(&mut answer))
+        .await
+        .context("the node kept the connection open")??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn idle_slow_and_surplus_connections_are_dropped_with_json_answers() -> Result<()> {
+    let tuning = Tuning {
+        limits: vec![
+            "max_connections_per_ip = 6".into(),
+            "idle_timeout_ms = 700".into(),
+            "body_timeout_ms = 700".into(),
+        ],
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(1, tuning).await?;
+    let addr = c.nodes[0].client_addr;
+    // Six idle connections hold this address's share; the seventh is refused as JSON.
+    let mut idle = vec![];
+    for _ in 0..6 {
+        idle.push(TcpStream::connect(addr).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = raw_request(addr, "GET", "/v1/kv/k", "").await?;
+    ensure!(
+        status == 503 && body["error"]["code"] == "unavailable",
+        "over the cap: {status} {body}"
+    );
+    // The idle ones are closed after the idle timeout, and their slots come back.
+    for s in &mut idle {
+        closed_within(s, Duration::from_secs(5)).await?;
+    }
+    let (status, _) = raw_request(addr, "GET", "/v1/kv/k", "").await?;
+    ensure!(status == 404, "after the idle ones closed: {status}");
+    // A head that never ends is closed too.
+    let mut slow = TcpStream::connect(addr).await?;
+    slow.write_all(b"GET /v1/kv/k HTTP/1.1\r\nhost: x\r\n")
+        .await?;
+    closed_within(&mut slow, Duration::from_secs(5)).await?;
+    // A body that never ends gets 408 as JSON.
+    let mut slow = TcpStream::connect(addr).await?;
+    slow.write_all(
+        b"PUT /v1/kv/k HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10\r\n\r\n[1,",
+    )
+    .await?;
+    let answer = closed_within(&mut slow, Duration::from_secs(5)).await?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains(r#""code":"request_timeout""#),
+        "{answer}"
+    );
+    // Oversized targets and headers are refused as JSON.
+    let long = format!("/v1/kv/{}", "k".repeat(20 * 1024));
+    let (status, body) = raw_request(addr, "GET", &long, "").await?;
+    ensure!(
+        status == 414 && body["error"]["code"] == "uri_too_long",
+        "{status} {body}"
+    );
+    let r = c
+        .http
+        .get(c.url(1, "/v1/kv/k"))
+        .header("x-big", "b".repeat(40 * 1024))
+        .send()
+        .await?;
+    let (status, body) = TestCluster::json(r).await?;
+    ensure!(
+        status == 431 && body["error"]["code"] == "headers_too_large",
+        "{status} {body}"
+    );
+    c.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_request_means_the_same_key_on_every_node() -> Result<()> {
     let c = TestCluster::start(3).await?;

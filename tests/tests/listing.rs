@@ -144,16 +144,21 @@ async fn prefix_listing_pages_through_every_live_key_once_and_prefix_delete_is_e
             rest == ["a", "orders/1", "user", "users", "usersX/1"],
             "node {node}: {rest:?}"
         );
-        // The leader's purges remove the 2,500 entries from every replica.
-        c.poll(
-            &format!("node {node} to purge the deleted entries"),
-            || async move {
-                let (_, digest) = cluster.get_json(node, "/v1/admin/digest").await?;
-                Ok(digest["keys"] == 5)
-            },
-        )
-        .await?;
     }
+    // The leader's purges remove the 2,500 entries from every replica, which then agree.
+    c.poll("every node to purge the deleted entries alike", || async {
+        let mut digests = vec![];
+        for node in 1..=3 {
+            let (_, digest) = cluster.get_json(node, "/v1/admin/digest").await?;
+            digests.push((
+                digest["keys"].clone(),
+                digest["applied_index"].clone(),
+                digest["digest"].clone(),
+            ));
+        }
+        Ok(digests[0].0 == 5 && digests.iter().all(|d| d == &digests[0]))
+    })
+    .await?;
     c.pass();
     Ok(())
 }

@@ -69,6 +69,9 @@ impl Call {
         }
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
+            // Below a node's idle timeout (30 s by default), after which it closes the
+            // connection: reusing one just then would cost a retry.
+            .pool_idle_timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let nanos = SystemTime::now()

@@ -1147,6 +1147,100 @@ mod tests {
     }
 
     #[test]
+    fn a_purge_that_ends_at_exactly_its_limit_decides_alike_in_every_grouping() {
+        // The last covered key is rewritten just before the purge: grouped with it, the
+        // rewrite is pending in the overlay, not persisted, and the purge must still see
+        // that nothing follows its 999 removals.
+        let mut requests: Vec<Request> = (0..PURGE_LIMIT)
+            .map(|i| set(10, &format!("p/{i:04}"), "1", None))
+            .collect();
+        requests.push(delete_prefix(10, "p/"));
+        requests.push(set(10, "p/0999", "new", None));
+        requests.push(purge(10));
+        let reference = Mem::apply_grouped(&requests, 1);
+        assert_eq!(
+            reference.1.last(),
+            Some(&OpResult::Purged {
+                removed: 999,
+                pending: 0
+            })
+        );
+        for group in [2, 7, requests.len()] {
+            assert_eq!(
+                Mem::apply_grouped(&requests, group),
+                reference,
+                "grouping by {group}"
+            );
+        }
+    }
+
+    /// A small deterministic generator, so a failing seed can be replayed.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// About a purge's worth of keys under `p/`, then random writes, deletes, prefix
+    /// deletes, purges, expiries, quota-bound and idempotent writes near the purge
+    /// boundary.
+    fn random_log(seed: u64) -> Vec<Request> {
+        let mut r = Lcg(seed);
+        let n = PURGE_LIMIT as u64 - 5 + r.below(11);
+        let mut requests: Vec<Request> = (0..n)
+            .map(|i| set(10, &format!("p/{i:04}"), "1", Some(50 + i % 7)))
+            .collect();
+        let mut at = 10;
+        for _ in 0..80 {
+            at += r.below(4);
+            let key = format!("p/{:04}", n - 8 + r.below(12));
+            let other = format!("q/{}", r.below(5));
+            let value = "v".repeat(1 + r.below(3) as usize);
+            requests.push(match r.below(12) {
+                0 => delete_prefix(at, ["p/", "p/09", "q/", "p/099"][r.below(4) as usize]),
+                1..=3 => purge(at),
+                4 => del(at, &key),
+                5 => expire(at),
+                6 => within_quota(9_000, set(at, &key, &value, None)),
+                7 => idempotent(
+                    at,
+                    &format!("i{}", r.below(3)),
+                    u128::from(r.below(2)),
+                    within_quota(9_000, set(at, &other, &value, None)),
+                ),
+                8 => set_with(at, &key, &value, Ttl::Keep, Precondition::Absent),
+                _ => set(at, &other, &value, Some(r.below(30))),
+            });
+        }
+        requests
+    }
+
+    #[test]
+    fn random_logs_near_the_purge_limit_apply_alike_in_every_grouping() {
+        for seed in 0..40 {
+            let requests = random_log(seed);
+            let reference = Mem::apply_grouped(&requests, 1);
+            assert_eq!(
+                reference.0.data_bytes,
+                reference.0.counted_bytes(),
+                "seed {seed}"
+            );
+            for group in [2, 3, 7, 64, requests.len()] {
+                assert!(
+                    Mem::apply_grouped(&requests, group) == reference,
+                    "seed {seed}, grouping by {group}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_prefix_delete_absorbs_the_ones_it_covers_and_refuses_past_the_cap() {
         let mut requests: Vec<Request> = (0..MAX_TOMBSTONES)
             .map(|i| delete_prefix(10, &format!("t/{i:03}/")))

@@ -65,16 +65,22 @@ error_codes! {
     RouteNotFound = "route_not_found", 404;
     /// The route does not take this method.
     MethodNotAllowed = "method_not_allowed", 405;
+    /// The body did not arrive within `limits.body_timeout_ms`.
+    RequestTimeout = "request_timeout", 408;
     /// Create-if-absent found the key.
     KeyExists = "key_exists", 412;
     /// The key is not at the expected revision.
     RevisionMismatch = "revision_mismatch", 412;
     /// The value is larger than `limits.max_value_bytes`.
     ValueTooLarge = "value_too_large", 413;
+    /// The request target is longer than the API accepts.
+    UriTooLong = "uri_too_long", 414;
     /// The body is not declared as JSON.
     UnsupportedMediaType = "unsupported_media_type", 415;
     /// The Idempotency-Key was used for a different request.
     IdempotencyKeyReused = "idempotency_key_reused", 422;
+    /// The request's headers are larger than the API accepts.
+    HeadersTooLarge = "headers_too_large", 431;
     /// A failure inside the node.
     Internal = "internal", 500;
     /// No leader is known; nothing was applied.

@@ -211,11 +211,12 @@ impl Overlay {
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<(String, EntryMeta)>, Option<String>), V::Error> {
-        // Persisted keys this overlay touched are decided by the overlay alone, so the
-        // view's part is the first `limit` keys the overlay leaves as they are.
+        // Persisted keys this overlay touched are decided by the overlay alone. One key
+        // more than `limit` from the view says whether more follow whatever is pending,
+        // so the answer depends only on the state the next command sees.
         let mut skip = |key: &str| self.data.contains_key(key);
-        let persisted = view.scan(prefix, after, limit, &mut skip)?;
-        let upper = (persisted.len() == limit).then(|| persisted[limit - 1].0.clone());
+        let persisted = view.scan(prefix, after, limit + 1, &mut skip)?;
+        let upper = persisted.get(limit).map(|(k, _)| k.clone());
         let lower = match after {
             Some(a) if a >= prefix => Bound::Excluded(a.to_owned()),
             _ => Bound::Included(prefix.to_owned()),
@@ -229,12 +230,13 @@ impl Overlay {
                 found.insert(key.clone(), entry.meta(key));
             }
         }
-        let complete = upper.is_none() && found.len() <= limit;
+        // Past `upper` nothing is known, but `found` then holds more than `limit` keys.
+        let complete = found.len() <= limit;
         let found: Vec<_> = found.into_iter().take(limit).collect();
         let next = if complete {
             None
         } else {
-            found.last().map(|(k, _)| k.clone()).or(upper)
+            found.last().map(|(k, _)| k.clone())
         };
         Ok((found, next))
     }

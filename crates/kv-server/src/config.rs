@@ -98,6 +98,16 @@ pub struct LimitsConfig {
     /// `quota_exceeded`) while deletes, expiry and reads go on. The leader's setting is
     /// the one that counts.
     pub max_data_bytes: u64,
+    /// Most open client connections; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Most open client connections from one address.
+    pub max_connections_per_ip: usize,
+    /// How long a client connection may take to send the head of its next request,
+    /// counted from its opening or its previous answer: idle and slow connections are
+    /// closed after it.
+    pub idle_timeout_ms: u64,
+    /// How long a request's body may take to arrive in full (408 after it).
+    pub body_timeout_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -110,6 +120,10 @@ impl Default for LimitsConfig {
             idempotency_retention_s: 24 * 3600,
             min_free_disk_mib: 256,
             max_data_bytes: 8 << 30,
+            max_connections: 1024,
+            max_connections_per_ip: 256,
+            idle_timeout_ms: 30_000,
+            body_timeout_ms: 30_000,
         }
     }
 }
@@ -203,6 +217,10 @@ impl NodeConfig {
         }
         if self.limits.max_value_bytes == 0
             || self.limits.max_data_bytes == 0
+            || self.limits.max_connections == 0
+            || self.limits.max_connections_per_ip == 0
+            || self.limits.idle_timeout_ms == 0
+            || self.limits.body_timeout_ms == 0
             || self.limits.max_batch == 0
             || self.limits.idempotency_retention_s == 0
         {

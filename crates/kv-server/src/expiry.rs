@@ -34,40 +34,49 @@ pub async fn run(
         if raft.metrics().borrow().state != ServerState::Leader {
             continue;
         }
-        purge(&reader, &proposer).await;
-        // Keep going while a full command's worth was removed: more may be due.
+        // Purges and expiries take turns, so neither waits for the other to finish.
         loop {
-            let now = clock.now_ms();
-            match reader.has_due(now) {
-                Ok(true) => {}
-                Ok(false) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "reading the expiry index");
-                    break;
-                }
-            }
-            match proposer.write(Command::Expire { up_to_ms: now }).await {
-                Ok(OpResult::Expired { removed }) if removed as usize == EXPIRE_LIMIT => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "expire proposal did not go through");
-                    break;
-                }
+            let purging = purge(&reader, &proposer).await;
+            let expiring = expire(&reader, &proposer, &clock).await;
+            if !purging && !expiring {
+                break;
             }
         }
     }
 }
 
-/// Proposes `Purge` until no prefix delete has entries left, or a proposal fails.
-async fn purge(reader: &StateReader, proposer: &Proposer) {
-    while reader.pending_purges() > 0 {
-        match proposer.write(Command::Purge).await {
-            Ok(OpResult::Purged { pending, .. }) if pending > 0 => continue,
-            Ok(_) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "purge proposal did not go through");
-                break;
-            }
+/// Proposes one `Expire` if keys are due; whether more may be due after it.
+async fn expire(reader: &StateReader, proposer: &Proposer, clock: &Clock) -> bool {
+    let now = clock.now_ms();
+    match reader.has_due(now) {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the expiry index");
+            return false;
+        }
+    }
+    match proposer.write(Command::Expire { up_to_ms: now }).await {
+        Ok(OpResult::Expired { removed }) => removed as usize == EXPIRE_LIMIT,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "expire proposal did not go through");
+            false
+        }
+    }
+}
+
+/// Proposes one `Purge` if a prefix delete has entries left; whether any are left after it.
+async fn purge(reader: &StateReader, proposer: &Proposer) -> bool {
+    if reader.pending_purges() == 0 {
+        return false;
+    }
+    match proposer.write(Command::Purge).await {
+        Ok(OpResult::Purged { pending, .. }) => pending > 0,
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "purge proposal did not go through");
+            false
         }
     }
 }

@@ -19,3 +19,4 @@ pub mod node;
 mod proposer;
 mod raft_network;
 mod reads;
+mod slots;

@@ -10,7 +10,7 @@
 //!    write was already synced).
 
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +166,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         clock,
         client: reqwest::Client::builder()
             .tcp_nodelay(true)
+            // Half the idle timeout the leader (configured alike) closes connections
+            // after, so a pooled connection is not reused just as the leader closes it.
+            .pool_idle_timeout(Duration::from_millis(config.limits.idle_timeout_ms / 2))
             .local_address(outgoing)
             .build()?,
         limits,
@@ -179,11 +182,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracker.clone(),
         raft_stop.clone(),
     ));
-    let client_server = tokio::spawn(
-        axum::serve(client_listener, http::router(app))
-            .with_graceful_shutdown(client_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let connection_limits = http::ConnectionLimits {
+        max_connections: config.limits.max_connections,
+        max_connections_per_ip: config.limits.max_connections_per_ip,
+        idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+    };
+    let client_server = tokio::spawn(http::serve(
+        client_listener,
+        http::router(app),
+        connection_limits,
+        client_stop.clone(),
+    ));
 
     bootstrap(&raft, &cluster, &config).await?;
     tracing::info!(id = config.id, client = %config.client_addr, raft = %config.raft_addr, "node started");

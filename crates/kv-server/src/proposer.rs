@@ -482,7 +482,10 @@ mod tests {
         else {
             panic!("unexpected results {results:?}");
         };
-        assert!(set_at < deleted_at, "a/x is not covered by the delete");
+        assert!(
+            set_at < deleted_at,
+            "a/x at {set_at} escapes the delete at {deleted_at}"
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ use kv_store::typ::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig};
 use kv_store::{crash, SnapshotStore};
 
 use crate::cluster_id::{ClusterId, Verdict};
+use crate::slots::{Slot, Slots};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, SnapshotMismatch,
     Unreachable,
@@ -720,52 +721,6 @@ impl Receiver {
     }
 }
 
-/// Connections that have not presented their hello yet, per source address (at most
-/// [`MAX_HANDSHAKES`] in all, so summing them is cheap).
-#[derive(Default)]
-struct Handshakes {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// One connection's place among the [`Handshakes`]; given back when dropped.
-struct HandshakeSlot {
-    handshakes: Arc<Handshakes>,
-    ip: IpAddr,
-}
-
-impl Handshakes {
-    /// A slot for a new connection from `ip`, unless the caps are reached.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<HandshakeSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = open.values().sum();
-        let from_ip = open.get(&ip).copied().unwrap_or(0);
-        if total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
-            return None;
-        }
-        open.insert(ip, from_ip + 1);
-        Some(HandshakeSlot {
-            handshakes: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .handshakes
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves raft RPCs on `listener` until `stop` fires; every connection is a task on
 /// `tracker` that also ends when `stop` fires.
 pub async fn serve(
@@ -776,7 +731,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let secret: Arc<[u8]> = secret.unwrap_or_default().into_bytes().into();
-    let handshakes = Arc::new(Handshakes::default());
+    let handshakes = Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -790,7 +745,7 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = handshakes.admit(peer.ip()) else {
+        let Ok(slot) = handshakes.admit(peer.ip()) else {
             tracing::debug!(%peer, "too many raft connections presenting their hello: closed");
             continue;
         };
@@ -813,7 +768,7 @@ async fn serve_connection(
     peer: SocketAddr,
     receiver: &Receiver,
     secret: &[u8],
-    slot: HandshakeSlot,
+    slot: Slot,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
     let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
@@ -916,37 +871,6 @@ mod tests {
     use openraft::{LeaderId, Vote};
 
     use super::*;
-
-    #[test]
-    fn handshakes_are_capped_in_all_and_per_address_and_given_back() {
-        let handshakes = Arc::new(Handshakes::default());
-        let ip = |n: u8| IpAddr::from([127, 0, 0, n]);
-        let first: Vec<_> = (0..MAX_HANDSHAKES_PER_IP)
-            .map(|_| handshakes.admit(ip(1)).expect("a slot"))
-            .collect();
-        assert!(
-            handshakes.admit(ip(1)).is_none(),
-            "one address holds its share"
-        );
-        let mut others: Vec<_> = (0..MAX_HANDSHAKES - MAX_HANDSHAKES_PER_IP)
-            .map(|i| {
-                handshakes
-                    .admit(ip(2 + (i / MAX_HANDSHAKES_PER_IP) as u8))
-                    .expect("a slot")
-            })
-            .collect();
-        assert!(handshakes.admit(ip(200)).is_none(), "all slots are taken");
-        others.pop();
-        assert!(
-            handshakes.admit(ip(200)).is_some(),
-            "a slot given back is free again"
-        );
-        drop(first);
-        assert!(handshakes.admit(ip(1)).is_some());
-        drop(others);
-        let open = handshakes.open.lock().expect("lock");
-        assert!(open.is_empty(), "every slot given back");
-    }
 
     /// How the fake peer answers request `n` (from 0): after a delay, and with the
     /// request's id or another.

@@ -231,6 +231,12 @@ pub struct Page<'a> {
 
 /// What the state machine shares with readers besides RocksDB. Set after each apply or
 /// install is written, before openraft reports it applied.
+///
+/// A reader reads the tombstones first and RocksDB second. A tombstone dropped by a
+/// purge covers nothing RocksDB still holds, so the order alone keeps such reads whole;
+/// a tombstone added would be missed by a reader that took the tombstones before the
+/// write and reads the data after it, so writes that add tombstones (and installs) are
+/// bracketed by `generation` (odd while one is under way), and such a reader retries.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     /// The latest stamp applied.
@@ -239,9 +245,41 @@ pub(crate) struct Shared {
     pub data_bytes: AtomicU64,
     /// Prefix deletes not yet purged.
     pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
+    /// Bumped before and after each write that adds tombstones.
+    generation: AtomicU64,
 }
 
 impl Shared {
+    /// Marks the start of a write that adds tombstones.
+    pub(crate) fn begin_change(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Marks its end, once the write is done and the tombstones are set.
+    pub(crate) fn end_change(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Runs `read` with the tombstones that describe the data it reads: again if a
+    /// write adding tombstones ran meanwhile.
+    fn consistent<T>(
+        &self,
+        mut read: impl FnMut(&[Tombstone]) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        loop {
+            let before = self.generation.load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let result = read(&self.tombstones())?;
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.generation.load(Ordering::Acquire) == before {
+                return Ok(result);
+            }
+        }
+    }
+
     pub(crate) fn tombstones(&self) -> Arc<Vec<Tombstone>> {
         self.tombstones
             .read()
@@ -301,10 +339,11 @@ impl StateReader {
     /// The stored entry of `key`, live or expired, unless a prefix delete deleted it:
     /// the caller decides liveness at its own reading time.
     pub fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        let tombstones = self.shared.tombstones();
-        Ok(DbView(&self.db)
-            .get(key)?
-            .filter(|e| !tombstoned(&tombstones, key, e.revision)))
+        self.shared.consistent(|tombstones| {
+            Ok(DbView(&self.db)
+                .get(key)?
+                .filter(|e| !tombstoned(tombstones, key, e.revision)))
+        })
     }
 
     /// Live entries at `now_ms` whose keys start with `prefix`, in key order, strictly
@@ -317,12 +356,21 @@ impl StateReader {
         page: &Page<'_>,
         now_ms: u64,
     ) -> Result<(Vec<(String, Entry)>, bool), StoreError> {
+        self.shared
+            .consistent(|tombstones| self.list_with(page, now_ms, tombstones))
+    }
+
+    fn list_with(
+        &self,
+        page: &Page<'_>,
+        now_ms: u64,
+        tombstones: &[Tombstone],
+    ) -> Result<(Vec<(String, Entry)>, bool), StoreError> {
         let (prefix, after) = (page.prefix, page.after);
         let start = match after {
             Some(a) if a >= prefix => a,
             _ => prefix,
         };
-        let tombstones = self.shared.tombstones();
         let mut items = vec![];
         let mut bytes = 0;
         let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);

@@ -5,19 +5,20 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kv_core::{Entry, Record, Tombstone};
+use kv_core::{Entry, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::typ::SnapshotMeta;
 use crate::StoreError;
 
-/// The state-machine data in a snapshot. On-disk and wire type.
+/// The state-machine data in a snapshot, followed by the encoding of the tombstones
+/// (`Vec<Tombstone>`; absent in snapshots written before they existed). On-disk and
+/// wire type.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct SnapshotState {
     pub clock_ms: u64,
     pub entries: Vec<(String, Entry)>,
     pub records: Vec<(String, Record)>,
-    pub tombstones: Vec<Tombstone>,
 }
 
 /// The current snapshot as persisted. On-disk type.

@@ -174,7 +174,20 @@ impl StateMachine {
             .store(read_meta(&db, META_CLOCK)?.unwrap_or(0), Ordering::Release);
         let data_bytes = match read_meta(&db, META_DATA_BYTES)? {
             Some(bytes) => bytes,
-            None => count_data_bytes(&db)?,
+            None => {
+                // Written before the count was kept: count once and keep it, so this
+                // replica's metadata (and digest) matches one that installed a snapshot.
+                let bytes = count_data_bytes(&db)?;
+                let mut batch = WriteBatch::default();
+                let meta = cf(&db, CF_SM_META);
+                batch.put_cf(meta, META_DATA_BYTES, postcard::to_stdvec(&bytes)?);
+                if read_meta::<Vec<Tombstone>>(&db, META_TOMBSTONES)?.is_none() {
+                    let none: Vec<Tombstone> = Vec::new();
+                    batch.put_cf(meta, META_TOMBSTONES, postcard::to_stdvec(&none)?);
+                }
+                db.write(batch)?;
+                bytes
+            }
         };
         shared.data_bytes.store(data_bytes, Ordering::Release);
         shared.set_tombstones(read_meta(&db, META_TOMBSTONES)?.unwrap_or_default());
@@ -264,7 +277,13 @@ fn install_batch(
     data: &[u8],
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    let state: SnapshotState = postcard::from_bytes(data)?;
+    // Tombstones follow the state; a snapshot written before they existed has none.
+    let (state, rest): (SnapshotState, &[u8]) = postcard::take_from_bytes(data)?;
+    let tombstones: Vec<Tombstone> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        postcard::from_bytes(rest)?
+    };
     let mut data_bytes = 0;
     let mut batch = WriteBatch::default();
     batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
@@ -297,7 +316,7 @@ fn install_batch(
     let books = Books {
         clock_ms: state.clock_ms,
         data_bytes,
-        tombstones: &state.tombstones,
+        tombstones: &tombstones,
     };
     put_meta(
         db,
@@ -308,11 +327,16 @@ fn install_batch(
     )?;
     crash::point(crash::SNAPSHOT_INSTALLING);
     // Synced: the log the snapshot replaces may be purged right after.
-    db.write_opt(batch, &synced())?;
+    shared.begin_change();
+    let written = db.write_opt(batch, &synced());
+    if written.is_ok() {
+        shared.clock_ms.store(state.clock_ms, Ordering::Release);
+        shared.data_bytes.store(data_bytes, Ordering::Release);
+        shared.set_tombstones(tombstones);
+    }
+    shared.end_change();
+    written?;
     crash::point(crash::SNAPSHOT_INSTALLED);
-    shared.clock_ms.store(state.clock_ms, Ordering::Release);
-    shared.data_bytes.store(data_bytes, Ordering::Release);
-    shared.set_tombstones(state.tombstones);
     Ok(())
 }
 
@@ -408,8 +432,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // synced, and RocksDB's one WAL makes every earlier apply batch durable with it.
         // Written on the calling task: an unsynced write only fills the memtable and
         // the WAL's page cache, cheaper than a handoff to the blocking pool.
-        self.db
-            .write(batch)
+        let current = self.shared.tombstones();
+        let adds_tombstones = overlay.tombstones.iter().any(|t| {
+            !current
+                .iter()
+                .any(|c| c.prefix == t.prefix && c.revision == t.revision)
+        });
+        if adds_tombstones {
+            self.shared.begin_change();
+        }
+        let written = self.db.write(batch);
+        if written.is_ok() {
+            self.shared.set_tombstones(overlay.tombstones);
+        }
+        if adds_tombstones {
+            self.shared.end_change();
+        }
+        written
             .map_err(StoreError::from)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         // Only after the write: the cache holds nothing RocksDB does not.
@@ -424,7 +463,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .data_bytes
             .store(overlay.data_bytes, Ordering::Release);
-        self.shared.set_tombstones(overlay.tombstones);
         Ok(responses)
     }
 

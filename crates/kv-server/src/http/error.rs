@@ -49,7 +49,10 @@ impl IntoResponse for ApiError {
             StatusCode::from_u16(self.code.status()).expect("every error code has a valid status");
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        ) {
             // hyper does not keep a connection whose request was refused as too large;
             // saying so keeps clients from reusing it for their next request.
             response

@@ -1,6 +1,7 @@
 //! `/v1/kv/{key}`: get, put and delete one key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -51,7 +52,8 @@ pub(crate) async fn put_key(
     let ttl = q.ttl()?;
     let precondition = precondition(&headers, true)?;
     check_content_type(&headers)?;
-    let body = read_body(body, &headers, app.limits.max_value_bytes).await?;
+    let body_timeout = Duration::from_millis(app.limits.body_timeout_ms);
+    let body = read_body(body, &headers, app.limits.max_value_bytes, body_timeout).await?;
     check_json(&body)?;
     let idem = idempotency(&headers, "PUT", &key, &uri, &body)?;
     let value = body.to_vec();

@@ -7,6 +7,7 @@ mod key;
 mod leader;
 mod prefix;
 mod request;
+mod serve;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use kv_store::typ::{NodeId, NodeInfo, Raft};
 use kv_store::StateReader;
 
 pub use error::ApiError;
+pub use serve::{serve, ConnectionLimits};
 
 use crate::clock::Clock;
 use crate::config::LimitsConfig;
@@ -91,5 +93,6 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(admin::readyz))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(serve::bounded_head))
         .with_state(app)
 }

@@ -243,11 +243,13 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// broken pipe instead of the 413. Bodies larger than this are cut off.
 const TOO_LARGE_DRAIN: usize = 4 * 1024 * 1024;
 
-/// Reads a body of at most `limit` bytes; a larger one is `value_too_large`.
+/// Reads a body of at most `limit` bytes within `timeout`; a larger one is
+/// `value_too_large`, a slower one `request_timeout`.
 pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
@@ -263,9 +265,13 @@ pub(crate) async fn read_body(
     }
     // The only error a body within the limit can produce is a broken connection, whose
     // answer nobody reads; anything else here is the limit.
-    match axum::body::to_bytes(body, limit + TOO_LARGE_DRAIN).await {
-        Ok(bytes) if bytes.len() <= limit => Ok(bytes),
-        _ => Err(too_large()),
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit + TOO_LARGE_DRAIN)).await {
+        Ok(Ok(bytes)) if bytes.len() <= limit => Ok(bytes),
+        Ok(_) => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the body did not arrive within {timeout:?}"),
+        )),
     }
 }
 

@@ -1,0 +1,322 @@
+//! The client port's accept loop. axum's own `serve` runs hyper without a timer (no
+//! header or idle timeout) and accepts every connection; this one adds the bounds:
+//! - at most `limits.max_connections` open connections, `limits.max_connections_per_ip`
+//!   from one address; a connection past either cap is answered `503 unavailable` (JSON,
+//!   `Retry-After`) and closed;
+//! - a connection must deliver the head of its next request within
+//!   `limits.idle_timeout_ms` of being accepted or of finishing the previous one (hyper's
+//!   header read timeout), so idle keep-alive connections and slow heads alike are closed;
+//! - a request whose URI or headers are larger than this API needs is refused as JSON
+//!   (`uri_too_long`, `headers_too_large`); hyper's own, higher limits remain behind them
+//!   with its bodiless answers, as do requests that are not HTTP/1 at all;
+//! - on stop, every connection finishes the request it is serving, then closes.
+
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use kv_core::ErrorCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ApiError;
+use crate::slots::{Full, Slots};
+
+/// Longest request target (path and query) accepted: a 4 KiB key escaped byte by byte,
+/// with room for the query.
+pub(crate) const MAX_URI_BYTES: usize = 16 * 1024;
+/// Most bytes of header names and values accepted in one request.
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// hyper's limit on a request head, above ours so that ours answers first.
+const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Refusals of connections over the caps being written at once; past it, more are
+/// closed without an answer.
+const MAX_REFUSING: usize = 64;
+/// How long a refusal may take to write and to see the peer's request out.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+/// How long stopping waits for connections to finish the requests they are serving.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The caps and timeouts of the client port.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most open connections from one address.
+    pub max_connections_per_ip: usize,
+    /// How long a connection may take to deliver a request's head.
+    pub idle_timeout: Duration,
+}
+
+/// Serves `router` on `listener` until `stop` fires, then lets open connections finish
+/// their requests (for at most [`STOP_GRACE`]).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: CancellationToken,
+) {
+    let slots = Slots::new(limits.max_connections, limits.max_connections_per_ip);
+    let refusing = Slots::new(MAX_REFUSING, MAX_REFUSING);
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, don't spin.
+                    tracing::warn!(error = %e, "accepting a client connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        match slots.admit(peer.ip()) {
+            Ok(slot) => {
+                let (router, stop) = (router.clone(), stop.clone());
+                connections.spawn(async move {
+                    serve_connection(stream, router, limits.idle_timeout, stop).await;
+                    drop(slot);
+                });
+            }
+            Err(full) => {
+                tracing::debug!(%peer, ?full, "client connection over the cap: refused");
+                if let Ok(slot) = refusing.admit(peer.ip()) {
+                    connections.spawn(async move {
+                        let _ = tokio::time::timeout(REFUSAL_TIME, refuse(stream, full)).await;
+                        drop(slot);
+                    });
+                }
+            }
+        }
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(STOP_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("client connections still open after {STOP_GRACE:?}; stopping anyway");
+    }
+}
+
+/// Serves the requests of one connection until it closes, idles out, or `stop` fires.
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    idle_timeout: Duration,
+    stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(idle_timeout)
+        .max_header_size(HYPER_MAX_HEAD_BYTES);
+    let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Idle timeouts, resets and requests hyper could not parse: the peer's doing.
+        tracing::debug!(error = %e, "client connection ended");
+    }
+}
+
+/// Answers a connection over the caps with a JSON 503 and closes it, after reading what
+/// the peer sent meanwhile (closing with unread input would reset the connection and
+/// could discard the answer before the peer reads it).
+async fn refuse(mut stream: TcpStream, full: Full) -> std::io::Result<()> {
+    let message = match full {
+        Full::All(n) => format!("this node has its {n} client connections open; retry shortly"),
+        Full::Address(n) => {
+            format!("this address has {n} connections open to this node, its limit; retry shortly")
+        }
+    };
+    let body = serde_json::json!({ "error": { "code": ErrorCode::Unavailable.as_str(), "message": message } })
+        .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
+}
+
+/// Refuses a request whose target or headers are larger than [`MAX_URI_BYTES`] or
+/// [`MAX_HEADER_BYTES`], before any handler reads it.
+pub(crate) async fn bounded_head(request: Request, next: Next) -> Response {
+    let uri = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri > MAX_URI_BYTES {
+        return ApiError::new(
+            ErrorCode::UriTooLong,
+            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    let headers: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::new(
+            ErrorCode::HeadersTooLarge,
+            format!("the headers are {headers} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+
+    use super::*;
+
+    /// Serves a router with a quick route and one that takes `slow` on a fresh port.
+    async fn start(limits: ConnectionLimits, stop: CancellationToken) -> std::net::SocketAddr {
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }),
+            )
+            .layer(axum::middleware::from_fn(bounded_head));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve(listener, router, limits, stop));
+        addr
+    }
+
+    fn limits(max: usize, per_ip: usize, idle_ms: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: max,
+            max_connections_per_ip: per_ip,
+            idle_timeout: Duration::from_millis(idle_ms),
+        }
+    }
+
+    /// Sends `request` as written and reads until the server closes.
+    async fn exchange(stream: &mut TcpStream, request: &str) -> String {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the server closes the connection")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    const GET_CLOSE: &str = "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_connection_past_the_cap_gets_a_json_503_and_others_keep_working() {
+        let addr = start(limits(2, 2, 10_000), CancellationToken::new()).await;
+        let held: Vec<TcpStream> = vec![
+            TcpStream::connect(addr).await.expect("connect"),
+            TcpStream::connect(addr).await.expect("connect"),
+        ];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let answer = exchange(&mut third, GET_CLOSE).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("retry-after: 1"), "{answer}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"unavailable""#),
+            "{answer}"
+        );
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = TcpStream::connect(addr).await.expect("connect");
+        let answer = exchange(&mut again, GET_CLOSE).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "slots given back: {answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_connections_and_slow_heads_are_closed() {
+        let addr = start(limits(8, 8, 300), CancellationToken::new()).await;
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET / HTTP/1.1\r\nhost:")
+            .await
+            .expect("write");
+        for stream in [&mut idle, &mut slow] {
+            let mut buf = Vec::new();
+            let read = stream.read_to_end(&mut buf);
+            let closed = tokio::time::timeout(Duration::from_secs(3), read).await;
+            assert!(closed.is_ok(), "still open after 3 s");
+        }
+        // A kept-alive connection is idle again after its answer, and closed too.
+        let mut kept = TcpStream::connect(addr).await.expect("connect");
+        let answer = exchange(&mut kept, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn oversized_targets_and_headers_are_refused_as_json() {
+        let addr = start(limits(8, 8, 10_000), CancellationToken::new()).await;
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "a".repeat(MAX_URI_BYTES)
+        );
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let answer = exchange(&mut s, &long).await;
+        assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+        assert!(answer.contains(r#""code":"uri_too_long""#), "{answer}");
+        let big = format!(
+            "GET / HTTP/1.1\r\nhost: x\r\nx-a: {}\r\nx-b: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(MAX_HEADER_BYTES / 2),
+            "b".repeat(MAX_HEADER_BYTES / 2)
+        );
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let answer = exchange(&mut s, &big).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        assert!(answer.contains(r#""code":"headers_too_large""#), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn stopping_lets_a_request_in_progress_finish() {
+        let stop = CancellationToken::new();
+        let addr = start(limits(8, 8, 10_000), stop.clone()).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        let answer = exchange(&mut s, "").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "{answer}");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed"
+        );
+    }
+}
