@@ -117,13 +117,27 @@ pub fn node_ip(id: u64) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, run, 0, 10 + id as u8)
 }
 
-/// A free port on each of `ips`, in order.
+/// The lowest port the kernel hands out to outgoing connections.
+fn ephemeral_low() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+/// A free port on each of `ips`, in order, below the kernel's ephemeral range: a node
+/// restarted on its port must not find it taken by the local end of some connection.
 fn free_addrs(ips: &[std::net::IpAddr]) -> Result<Vec<SocketAddr>> {
+    use rand::Rng;
+    let high = ephemeral_low().unwrap_or(32768).max(12_000);
+    let mut rng = rand::thread_rng();
     // Hold every listener until all are chosen, so no port is handed out twice.
     let listeners: Vec<TcpListener> = ips
         .iter()
-        .map(|ip| TcpListener::bind((*ip, 0)))
-        .collect::<Result<_, _>>()?;
+        .map(|ip| {
+            (0..1000)
+                .find_map(|_| TcpListener::bind((*ip, rng.gen_range(10_000..high))).ok())
+                .with_context(|| format!("no free port on {ip} below {high}"))
+        })
+        .collect::<Result<_>>()?;
     listeners
         .iter()
         .map(|l| l.local_addr().map_err(Into::into))

@@ -190,3 +190,92 @@ async fn an_idempotency_key_reused_for_another_request_is_refused() -> Result<()
     c.pass();
     Ok(())
 }
+
+/// A PUT numbered in a client session.
+fn session_put(
+    c: &TestCluster,
+    node: u64,
+    path: &str,
+    session: &str,
+    body: &str,
+) -> reqwest::RequestBuilder {
+    c.http
+        .put(c.url(node, path))
+        .header("content-type", "application/json")
+        .header("kv-session", session)
+        .body(body.to_owned())
+}
+
+#[tokio::test]
+async fn session_writes_apply_once_across_nodes_and_end_when_idle() -> Result<()> {
+    let tuning = kv_tests::Tuning {
+        limits: vec!["session_idle_s = 2".into()],
+        ..kv_tests::Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let leader = c.leader().await?;
+    let follower = c.other_than(leader);
+    // Opened through a follower, which forwards to the leader.
+    let r = c.http.post(c.url(follower, "/v1/sessions")).send().await?;
+    let (status, opened) = TestCluster::json(r).await?;
+    ensure!(status == 201, "{status} {opened}");
+    let id = opened["session"].as_str().unwrap_or_default().to_owned();
+    ensure!(id.len() == 32, "{opened}");
+
+    let first = format!("{id}; seq=1; ack=1");
+    let (status, replayed, body) = send(session_put(&c, leader, "/v1/kv/s/a", &first, "1")).await?;
+    ensure!(status == 200 && !replayed, "{status} {body}");
+    // The retry, at another node, gets the first answer and changes nothing.
+    let (status, replayed, again) =
+        send(session_put(&c, follower, "/v1/kv/s/a", &first, "1")).await?;
+    ensure!(
+        status == 200 && replayed && again == body,
+        "{status} {again}"
+    );
+    // The same number with another request is refused.
+    let (status, _, other) = send(session_put(&c, leader, "/v1/kv/s/a", &first, "2")).await?;
+    ensure!(
+        status == 422 && other["error"]["code"] == "idempotency_key_reused",
+        "{status} {other}"
+    );
+    // Write 2 acknowledges write 1: a late copy of write 1 is not applied again.
+    let second = format!("{id}; seq=2; ack=2");
+    let (status, _, _) = send(session_put(&c, leader, "/v1/kv/s/b", &second, "1")).await?;
+    ensure!(status == 200, "write 2: {status}");
+    let (status, _, late) = send(session_put(&c, follower, "/v1/kv/s/a", &first, "1")).await?;
+    ensure!(
+        status == 422 && late["error"]["code"] == "session_expired",
+        "{status} {late}"
+    );
+    let (_, entry) = c.get_json(leader, "/v1/kv/s/a").await?;
+    ensure!(entry["version"] == 1, "{entry}");
+    // A write numbered past the window, or in a session never opened, is refused.
+    let wide = format!("{id}; seq=300; ack=2");
+    let (status, _, body) = send(session_put(&c, leader, "/v1/kv/s/c", &wide, "1")).await?;
+    ensure!(
+        status == 400 && body["error"]["code"] == "invalid_session",
+        "{status} {body}"
+    );
+    let unknown = format!("{:032x}; seq=1; ack=1", 12345);
+    let (status, _, body) = send(session_put(&c, leader, "/v1/kv/s/c", &unknown, "1")).await?;
+    ensure!(
+        status == 422 && body["error"]["code"] == "session_expired",
+        "{status} {body}"
+    );
+    // Two idle seconds end the session on every node (the leader's ticker proposes it).
+    c.poll("the idle session to end", || async {
+        let (_, digest) = c.get_json(follower, "/v1/admin/digest").await?;
+        Ok(digest["sessions"] == 0)
+    })
+    .await?;
+    let third = format!("{id}; seq=3; ack=3");
+    let (status, _, body) = send(session_put(&c, leader, "/v1/kv/s/c", &third, "1")).await?;
+    ensure!(
+        status == 422 && body["error"]["code"] == "session_expired",
+        "{status} {body}"
+    );
+    let (status, _) = c.get_json(leader, "/v1/kv/s/c").await?;
+    ensure!(status == 404, "a write in an ended session was applied");
+    c.pass();
+    Ok(())
+}

@@ -2,8 +2,9 @@
 //!
 //! Invariants: this crate talks HTTP only and never depends on RocksDB or openraft (it
 //! shares only kv-core's input checks, error codes and key paths). Every request has a
-//! timeout, every call an overall deadline. Every write carries one Idempotency-Key per
-//! logical call, reused on every retry, so a retried write is applied at most once.
+//! timeout, every call an overall deadline. Every write carries one client-session write
+//! number per logical call, reused on every retry, so a retried write is applied at most
+//! once (a caller's own `Idempotency-Key` header replaces it).
 //!
 //! Retries: connection errors, `503` and `504 outcome_unknown` are retried with capped
 //! exponential backoff and jitter, moving to the next endpoint each time. Other answers,
@@ -12,6 +13,7 @@
 mod error;
 mod pager;
 mod retry;
+mod session;
 
 use std::time::Duration;
 

@@ -1,12 +1,14 @@
 //! Sending one logical call: endpoint rotation, retries with backoff and jitter, an
-//! overall deadline, and one Idempotency-Key per logical write.
+//! overall deadline, and one session write number per logical write.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::{Method, StatusCode};
 
+use crate::error::decode_ok;
+use crate::session::{Sessions, Ticket};
 use crate::ClientError;
 
 /// How long and how often a call is retried.
@@ -48,10 +50,21 @@ pub(crate) struct Call {
     policy: RetryPolicy,
     /// The endpoint that answered last, tried first next time.
     preferred: Arc<AtomicUsize>,
-    /// Makes idempotency keys unique within the process.
-    counter: Arc<AtomicU64>,
-    /// Makes idempotency keys unique across processes.
+    /// The sessions writes are numbered in.
+    sessions: Arc<Sessions>,
+    /// Seeds the backoff jitter.
     seed: u64,
+}
+
+/// How many times one write moves to a new session because the cluster ended its own.
+const SESSION_RESTARTS: u32 = 3;
+
+/// One call as sent: method, path and query, body, extra headers.
+type Request<'a> = (Method, &'a str, Option<&'a [u8]>, &'a [(&'a str, String)]);
+
+#[derive(serde::Deserialize)]
+struct Opened {
+    session: String,
 }
 
 /// xorshift64*: jitter only, not for anything that must be unpredictable.
@@ -83,26 +96,16 @@ impl Call {
             http,
             policy,
             preferred: Arc::new(AtomicUsize::new(0)),
-            counter: Arc::new(AtomicU64::new(0)),
+            sessions: Arc::default(),
             seed,
         })
     }
 
-    /// A fresh key for one logical write: 32 hex digits of process seed and counter.
-    fn idempotency_key(&self) -> String {
-        let mut state = self.seed
-            ^ self
-                .counter
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let a = next_random(&mut state);
-        let b = next_random(&mut state);
-        format!("kvc-{a:016x}{b:016x}")
-    }
-
     /// Sends `method path` until a final answer or the deadline. Connection errors,
     /// 503 and 504 are retried on the next endpoint after a backoff; any other answer is
-    /// final and returned as is. A write keeps one Idempotency-Key across its attempts.
+    /// final and returned as is. A write keeps one session write number across its
+    /// attempts (unless the caller sends an Idempotency-Key of its own), and moves to a
+    /// new session if the cluster says its session ended before the write applied.
     pub async fn run(
         &self,
         method: Method,
@@ -111,8 +114,69 @@ impl Call {
         headers: &[(&str, String)],
         is_write: bool,
     ) -> Result<Attempt, ClientError> {
-        let idempotency_key = is_write.then(|| self.idempotency_key());
         let deadline = Instant::now() + self.policy.deadline;
+        let own_key = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"));
+        if !is_write || own_key {
+            let call = (method, path, body.as_deref(), headers);
+            return Ok(self.attempts(call, None, is_write, deadline).await?.0);
+        }
+        let mut restarts = 0;
+        loop {
+            let ticket = self.ticket(deadline).await?;
+            let call = (method.clone(), path, body.as_deref(), headers);
+            let (attempt, maybe_applied) =
+                self.attempts(call, Some(&ticket), true, deadline).await?;
+            let ended = attempt.status == StatusCode::UNPROCESSABLE_ENTITY
+                && serde_json::from_slice::<serde_json::Value>(&attempt.body)
+                    .is_ok_and(|v| v["error"]["code"] == "session_expired");
+            if !ended {
+                return Ok(attempt);
+            }
+            self.sessions.end(ticket.session());
+            let last = String::from_utf8_lossy(&attempt.body).into_owned();
+            if maybe_applied {
+                // An earlier attempt may have applied before the session's answers went.
+                return Err(ClientError::OutcomeUnknown { attempts: 0, last });
+            }
+            restarts += 1;
+            if restarts > SESSION_RESTARTS {
+                return Err(ClientError::Unavailable { attempts: 0, last });
+            }
+        }
+    }
+
+    /// The next number of an open session, opening one if none has room.
+    async fn ticket(&self, deadline: Instant) -> Result<Ticket, ClientError> {
+        if let Some(ticket) = self.sessions.take() {
+            return Ok(ticket);
+        }
+        let _opening = self.sessions.opening.lock().await;
+        if let Some(ticket) = self.sessions.take() {
+            return Ok(ticket);
+        }
+        let call = (Method::POST, "/v1/sessions", None, &[][..]);
+        // Retrying an open at worst leaves a session unused, which ends when idle.
+        let (attempt, _) = self.attempts(call, None, false, deadline).await?;
+        let opened: Opened = decode_ok(attempt)?;
+        let id = u128::from_str_radix(&opened.session, 16)
+            .map_err(|e| ClientError::Codec(format!("session id {:?}: {e}", opened.session)))?;
+        self.sessions.add(id);
+        self.sessions
+            .take()
+            .ok_or_else(|| ClientError::Codec("a session just opened has no room".into()))
+    }
+
+    /// The attempts of one call until a final answer or `deadline`; with whether an
+    /// earlier attempt of a write may have applied.
+    async fn attempts(
+        &self,
+        (method, path, body, headers): Request<'_>,
+        ticket: Option<&Ticket>,
+        is_write: bool,
+        deadline: Instant,
+    ) -> Result<(Attempt, bool), ClientError> {
         let first = self.preferred.load(Ordering::Relaxed);
         let mut jitter_state = self.seed ^ (first as u64).wrapping_add(1);
         let mut backoff = self.policy.initial_backoff;
@@ -130,16 +194,16 @@ impl Call {
                         .request_timeout
                         .min(left.max(Duration::from_millis(1))),
                 );
-            if let Some(key) = &idempotency_key {
-                request = request.header("idempotency-key", key);
+            if let Some(ticket) = ticket {
+                request = request.header("kv-session", ticket.header());
             }
             for (name, value) in headers {
                 request = request.header(*name, value);
             }
-            if let Some(body) = &body {
+            if let Some(body) = body {
                 request = request
                     .header("content-type", "application/json")
-                    .body(body.clone());
+                    .body(body.to_vec());
             }
             let last = match request.send().await {
                 Ok(response) => {
@@ -149,10 +213,11 @@ impl Call {
                     match response.bytes().await {
                         Ok(body) if !retryable => {
                             self.preferred.store(index, Ordering::Relaxed);
-                            return Ok(Attempt {
+                            let attempt = Attempt {
                                 status,
                                 body: body.to_vec(),
-                            });
+                            };
+                            return Ok((attempt, maybe_applied));
                         }
                         Ok(body) => {
                             maybe_applied |= is_write && status == StatusCode::GATEWAY_TIMEOUT;
@@ -190,18 +255,6 @@ impl Call {
 mod tests {
     use super::*;
 
-    #[test]
-    fn idempotency_keys_are_unique_and_valid_headers() {
-        let call =
-            Call::new(vec!["http://127.0.0.1:1".into()], RetryPolicy::default()).expect("client");
-        let keys: std::collections::HashSet<String> =
-            (0..10_000).map(|_| call.idempotency_key()).collect();
-        assert_eq!(keys.len(), 10_000);
-        assert!(keys
-            .iter()
-            .all(|k| k.len() <= 255 && k.bytes().all(|b| (0x21..=0x7e).contains(&b))));
-    }
-
     #[tokio::test]
     async fn unreachable_endpoints_give_unavailable_within_the_deadline() {
         // Port 1 on loopback refuses connections: nothing is applied anywhere.
@@ -228,8 +281,9 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
-    /// Answers each request with the next status of `statuses` (the last one repeats)
-    /// and records the Idempotency-Key it carried.
+    /// Opens sessions numbered from 1; answers each other request with the next status
+    /// of `statuses` (the last one repeats; 422 says the session ended) and records the
+    /// Kv-Session it carried.
     async fn scripted_server(
         statuses: Vec<u16>,
     ) -> (String, Arc<std::sync::Mutex<Vec<Option<String>>>>) {
@@ -241,7 +295,8 @@ mod tests {
         let keys = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = keys.clone();
         tokio::spawn(async move {
-            for n in 0.. {
+            let (mut opened, mut answered) = (0u128, 0usize);
+            loop {
                 let Ok((mut conn, _)) = listener.accept().await else {
                     return;
                 };
@@ -268,13 +323,28 @@ mod tests {
                         Ok(k) => body_left = body_left.saturating_sub(k),
                     }
                 }
+                if head.starts_with("post /v1/sessions ") {
+                    opened += 1;
+                    let body = format!(r#"{{"session":"{opened:032x}","expires_at_ms":1}}"#);
+                    let response = format!(
+                        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                    continue;
+                }
                 let key = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("idempotency-key: "))
+                    .find_map(|l| l.strip_prefix("kv-session: "))
                     .map(str::to_owned);
                 seen.lock().expect("lock").push(key);
-                let status = statuses[n.min(statuses.len() - 1)];
-                let body = br#"{"error":{"code":"scripted","message":"scripted"}}"#;
+                let status = statuses[answered.min(statuses.len() - 1)];
+                answered += 1;
+                let body: &[u8] = if status == 422 {
+                    br#"{"error":{"code":"session_expired","message":"scripted"}}"#
+                } else {
+                    br#"{"error":{"code":"scripted","message":"scripted"}}"#
+                };
                 let response = format!(
                     "HTTP/1.1 {status} Scripted\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
@@ -295,14 +365,14 @@ mod tests {
         }
     }
 
-    fn one_key_on_every_attempt(keys: &[Option<String>]) {
+    fn one_number_on_every_attempt(keys: &[Option<String>]) {
         assert!(keys.len() >= 2, "{} attempts", keys.len());
-        assert!(keys[0].is_some(), "a write carries an Idempotency-Key");
+        assert!(keys[0].is_some(), "a write carries a Kv-Session");
         assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
     }
 
     #[tokio::test]
-    async fn an_outcome_unknown_write_is_retried_under_the_same_idempotency_key() {
+    async fn an_outcome_unknown_write_is_retried_under_the_same_session_number() {
         let (endpoint, keys) = scripted_server(vec![504, 200]).await;
         let call = Call::new(vec![endpoint], short_policy()).expect("client");
         let attempt = call
@@ -310,7 +380,7 @@ mod tests {
             .await
             .expect("the retry succeeds");
         assert_eq!(attempt.status, StatusCode::OK);
-        one_key_on_every_attempt(&keys.lock().expect("lock"));
+        one_number_on_every_attempt(&keys.lock().expect("lock"));
     }
 
     #[tokio::test]
@@ -326,7 +396,7 @@ mod tests {
             Err(e) => panic!("expected OutcomeUnknown, got {e}"),
             Ok(a) => panic!("expected OutcomeUnknown, got {}", a.status),
         }
-        one_key_on_every_attempt(&keys.lock().expect("lock"));
+        one_number_on_every_attempt(&keys.lock().expect("lock"));
     }
 
     #[tokio::test]
@@ -341,5 +411,45 @@ mod tests {
             Err(e) => panic!("expected Unavailable, got {e}"),
             Ok(a) => panic!("expected Unavailable, got {}", a.status),
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_session_ended_before_it_applied_moves_to_a_new_one() {
+        let (endpoint, keys) = scripted_server(vec![422, 200]).await;
+        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let attempt = call
+            .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
+            .await
+            .expect("applied in the new session");
+        assert_eq!(attempt.status, StatusCode::OK);
+        let keys = keys.lock().expect("lock");
+        let first = format!("{:032x}; seq=1; ack=1", 1);
+        let second = format!("{:032x}; seq=1; ack=1", 2);
+        assert_eq!(*keys, vec![Some(first), Some(second)]);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_ended_after_a_maybe_applied_attempt_is_outcome_unknown() {
+        let (endpoint, _) = scripted_server(vec![504, 422]).await;
+        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        match call
+            .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
+            .await
+        {
+            Err(ClientError::OutcomeUnknown { .. }) => {}
+            Err(e) => panic!("expected OutcomeUnknown, got {e}"),
+            Ok(a) => panic!("expected OutcomeUnknown, got {}", a.status),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_callers_own_idempotency_key_replaces_the_session() {
+        let (endpoint, keys) = scripted_server(vec![200]).await;
+        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let own = [("idempotency-key", "webhook-7".to_owned())];
+        call.run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &own, true)
+            .await
+            .expect("answered");
+        assert_eq!(*keys.lock().expect("lock"), vec![None]);
     }
 }

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use crate::entry::data_bytes;
 use crate::overlay::{tombstoned, Slot, Tombstone};
 use crate::record::Record;
+use crate::session::{
+    parse_session_key, recordable, value_left_out, Answer, Session, SESSION_WINDOW,
+};
 use crate::{Entry, Overlay, StateView};
 
 /// The most keys one `Expire` command removes, so one log entry stays small.
@@ -62,6 +65,11 @@ pub enum Failure {
     QuotaExceeded,
     /// [`MAX_TOMBSTONES`] prefix deletes are still being purged.
     PrefixDeletesPending,
+    /// Recording the answer would take the stored idempotency records, sessions and
+    /// session answers past `limits.max_records`.
+    RecordsFull,
+    /// The session already keeps [`SESSION_WINDOW`] unacknowledged answers.
+    SessionWindowFull,
 }
 
 impl Failure {
@@ -72,13 +80,21 @@ impl Failure {
             Self::RevisionMismatch => crate::ErrorCode::RevisionMismatch,
             Self::QuotaExceeded => crate::ErrorCode::QuotaExceeded,
             Self::PrefixDeletesPending => crate::ErrorCode::Unavailable,
+            Self::RecordsFull => crate::ErrorCode::RecordsFull,
+            Self::SessionWindowFull => crate::ErrorCode::InvalidSession,
         }
     }
 
     /// Whether the same request may succeed later without anything else changing its
     /// key: such failures are not kept as an idempotency record's answer.
     pub fn is_transient(self) -> bool {
-        matches!(self, Self::QuotaExceeded | Self::PrefixDeletesPending)
+        matches!(
+            self,
+            Self::QuotaExceeded
+                | Self::PrefixDeletesPending
+                | Self::RecordsFull
+                | Self::SessionWindowFull
+        )
     }
 }
 
@@ -128,12 +144,37 @@ pub enum Command {
     },
     /// Physically removes up to [`PURGE_LIMIT`] entries of the oldest tombstone.
     Purge,
-    /// Applies `command` unless it is a write that would take the stored data (keys and
-    /// values) past `max_data_bytes`, the proposer's `limits.max_data_bytes`.
-    WithinQuota {
-        max_data_bytes: u64,
+    /// Applies `command` with `limits`, the proposer's, in force: writes that would take
+    /// the stored data past `max_data_bytes`, or records past `max_records`, fail.
+    WithinLimits {
+        limits: Limits,
         command: Box<Command>,
     },
+    /// Applies `command`, write number `seq` (from 1) of client session `id`, at most
+    /// once: the first time its answer is kept in the session until the client
+    /// acknowledges it (`ack`: every write numbered below it is acknowledged); a retry
+    /// gets the kept answer. The session ends `idle_ms` after its last write; a write in
+    /// an unknown session is not applied.
+    Session {
+        id: u128,
+        seq: u64,
+        ack: u64,
+        fingerprint: u128,
+        idle_ms: u64,
+        command: Box<Command>,
+    },
+    /// Begins client session `id` (or extends it if it is live), to end `idle_ms` after
+    /// its last write.
+    OpenSession { id: u128, idle_ms: u64 },
+}
+
+/// Bounds a proposer puts on what a write may store. Wire and on-disk type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Most key and value bytes stored.
+    pub max_data_bytes: u64,
+    /// Most idempotency records, sessions and session answers stored.
+    pub max_records: u64,
 }
 
 impl Command {
@@ -142,10 +183,14 @@ impl Command {
     pub fn named_key(&self) -> Option<&str> {
         match self {
             Self::Set { key, .. } | Self::Delete { key, .. } => Some(key),
-            Self::Idempotent { command, .. } | Self::WithinQuota { command, .. } => {
-                command.named_key()
-            }
-            Self::Expire { .. } | Self::DeletePrefix { .. } | Self::Batch(_) | Self::Purge => None,
+            Self::Idempotent { command, .. }
+            | Self::WithinLimits { command, .. }
+            | Self::Session { command, .. } => command.named_key(),
+            Self::Expire { .. }
+            | Self::DeletePrefix { .. }
+            | Self::Batch(_)
+            | Self::Purge
+            | Self::OpenSession { .. } => None,
         }
     }
 }
@@ -225,6 +270,11 @@ pub enum OpResult {
     PrefixDeleted { revision: u64 },
     /// How many deleted entries a purge removed, and how many prefix deletes remain.
     Purged { removed: u64, pending: u64 },
+    /// The session is unknown (it ended, or never began), or the write's answer was
+    /// acknowledged and forgotten; nothing changed.
+    SessionExpired,
+    /// The session is open until `expires_at_ms` unless a write extends it.
+    SessionOpened { expires_at_ms: u64 },
 }
 
 /// What applying one log entry answered. Wire type.
@@ -256,11 +306,51 @@ fn apply_command<V: StateView>(
 ) -> Result<OpResult, V::Error> {
     let now = overlay.clock_ms;
     Ok(match command {
-        Command::Set { .. } => set(view, overlay, command, revision, None)?,
-        Command::WithinQuota {
-            max_data_bytes,
+        Command::Set { .. } => set(view, overlay, command, revision)?,
+        Command::WithinLimits { limits, command } => {
+            let outer = overlay.limits.replace(*limits);
+            let result = apply_command(view, overlay, command, revision);
+            overlay.limits = outer;
+            result?
+        }
+        Command::Session {
+            id,
+            seq,
+            ack,
+            fingerprint,
+            idle_ms,
             command,
-        } => set(view, overlay, command, revision, Some(*max_data_bytes))?,
+        } => {
+            let call = SessionCall {
+                id: *id,
+                seq: *seq,
+                ack: *ack,
+                fingerprint: *fingerprint,
+                idle_ms: *idle_ms,
+            };
+            session(view, overlay, call, command, revision)?
+        }
+        Command::OpenSession { id, idle_ms } => {
+            let stored = overlay.get_session(view, *id)?;
+            let mut session = match stored.as_ref().filter(|s| s.is_live_at(now)) {
+                Some(live) => live.clone(),
+                None if overlay.records_full(1) => {
+                    return Ok(OpResult::Failed {
+                        failure: Failure::RecordsFull,
+                        current: None,
+                    })
+                }
+                None => Session {
+                    expires_at_ms: 0,
+                    acked: 1,
+                    answers: Vec::new(),
+                },
+            };
+            session.expires_at_ms = now.saturating_add(*idle_ms);
+            let expires_at_ms = session.expires_at_ms;
+            overlay.put_session(*id, session, stored.as_ref());
+            OpResult::SessionOpened { expires_at_ms }
+        }
         Command::Delete { key, precondition } => {
             let stored = overlay.get(view, key)?;
             let live = overlay.live(key, stored.as_ref());
@@ -347,6 +437,17 @@ fn apply_command<V: StateView>(
                             }
                         }
                     }
+                    Slot::Session => {
+                        let Some(id) = parse_session_key(&key) else {
+                            continue;
+                        };
+                        if let Some(session) = overlay.get_session(view, id)? {
+                            if session.expires_at_ms == at {
+                                overlay.delete_session(id, &session);
+                                removed += 1;
+                            }
+                        }
+                    }
                 }
             }
             OpResult::Expired { removed }
@@ -360,9 +461,13 @@ fn apply_command<V: StateView>(
             let stored = overlay.get_record(view, id)?;
             match stored.as_ref().filter(|r| r.is_live_at(now)) {
                 Some(r) if r.fingerprint == *fingerprint => {
-                    OpResult::Replayed(Box::new(r.result.clone()))
+                    OpResult::Replayed(Box::new(replayed(view, overlay, command, &r.result)?))
                 }
                 Some(_) => OpResult::IdempotencyKeyReused,
+                None if overlay.records_full(1) => OpResult::Failed {
+                    failure: Failure::RecordsFull,
+                    current: None,
+                },
                 None => {
                     let result = apply_command(view, overlay, command, revision)?;
                     if let OpResult::Failed { failure, .. } = &result {
@@ -373,7 +478,7 @@ fn apply_command<V: StateView>(
                     }
                     let record = Record {
                         fingerprint: *fingerprint,
-                        result: result.clone(),
+                        result: recordable(result.clone()),
                         expires_at_ms: now.saturating_add(*retain_ms),
                     };
                     overlay.put_record(id, record, stored.as_ref());
@@ -398,15 +503,14 @@ fn apply_command<V: StateView>(
     })
 }
 
-/// Applies `command` if it is a `Set`, refusing it with `quota` if it would take the
-/// stored data past that many bytes (a write that does not grow the data always
-/// applies); applies any other command as it is.
+/// Applies `command` if it is a `Set`, refusing it if it would take the stored data past
+/// the limit in force (a write that does not grow the data always applies); applies any
+/// other command as it is.
 fn set<V: StateView>(
     view: &V,
     overlay: &mut Overlay,
     command: &Command,
     revision: u64,
-    quota: Option<u64>,
 ) -> Result<OpResult, V::Error> {
     let Command::Set {
         key,
@@ -426,7 +530,7 @@ fn set<V: StateView>(
             current: live.cloned(),
         });
     }
-    if let Some(max) = quota {
+    if let Some(max) = overlay.limits.map(|l| l.max_data_bytes) {
         let old = stored.as_ref().map_or(0, |e| e.meta(key).bytes);
         let new = data_bytes(key, value.len());
         if new > old && overlay.data_bytes.saturating_add(new - old) > max {
@@ -458,6 +562,93 @@ fn set<V: StateView>(
     Ok(result)
 }
 
+/// The header fields of a [`Command::Session`].
+struct SessionCall {
+    id: u128,
+    seq: u64,
+    ack: u64,
+    fingerprint: u128,
+    idle_ms: u64,
+}
+
+/// Applies `command` as write `call.seq` of session `call.id` (see [`Command::Session`]).
+fn session<V: StateView>(
+    view: &V,
+    overlay: &mut Overlay,
+    call: SessionCall,
+    command: &Command,
+    revision: u64,
+) -> Result<OpResult, V::Error> {
+    let now = overlay.clock_ms;
+    let stored = overlay.get_session(view, call.id)?;
+    let Some(mut session) = stored.clone().filter(|s| s.is_live_at(now)) else {
+        return Ok(OpResult::SessionExpired);
+    };
+    if call.ack > session.acked {
+        session.acked = call.ack;
+        session.answers.retain(|a| a.seq >= call.ack);
+    }
+    let result = if call.seq < session.acked {
+        // Acknowledged, so never sent again: a late copy of an earlier attempt.
+        OpResult::SessionExpired
+    } else if let Some(kept) = session.answers.iter().find(|a| a.seq == call.seq) {
+        if kept.fingerprint == call.fingerprint {
+            let kept = kept.result.clone();
+            OpResult::Replayed(Box::new(replayed(view, overlay, command, &kept)?))
+        } else {
+            OpResult::IdempotencyKeyReused
+        }
+    } else if session.answers.len() as u64 >= SESSION_WINDOW {
+        OpResult::Failed {
+            failure: Failure::SessionWindowFull,
+            current: None,
+        }
+    } else if overlay.records_full(
+        (session.records() + 1).saturating_sub(stored.as_ref().map_or(0, Session::records)),
+    ) {
+        OpResult::Failed {
+            failure: Failure::RecordsFull,
+            current: None,
+        }
+    } else {
+        let result = apply_command(view, overlay, command, revision)?;
+        let transient =
+            matches!(&result, OpResult::Failed { failure, .. } if failure.is_transient());
+        if !transient {
+            session.answers.push(Answer {
+                seq: call.seq,
+                fingerprint: call.fingerprint,
+                result: recordable(result.clone()),
+            });
+        }
+        result
+    };
+    session.expires_at_ms = now.saturating_add(call.idle_ms);
+    overlay.put_session(call.id, session, stored.as_ref());
+    Ok(result)
+}
+
+/// A kept answer as a retry of `command` gets it: a failed write's entry whose value was
+/// left out ([`recordable`]) is read again from the key, as it is now.
+fn replayed<V: StateView>(
+    view: &V,
+    overlay: &Overlay,
+    command: &Command,
+    kept: &OpResult,
+) -> Result<OpResult, V::Error> {
+    if !value_left_out(kept) {
+        return Ok(kept.clone());
+    }
+    let (OpResult::Failed { failure, .. }, Some(key)) = (kept, command.named_key()) else {
+        return Ok(kept.clone());
+    };
+    let stored = overlay.get(view, key)?;
+    Ok(OpResult::Failed {
+        failure: *failure,
+        current: overlay.live(key, stored.as_ref()).cloned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -473,6 +664,8 @@ mod tests {
         tombstones: Vec<Tombstone>,
         data: BTreeMap<String, Entry>,
         records: BTreeMap<String, Record>,
+        sessions: BTreeMap<u128, crate::Session>,
+        record_count: u64,
         index: BTreeMap<crate::overlay::Due, ()>,
     }
 
@@ -501,6 +694,9 @@ mod tests {
         fn get_record(&self, id: &str) -> Result<Option<Record>, Infallible> {
             Ok(self.records.get(id).cloned())
         }
+        fn get_session(&self, id: u128) -> Result<Option<crate::Session>, Infallible> {
+            Ok(self.sessions.get(&id).cloned())
+        }
         fn due(
             &self,
             up_to_ms: u64,
@@ -523,6 +719,13 @@ mod tests {
             self.clock_ms = overlay.clock_ms;
             self.data_bytes = overlay.data_bytes;
             self.tombstones = overlay.tombstones;
+            self.record_count = overlay.record_count;
+            for (id, session) in overlay.sessions {
+                match session {
+                    Some(s) => self.sessions.insert(id, s),
+                    None => self.sessions.remove(&id),
+                };
+            }
             for (k, e) in overlay.data {
                 match e {
                     Some(e) => self.data.insert(k, e),
@@ -552,6 +755,7 @@ mod tests {
                 let mut overlay = Overlay::new(mem.clock_ms);
                 overlay.data_bytes = mem.data_bytes;
                 overlay.tombstones = mem.tombstones.clone();
+                overlay.record_count = mem.record_count;
                 for (i, r) in chunk.iter().enumerate() {
                     let index = (n * group + i + 1) as u64;
                     results.push(
@@ -1040,14 +1244,22 @@ mod tests {
         }
     }
 
-    fn within_quota(max_data_bytes: u64, inner: Request) -> Request {
+    fn within_limits(limits: Limits, inner: Request) -> Request {
         Request {
             stamp_ms: inner.stamp_ms,
-            command: Command::WithinQuota {
-                max_data_bytes,
+            command: Command::WithinLimits {
+                limits,
                 command: Box::new(inner.command),
             },
         }
+    }
+
+    fn within_quota(max_data_bytes: u64, inner: Request) -> Request {
+        let limits = Limits {
+            max_data_bytes,
+            max_records: u64::MAX,
+        };
+        within_limits(limits, inner)
     }
 
     impl Mem {
@@ -1202,7 +1414,7 @@ mod tests {
             let key = format!("p/{:04}", n - 8 + r.below(12));
             let other = format!("q/{}", r.below(5));
             let value = "v".repeat(1 + r.below(3) as usize);
-            requests.push(match r.below(12) {
+            requests.push(match r.below(13) {
                 0 => delete_prefix(at, ["p/", "p/09", "q/", "p/099"][r.below(4) as usize]),
                 1..=3 => purge(at),
                 4 => del(at, &key),
@@ -1215,6 +1427,30 @@ mod tests {
                     within_quota(9_000, set(at, &other, &value, None)),
                 ),
                 8 => set_with(at, &key, &value, Ttl::Keep, Precondition::Absent),
+                9 if r.below(3) == 0 => within_limits(
+                    Limits {
+                        max_data_bytes: 9_000,
+                        max_records: 6,
+                    },
+                    open(at, r.below(3).into()),
+                ),
+                9 => {
+                    let seq = 1 + r.below(4);
+                    let inner = within_limits(
+                        Limits {
+                            max_data_bytes: 9_000,
+                            max_records: 6,
+                        },
+                        set(at, &other, &value, None),
+                    );
+                    in_session(
+                        at,
+                        r.below(3).into(),
+                        seq,
+                        seq - r.below(2).min(seq - 1),
+                        inner,
+                    )
+                }
                 _ => set(at, &other, &value, Some(r.below(30))),
             });
         }
@@ -1229,6 +1465,11 @@ mod tests {
             assert_eq!(
                 reference.0.data_bytes,
                 reference.0.counted_bytes(),
+                "seed {seed}"
+            );
+            assert_eq!(
+                reference.0.record_count,
+                reference.0.counted_records(),
                 "seed {seed}"
             );
             for group in [2, 3, 7, 64, requests.len()] {
@@ -1310,6 +1551,167 @@ mod tests {
         let reference = Mem::apply_grouped(&requests, 1);
         assert_eq!(Mem::apply_grouped(&requests, 5), reference);
         assert_eq!(reference.0.data.keys().collect::<Vec<_>>(), vec!["p/3"]);
+    }
+
+    fn in_session(at: u64, id: u128, seq: u64, ack: u64, inner: Request) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::Session {
+                id,
+                seq,
+                ack,
+                fingerprint: u128::from(seq) * 1000 + id,
+                idle_ms: 1000,
+                command: Box::new(inner.command),
+            },
+        }
+    }
+
+    impl Mem {
+        /// Records, sessions and session answers, counted from scratch.
+        fn counted_records(&self) -> u64 {
+            self.records.len() as u64
+                + self
+                    .sessions
+                    .values()
+                    .map(crate::Session::records)
+                    .sum::<u64>()
+        }
+    }
+
+    fn open(at: u64, id: u128) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::OpenSession { id, idle_ms: 1000 },
+        }
+    }
+
+    #[test]
+    fn a_session_write_applies_once_and_its_answer_lives_until_acknowledged() {
+        let (mem, results) = Mem::run(&[
+            open(9, 7),
+            in_session(10, 7, 1, 1, set(10, "a", "1", None)),
+            in_session(11, 7, 1, 1, set(11, "a", "1", None)),
+            in_session(12, 7, 2, 1, set(12, "b", "1", None)),
+            in_session(13, 7, 3, 3, set(13, "c", "1", None)),
+            in_session(14, 7, 1, 1, set(14, "a", "1", None)),
+            in_session(15, 7, 2, 2, set(15, "b", "1", None)),
+            open(16, 7),
+        ]);
+        assert_eq!(
+            results[0],
+            OpResult::SessionOpened {
+                expires_at_ms: 1009
+            }
+        );
+        assert_eq!(results[1], written(2, 2, 1, None));
+        assert_eq!(
+            results[2],
+            OpResult::Replayed(Box::new(written(2, 2, 1, None)))
+        );
+        assert_eq!(results[4], written(5, 5, 1, None));
+        assert_eq!(
+            results[5..7],
+            [OpResult::SessionExpired, OpResult::SessionExpired],
+            "late copies of acknowledged writes change nothing"
+        );
+        assert_eq!(
+            results[7],
+            OpResult::SessionOpened {
+                expires_at_ms: 1016
+            },
+            "opening a live session again extends it and keeps its answers"
+        );
+        assert_eq!(mem.data["a"].version, 1);
+        assert_eq!(mem.data["b"].version, 1);
+        let session = &mem.sessions[&7];
+        assert_eq!((session.acked, session.answers.len()), (3, 1));
+        assert_eq!(mem.record_count, 2);
+    }
+
+    #[test]
+    fn a_write_in_an_unknown_or_ended_session_is_not_applied() {
+        let (mem, results) = Mem::run(&[
+            in_session(10, 1, 1, 1, set(10, "a", "1", None)),
+            open(10, 2),
+            in_session(10, 2, 1, 1, set(10, "b", "1", None)),
+            expire(1009),
+            in_session(1009, 2, 2, 2, set(1009, "b", "2", None)),
+            expire(2009),
+            in_session(2010, 2, 3, 3, set(2010, "b", "3", None)),
+        ]);
+        assert_eq!(results[0], OpResult::SessionExpired, "never opened");
+        assert!(!mem.data.contains_key("a"));
+        assert_eq!(results[3], OpResult::Expired { removed: 0 });
+        assert_eq!(results[4], written(5, 3, 2, None));
+        assert_eq!(results[5], OpResult::Expired { removed: 1 });
+        assert_eq!(results[6], OpResult::SessionExpired, "ended after 1 s idle");
+        assert_eq!(mem.data["b"].version, 2);
+        assert!(mem.sessions.is_empty() && mem.index.is_empty());
+        assert_eq!(mem.record_count, 0);
+    }
+
+    #[test]
+    fn a_session_keeps_at_most_its_window_of_unacknowledged_answers() {
+        let window = crate::SESSION_WINDOW;
+        let mut requests = vec![open(10, 3)];
+        requests.extend(
+            (1..=window + 1)
+                .map(|seq| in_session(10, 3, seq, 1, set(10, &format!("k{seq}"), "1", None))),
+        );
+        requests.push(in_session(10, 3, window + 1, 2, set(10, "k", "1", None)));
+        let (mem, results) = Mem::run(&requests);
+        assert_eq!(
+            results[window as usize + 1],
+            failed(Failure::SessionWindowFull, None)
+        );
+        assert!(matches!(results.last(), Some(OpResult::Written { .. })));
+        assert_eq!(mem.sessions[&3].answers.len() as u64, window);
+        assert_eq!(mem.record_count, mem.counted_records());
+    }
+
+    #[test]
+    fn records_past_the_limit_are_refused_and_not_applied() {
+        let limits = Limits {
+            max_data_bytes: u64::MAX,
+            max_records: 2,
+        };
+        let (mem, results) = Mem::run(&[
+            within_limits(limits, open(10, 4)),
+            within_limits(limits, in_session(10, 4, 1, 1, set(10, "a", "1", None))),
+            within_limits(limits, in_session(10, 4, 2, 1, set(10, "b", "1", None))),
+            within_limits(limits, idempotent(10, "r", 1, set(10, "c", "1", None))),
+            within_limits(limits, open(10, 5)),
+            within_limits(limits, in_session(10, 4, 2, 2, set(10, "b", "1", None))),
+        ]);
+        assert_eq!(results[1], written(2, 2, 1, None));
+        let full = failed(Failure::RecordsFull, None);
+        assert_eq!(results[2..5], [full.clone(), full.clone(), full]);
+        assert_eq!(results[5], written(6, 6, 1, None), "the ack made room");
+        assert!(!mem.data.contains_key("c"));
+        assert_eq!(mem.record_count, 2);
+    }
+
+    #[test]
+    fn a_kept_failure_leaves_out_a_large_value_and_its_replay_reads_it_again() {
+        let big = format!("\"{}\"", "x".repeat(crate::session::RECORDED_VALUE_LIMIT));
+        let create = |at| set_with(at, "lock", "\"me\"", Ttl::Clear, Precondition::Absent);
+        let (mem, results) = Mem::run(&[
+            set(10, "lock", &big, None),
+            open(10, 9),
+            in_session(11, 9, 1, 1, create(11)),
+            in_session(12, 9, 1, 1, create(12)),
+            idempotent(13, "r", 1, create(13)),
+            idempotent(14, "r", 1, create(14)),
+        ]);
+        let original = failed(Failure::KeyExists, Some(&mem.data["lock"]));
+        assert_eq!(results[2], original);
+        assert!(crate::session::value_left_out(
+            &mem.sessions[&9].answers[0].result
+        ));
+        assert_eq!(results[3], OpResult::Replayed(Box::new(original.clone())));
+        assert!(crate::session::value_left_out(&mem.records["r"].result));
+        assert_eq!(results[5], OpResult::Replayed(Box::new(original)));
     }
 
     fn idempotent(at: u64, id: &str, fingerprint: u128, inner: Request) -> Request {

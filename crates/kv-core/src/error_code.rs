@@ -59,6 +59,9 @@ error_codes! {
     ConflictingPreconditions = "conflicting_preconditions", 400;
     /// A malformed `Idempotency-Key`.
     InvalidIdempotencyKey = "invalid_idempotency_key", 400;
+    /// A malformed `Kv-Session`, one beside an `Idempotency-Key`, or a write numbered
+    /// past the session's window.
+    InvalidSession = "invalid_session", 400;
     /// The key is absent or expired.
     KeyNotFound = "key_not_found", 404;
     /// No such route.
@@ -79,6 +82,9 @@ error_codes! {
     UnsupportedMediaType = "unsupported_media_type", 415;
     /// The Idempotency-Key was used for a different request.
     IdempotencyKeyReused = "idempotency_key_reused", 422;
+    /// The session ended (or never began), or the write's answer was acknowledged; not
+    /// applied.
+    SessionExpired = "session_expired", 422;
     /// The request's headers are larger than the API accepts.
     HeadersTooLarge = "headers_too_large", 431;
     /// A failure inside the node.
@@ -93,6 +99,8 @@ error_codes! {
     InsufficientStorage = "insufficient_storage", 507;
     /// The write would take the stored keys and values past `limits.max_data_bytes`.
     QuotaExceeded = "quota_exceeded", 507;
+    /// Recording the write's answer would pass `limits.max_records`.
+    RecordsFull = "records_full", 507;
 }
 
 impl ErrorCode {

@@ -17,14 +17,16 @@ pub mod error_code;
 pub mod key_path;
 pub mod overlay;
 pub mod record;
+pub mod session;
 pub mod validate;
 
 pub use command::{
-    apply_request, changes_keys_once, check_precondition, BatchKeys, Command, Failure, OpResult,
-    Precondition, Request, Response, Ttl, EXPIRE_LIMIT, MAX_TOMBSTONES, PURGE_LIMIT,
+    apply_request, changes_keys_once, check_precondition, BatchKeys, Command, Failure, Limits,
+    OpResult, Precondition, Request, Response, Ttl, EXPIRE_LIMIT, MAX_TOMBSTONES, PURGE_LIMIT,
 };
 pub use entry::{data_bytes, Entry, EntryMeta};
 pub use error_code::ErrorCode;
 pub use key_path::key_path;
 pub use overlay::{tombstoned, Due, Overlay, Slot, StateView, Tombstone};
 pub use record::{fingerprint, Fingerprinter, Record};
+pub use session::{Answer, Session, SESSION_WINDOW};

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::entry::EntryMeta;
 use crate::record::Record;
+use crate::session::{session_key, Session};
 use crate::Entry;
 
-/// What an expiry-index entry points at: a key's entry or an idempotency record.
+/// What an expiry-index entry points at: a key's entry, an idempotency record or a
+/// client session.
 /// On-disk: stored as one byte after the expiry time, so the index orders by time first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Slot {
@@ -22,6 +24,8 @@ pub enum Slot {
     Key = 0,
     /// An idempotency record.
     Record = 1,
+    /// A client session, by [`session_key`].
+    Session = 2,
 }
 
 impl Slot {
@@ -35,6 +39,7 @@ impl Slot {
         match b {
             0 => Some(Self::Key),
             1 => Some(Self::Record),
+            2 => Some(Self::Session),
             _ => None,
         }
     }
@@ -80,6 +85,9 @@ pub trait StateView {
     /// The stored idempotency record `id`, live or expired.
     fn get_record(&self, id: &str) -> Result<Option<Record>, Self::Error>;
 
+    /// The stored client session `id`, live or expired.
+    fn get_session(&self, id: u128) -> Result<Option<Session>, Self::Error>;
+
     /// Stored entries (live, expired or tombstoned) whose keys start with `prefix`,
     /// strictly after `after` if given, in key order, leaving out keys `skip` returns
     /// true for, until `limit` are found. Values are not read.
@@ -110,10 +118,17 @@ pub struct Overlay {
     pub data_bytes: u64,
     /// Prefix deletes not yet purged, oldest first, after the commands applied so far.
     pub tombstones: Vec<Tombstone>,
+    /// Idempotency records, sessions and session answers stored, after the commands
+    /// applied so far (see [`Session::records`]).
+    pub record_count: u64,
+    /// The limits the command being applied carries (`Command::WithinLimits`), if any.
+    pub limits: Option<crate::Limits>,
     /// Pending entry changes: `Some` puts, `None` deletes.
     pub data: BTreeMap<String, Option<Entry>>,
     /// Pending idempotency-record changes: `Some` puts, `None` deletes.
     pub records: BTreeMap<String, Option<Record>>,
+    /// Pending session changes: `Some` puts, `None` deletes.
+    pub sessions: BTreeMap<u128, Option<Session>>,
     /// Pending expiry-index changes: `true` adds the entry, `false` removes it.
     pub index: BTreeMap<Due, bool>,
 }
@@ -187,6 +202,8 @@ impl Overlay {
         if let Some(old) = old {
             self.index
                 .insert((old.expires_at_ms, Slot::Record, id.to_owned()), false);
+        } else {
+            self.record_count += 1;
         }
         self.index
             .insert((record.expires_at_ms, Slot::Record, id.to_owned()), true);
@@ -197,7 +214,48 @@ impl Overlay {
     pub fn delete_record(&mut self, id: &str, old: &Record) {
         self.index
             .insert((old.expires_at_ms, Slot::Record, id.to_owned()), false);
+        self.record_count = self.record_count.saturating_sub(1);
         self.records.insert(id.to_owned(), None);
+    }
+
+    /// Whether storing `more` records would pass the limit the command carries.
+    pub fn records_full(&self, more: u64) -> bool {
+        self.limits
+            .is_some_and(|l| self.record_count.saturating_add(more) > l.max_records)
+    }
+
+    /// The session `id` as the next command sees it, live or expired.
+    pub fn get_session<V: StateView>(
+        &self,
+        view: &V,
+        id: u128,
+    ) -> Result<Option<Session>, V::Error> {
+        match self.sessions.get(&id) {
+            Some(pending) => Ok(pending.clone()),
+            None => view.get_session(id),
+        }
+    }
+
+    /// Stores session `id`; `old` is its stored state, whose index entry goes.
+    pub fn put_session(&mut self, id: u128, session: Session, old: Option<&Session>) {
+        let key = session_key(id);
+        if let Some(old) = old {
+            self.index
+                .insert((old.expires_at_ms, Slot::Session, key.clone()), false);
+            self.record_count = self.record_count.saturating_sub(old.records());
+        }
+        self.index
+            .insert((session.expires_at_ms, Slot::Session, key), true);
+        self.record_count += session.records();
+        self.sessions.insert(id, Some(session));
+    }
+
+    /// Removes session `id` and its answers; `old` is its stored state.
+    pub fn delete_session(&mut self, id: u128, old: &Session) {
+        self.index
+            .insert((old.expires_at_ms, Slot::Session, session_key(id)), false);
+        self.record_count = self.record_count.saturating_sub(old.records());
+        self.sessions.insert(id, None);
     }
 
     /// The first `limit` stored entries under `prefix` strictly after `after`, in key

@@ -1,7 +1,7 @@
 //! The postcard encodings of log entries and stored entries are a promise to old data
 //! and to other nodes: these tests pin them, byte for byte.
 
-use kv_core::{Command, Entry, Precondition, Request, Ttl};
+use kv_core::{Command, Entry, Limits, Precondition, Request, Ttl};
 use serde::{Deserialize, Serialize};
 
 /// `Entry` as first released, with a plain `Vec<u8>` value.
@@ -42,9 +42,21 @@ enum PlainCommand {
     },
     // Appended later: earlier variants keep their numbers.
     Purge,
-    WithinQuota {
-        max_data_bytes: u64,
+    WithinLimits {
+        limits: Limits,
         command: Box<PlainCommand>,
+    },
+    Session {
+        id: u128,
+        seq: u64,
+        ack: u64,
+        fingerprint: u128,
+        idle_ms: u64,
+        command: Box<PlainCommand>,
+    },
+    OpenSession {
+        id: u128,
+        idle_ms: u64,
     },
 }
 
@@ -102,12 +114,28 @@ fn plain_command(c: &Command) -> PlainCommand {
             command: Box::new(plain_command(command)),
         },
         Command::Purge => PlainCommand::Purge,
-        Command::WithinQuota {
-            max_data_bytes,
-            command,
-        } => PlainCommand::WithinQuota {
-            max_data_bytes: *max_data_bytes,
+        Command::WithinLimits { limits, command } => PlainCommand::WithinLimits {
+            limits: *limits,
             command: Box::new(plain_command(command)),
+        },
+        Command::Session {
+            id,
+            seq,
+            ack,
+            fingerprint,
+            idle_ms,
+            command,
+        } => PlainCommand::Session {
+            id: *id,
+            seq: *seq,
+            ack: *ack,
+            fingerprint: *fingerprint,
+            idle_ms: *idle_ms,
+            command: Box::new(plain_command(command)),
+        },
+        Command::OpenSession { id, idle_ms } => PlainCommand::OpenSession {
+            id: *id,
+            idle_ms: *idle_ms,
         },
     }
 }
@@ -201,17 +229,32 @@ fn request_encoding_is_the_released_one() {
 
 #[test]
 fn later_commands_take_the_next_variant_numbers() {
-    let c = Command::WithinQuota {
-        max_data_bytes: 1 << 33,
-        command: Box::new(Command::Purge),
+    let c = Command::Session {
+        id: 5,
+        seq: 2,
+        ack: 1,
+        fingerprint: 9,
+        idle_ms: 300,
+        command: Box::new(Command::WithinLimits {
+            limits: Limits {
+                max_data_bytes: 1 << 33,
+                max_records: 7,
+            },
+            command: Box::new(Command::Purge),
+        }),
     };
-    let golden = [0x07, 0x80, 0x80, 0x80, 0x80, 0x20, 0x06];
+    let golden = [
+        0x08, 0x05, 0x02, 0x01, 0x09, 0xac, 0x02, 0x07, 0x80, 0x80, 0x80, 0x80, 0x20, 0x07, 0x06,
+    ];
     assert_eq!(encode(&c), golden);
     assert_eq!(encode(&plain_command(&c)), golden);
     assert_eq!(
         postcard::from_bytes::<Command>(&golden).expect("decodes"),
         c
     );
+    let open = Command::OpenSession { id: 5, idle_ms: 3 };
+    assert_eq!(encode(&open), [0x09, 0x05, 0x03]);
+    assert_eq!(encode(&plain_command(&open)), [0x09, 0x05, 0x03]);
 }
 
 #[test]

@@ -108,6 +108,11 @@ pub struct LimitsConfig {
     pub idle_timeout_ms: u64,
     /// How long a request's body may take to arrive in full (408 after it).
     pub body_timeout_ms: u64,
+    /// Most idempotency records, client sessions and session answers stored: past it,
+    /// writes that would record one more are refused (507 `records_full`).
+    pub max_records: u64,
+    /// A client session ends after this many seconds without a write.
+    pub session_idle_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -124,6 +129,8 @@ impl Default for LimitsConfig {
             max_connections_per_ip: 256,
             idle_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
+            max_records: 1_000_000,
+            session_idle_s: 600,
         }
     }
 }
@@ -221,6 +228,8 @@ impl NodeConfig {
             || self.limits.max_connections_per_ip == 0
             || self.limits.idle_timeout_ms == 0
             || self.limits.body_timeout_ms == 0
+            || self.limits.max_records == 0
+            || self.limits.session_idle_s == 0
             || self.limits.max_batch == 0
             || self.limits.idempotency_retention_s == 0
         {

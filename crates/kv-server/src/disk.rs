@@ -1,7 +1,7 @@
 //! The disk guard: a write that grows the data is refused while the file system holding
-//! the data directory has less free space than `limits.min_free_disk_mib`, and each
-//! write carries `limits.max_data_bytes`, which applying it checks against the stored
-//! data exactly (`Command::WithinQuota`).
+//! the data directory has less free space than `limits.min_free_disk_mib`; and each
+//! write carries `limits.max_data_bytes` and `limits.max_records`, which applying it
+//! checks against the stored data and records exactly (`Command::WithinLimits`).
 //!
 //! openraft 0.9 stops a node for good when a log write fails, so the log must never meet
 //! a full disk. Refusing growth early keeps a reserve for what must still work: the log
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kv_core::Command;
+use kv_core::{Command, Limits};
 
 /// How long one measurement of the free space is trusted.
 const MEASURED_FOR: Duration = Duration::from_millis(100);
@@ -23,7 +23,7 @@ const MEASURED_FOR: Duration = Duration::from_millis(100);
 pub struct DiskGuard {
     dir: PathBuf,
     min_free: u64,
-    max_data_bytes: u64,
+    limits: Limits,
     /// When free space was last measured, and what was found.
     last: Arc<Mutex<Option<(Instant, u64)>>>,
 }
@@ -41,40 +41,14 @@ pub struct DiskFull {
 }
 
 impl DiskGuard {
-    /// A guard for `dir` that keeps `min_free` bytes free and the stored keys and values
-    /// within `max_data_bytes`.
-    pub fn new(dir: PathBuf, min_free: u64, max_data_bytes: u64) -> Self {
+    /// A guard for `dir` that keeps `min_free` bytes free, and puts `limits` on what
+    /// writes store.
+    pub fn new(dir: PathBuf, min_free: u64, limits: Limits) -> Self {
         Self {
             dir,
             min_free,
-            max_data_bytes,
+            limits,
             last: Arc::default(),
-        }
-    }
-
-    /// `command` with every write in it that can grow the data bound by the quota.
-    /// Inside an idempotent command, so a retry is answered from its record first.
-    pub fn within_quota(&self, command: Command) -> Command {
-        match command {
-            Command::Set { .. } => Command::WithinQuota {
-                max_data_bytes: self.max_data_bytes,
-                command: Box::new(command),
-            },
-            Command::Idempotent {
-                id,
-                fingerprint,
-                retain_ms,
-                command,
-            } => Command::Idempotent {
-                id,
-                fingerprint,
-                retain_ms,
-                command: Box::new(self.within_quota(*command)),
-            },
-            Command::Batch(commands) => {
-                Command::Batch(commands.into_iter().map(|c| self.within_quota(c)).collect())
-            }
-            other => other,
         }
     }
 
@@ -111,19 +85,34 @@ impl DiskGuard {
             }
         }
     }
+
+    /// `command` with the storage limits in force while it applies, if it can store
+    /// data or records; deletes and housekeeping need none.
+    pub fn within_limits(&self, command: Command) -> Command {
+        match command {
+            Command::Delete { .. }
+            | Command::DeletePrefix { .. }
+            | Command::Expire { .. }
+            | Command::Purge => command,
+            other => Command::WithinLimits {
+                limits: self.limits,
+                command: Box::new(other),
+            },
+        }
+    }
 }
 
 /// Whether applying `command` can make the stored data larger.
 fn grows(command: &Command) -> bool {
     match command {
-        Command::Set { .. } => true,
+        Command::Set { .. } | Command::OpenSession { .. } => true,
         Command::Delete { .. }
         | Command::DeletePrefix { .. }
         | Command::Expire { .. }
         | Command::Purge => false,
-        Command::Idempotent { command, .. } | Command::WithinQuota { command, .. } => {
-            grows(command)
-        }
+        Command::Idempotent { command, .. }
+        | Command::WithinLimits { command, .. }
+        | Command::Session { command, .. } => grows(command),
         Command::Batch(commands) => commands.iter().any(grows),
     }
 }
@@ -133,6 +122,11 @@ mod tests {
     use kv_core::{Precondition, Ttl};
 
     use super::*;
+
+    const NO_LIMITS: Limits = Limits {
+        max_data_bytes: u64::MAX,
+        max_records: u64::MAX,
+    };
 
     fn set() -> Command {
         Command::Set {
@@ -153,7 +147,7 @@ mod tests {
     #[test]
     fn below_the_reserve_only_writes_that_grow_the_data_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let full = DiskGuard::new(dir.path().to_owned(), u64::MAX, u64::MAX);
+        let full = DiskGuard::new(dir.path().to_owned(), u64::MAX, NO_LIMITS);
         let refused = full.admits(&set()).expect_err("refused");
         assert!(refused.to_string().contains("MiB free"), "{refused}");
         let idempotent = Command::Idempotent {
@@ -170,15 +164,19 @@ mod tests {
             .is_ok());
         assert!(full.admits(&Command::Expire { up_to_ms: 1 }).is_ok());
 
-        let roomy = DiskGuard::new(dir.path().to_owned(), 0, u64::MAX);
+        let roomy = DiskGuard::new(dir.path().to_owned(), 0, NO_LIMITS);
         assert!(roomy.admits(&set()).is_ok());
     }
 
     #[test]
-    fn every_set_carries_the_quota_inside_its_idempotency_record() {
-        let guard = DiskGuard::new(PathBuf::from("."), 0, 99);
-        let quota = |c: Command| Command::WithinQuota {
+    fn writes_that_can_store_carry_the_limits_and_deletes_do_not() {
+        let limits = Limits {
             max_data_bytes: 99,
+            max_records: 5,
+        };
+        let guard = DiskGuard::new(PathBuf::from("."), 0, limits);
+        let limited = |c: Command| Command::WithinLimits {
+            limits,
             command: Box::new(c),
         };
         let idempotent = |c: Command| Command::Idempotent {
@@ -187,15 +185,12 @@ mod tests {
             retain_ms: 1,
             command: Box::new(c),
         };
-        assert_eq!(guard.within_quota(set()), quota(set()));
+        assert_eq!(guard.within_limits(set()), limited(set()));
         assert_eq!(
-            guard.within_quota(idempotent(set())),
-            idempotent(quota(set()))
+            guard.within_limits(idempotent(delete())),
+            limited(idempotent(delete()))
         );
-        assert_eq!(
-            guard.within_quota(Command::Batch(vec![delete(), set()])),
-            Command::Batch(vec![delete(), quota(set())])
-        );
-        assert_eq!(guard.within_quota(delete()), delete());
+        assert_eq!(guard.within_limits(delete()), delete());
+        assert_eq!(guard.within_limits(Command::Purge), Command::Purge);
     }
 }

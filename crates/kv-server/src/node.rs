@@ -136,7 +136,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         DiskGuard::new(
             config.data_dir.clone(),
             limits.min_free_disk_mib << 20,
-            limits.max_data_bytes,
+            kv_core::Limits {
+                max_data_bytes: limits.max_data_bytes,
+                max_records: limits.max_records,
+            },
         ),
         limits.max_batch,
         Duration::from_millis(limits.write_timeout_ms),

@@ -68,8 +68,9 @@ fn size(command: &Command) -> usize {
         Command::Delete { key, .. } => key.len(),
         Command::DeletePrefix { prefix } => prefix.len(),
         Command::Idempotent { id, command, .. } => id.len() + 32 + size(command),
-        Command::Expire { .. } | Command::Purge => 16,
-        Command::WithinQuota { command, .. } => 16 + size(command),
+        Command::Expire { .. } | Command::Purge | Command::OpenSession { .. } => 32,
+        Command::WithinLimits { command, .. } => 16 + size(command),
+        Command::Session { command, .. } => 48 + size(command),
         Command::Batch(commands) => commands.iter().map(size).sum(),
     }
 }
@@ -116,7 +117,7 @@ impl Proposer {
     /// Proposes one write and waits for its result.
     pub async fn write(&self, command: Command) -> Result<OpResult, WriteError> {
         self.disk.admits(&command)?;
-        let command = self.disk.within_quota(command);
+        let command = self.disk.within_limits(command);
         let (reply, rx) = oneshot::channel();
         enqueue(&self.tx, Pending { command, reply }, self.queue_wait).await?;
         // A dropped reply means the batch task died mid-flight: the outcome is unknown.
@@ -409,6 +410,9 @@ mod tests {
             Ok(None)
         }
         fn get_record(&self, _: &str) -> Result<Option<Record>, Infallible> {
+            Ok(None)
+        }
+        fn get_session(&self, _: u128) -> Result<Option<kv_core::Session>, Infallible> {
             Ok(None)
         }
         fn scan(

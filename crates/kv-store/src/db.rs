@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use kv_core::{
-    tombstoned, Due, Entry, EntryMeta, Fingerprinter, Record, Slot, StateView, Tombstone,
+    tombstoned, Due, Entry, EntryMeta, Fingerprinter, Record, Session, Slot, StateView, Tombstone,
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
@@ -29,6 +29,8 @@ pub(crate) const CF_SM_META: &str = "sm_meta";
 pub(crate) const CF_EXPIRY: &str = "sm_expiry";
 /// Idempotency key → postcard-encoded [`Record`].
 pub(crate) const CF_RECORDS: &str = "sm_records";
+/// Big-endian 16-byte session id → postcard-encoded [`Session`].
+pub(crate) const CF_SESSIONS: &str = "sm_sessions";
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
 pub(crate) const META_COMMITTED: &[u8] = b"committed";
@@ -38,6 +40,7 @@ pub(crate) const META_MEMBERSHIP: &[u8] = b"membership";
 pub(crate) const META_CLOCK: &[u8] = b"clock";
 pub(crate) const META_DATA_BYTES: &[u8] = b"data_bytes";
 pub(crate) const META_TOMBSTONES: &[u8] = b"tombstones";
+pub(crate) const META_RECORD_COUNT: &[u8] = b"record_count";
 
 /// An exclusive upper bound above every data key: 0xFF never occurs in UTF-8.
 pub(crate) const DATA_END: &[u8] = &[0xFF];
@@ -112,7 +115,7 @@ const META_MEMTABLE_BYTES: usize = 1024 * 1024;
 fn cf_options(name: &str) -> Options {
     let mut opts = Options::default();
     opts.set_write_buffer_size(match name {
-        CF_DATA | CF_EXPIRY | CF_RECORDS => DATA_MEMTABLE_BYTES,
+        CF_DATA | CF_EXPIRY | CF_RECORDS | CF_SESSIONS => DATA_MEMTABLE_BYTES,
         _ => META_MEMTABLE_BYTES,
     });
     opts
@@ -140,6 +143,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
         CF_SM_META,
         CF_EXPIRY,
         CF_RECORDS,
+        CF_SESSIONS,
     ]
     .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
@@ -243,6 +247,8 @@ pub(crate) struct Shared {
     pub clock_ms: AtomicU64,
     /// Key and value bytes of every stored entry.
     pub data_bytes: AtomicU64,
+    /// Idempotency records, sessions and session answers stored.
+    pub record_count: AtomicU64,
     /// Prefix deletes not yet purged.
     pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
     /// Bumped before and after each write that adds tombstones.
@@ -418,6 +424,12 @@ impl StateReader {
         self.shared.data_bytes.load(Ordering::Acquire)
     }
 
+    /// Idempotency records, sessions and session answers stored: what
+    /// `limits.max_records` bounds.
+    pub fn record_count(&self) -> u64 {
+        self.shared.record_count.load(Ordering::Acquire)
+    }
+
     /// How many prefix deletes still have entries to purge.
     pub fn pending_purges(&self) -> usize {
         self.shared.tombstones().len()
@@ -442,18 +454,21 @@ pub struct Digest {
     pub keys: u64,
     /// Stored idempotency records.
     pub records: u64,
+    /// Stored client sessions.
+    pub sessions: u64,
 }
 
 impl StateReader {
-    /// Hashes data, expiry index, idempotency records and state-machine metadata (last
-    /// applied, membership, clock) from one RocksDB snapshot. Apply and install write all
+    /// Hashes data, expiry index, idempotency records, sessions and state-machine
+    /// metadata (last applied, membership, clock, counts, tombstones) from one RocksDB
+    /// snapshot. Apply and install write all
     /// of these in one batch, so the snapshot never splits an apply. Blocking: reads the
     /// whole state.
     pub fn digest(&self) -> Result<Digest, StoreError> {
         let snap = self.db.snapshot();
         let mut hash = Fingerprinter::new();
-        let mut counts = [0u64; 4];
-        for (i, name) in [CF_SM_META, CF_DATA, CF_EXPIRY, CF_RECORDS]
+        let mut counts = [0u64; 5];
+        for (i, name) in [CF_SM_META, CF_DATA, CF_EXPIRY, CF_RECORDS, CF_SESSIONS]
             .iter()
             .enumerate()
         {
@@ -475,6 +490,7 @@ impl StateReader {
             hash: hash.finish(),
             keys: counts[1],
             records: counts[3],
+            sessions: counts[4],
         })
     }
 }
@@ -525,6 +541,10 @@ impl StateView for DbView<'_> {
 
     fn get_record(&self, id: &str) -> Result<Option<Record>, StoreError> {
         read_value(self.0, CF_RECORDS, id.as_bytes())
+    }
+
+    fn get_session(&self, id: u128) -> Result<Option<Session>, StoreError> {
+        read_value(self.0, CF_SESSIONS, &id.to_be_bytes())
     }
 
     fn due(

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kv_core::{
-    apply_request, Due, Entry, EntryMeta, Overlay, Record, Response, Slot, StateView, Tombstone,
+    apply_request, Due, Entry, EntryMeta, Overlay, Record, Response, Session, Slot, StateView,
+    Tombstone,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -16,8 +17,8 @@ use serde::de::DeserializeOwned;
 use crate::crash;
 use crate::db::{
     blocking, cf, expiry_key, read_value, synced, DbView, Shared, CF_DATA, CF_EXPIRY, CF_RECORDS,
-    CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_DATA_BYTES, META_LAST_APPLIED,
-    META_MEMBERSHIP, META_TOMBSTONES,
+    CF_SESSIONS, CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_DATA_BYTES, META_LAST_APPLIED,
+    META_MEMBERSHIP, META_RECORD_COUNT, META_TOMBSTONES,
 };
 use crate::entry_cache::EntryCache;
 use crate::error::OrRaft;
@@ -63,6 +64,10 @@ impl StateView for CachedView<'_> {
         self.db.get_record(id)
     }
 
+    fn get_session(&self, id: u128) -> Result<Option<Session>, StoreError> {
+        self.db.get_session(id)
+    }
+
     fn scan(
         &self,
         prefix: &str,
@@ -92,6 +97,7 @@ fn read_meta<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, Stor
 struct Books<'a> {
     clock_ms: u64,
     data_bytes: u64,
+    record_count: u64,
     tombstones: &'a [Tombstone],
 }
 
@@ -117,6 +123,42 @@ fn put_meta(
         META_TOMBSTONES,
         postcard::to_stdvec(books.tombstones)?,
     );
+    batch.put_cf(
+        meta,
+        META_RECORD_COUNT,
+        postcard::to_stdvec(&books.record_count)?,
+    );
+    Ok(())
+}
+
+/// Idempotency records, sessions and session answers, counted by reading them all.
+fn count_records(db: &DB) -> Result<u64, StoreError> {
+    let mut count = db
+        .iterator_cf(cf(db, CF_RECORDS), IteratorMode::Start)
+        .count() as u64;
+    for item in db.iterator_cf(cf(db, CF_SESSIONS), IteratorMode::Start) {
+        let (_, value) = item?;
+        count += postcard::from_bytes::<Session>(&value)?.records();
+    }
+    Ok(count)
+}
+
+/// Adds an overlay's pending session changes.
+fn put_sessions(
+    db: &DB,
+    batch: &mut WriteBatch,
+    pending: &std::collections::BTreeMap<u128, Option<Session>>,
+) -> Result<(), StoreError> {
+    for (id, session) in pending {
+        match session {
+            Some(session) => batch.put_cf(
+                cf(db, CF_SESSIONS),
+                id.to_be_bytes(),
+                postcard::to_stdvec(session)?,
+            ),
+            None => batch.delete_cf(cf(db, CF_SESSIONS), id.to_be_bytes()),
+        }
+    }
     Ok(())
 }
 
@@ -172,24 +214,29 @@ impl StateMachine {
         shared
             .clock_ms
             .store(read_meta(&db, META_CLOCK)?.unwrap_or(0), Ordering::Release);
-        let data_bytes = match read_meta(&db, META_DATA_BYTES)? {
-            Some(bytes) => bytes,
-            None => {
-                // Written before the count was kept: count once and keep it, so this
+        let (data_bytes, record_count) = match (
+            read_meta(&db, META_DATA_BYTES)?,
+            read_meta(&db, META_RECORD_COUNT)?,
+        ) {
+            (Some(bytes), Some(records)) => (bytes, records),
+            _ => {
+                // Written before the counts were kept: count once and keep them, so this
                 // replica's metadata (and digest) matches one that installed a snapshot.
-                let bytes = count_data_bytes(&db)?;
+                let counts = (count_data_bytes(&db)?, count_records(&db)?);
                 let mut batch = WriteBatch::default();
                 let meta = cf(&db, CF_SM_META);
-                batch.put_cf(meta, META_DATA_BYTES, postcard::to_stdvec(&bytes)?);
+                batch.put_cf(meta, META_DATA_BYTES, postcard::to_stdvec(&counts.0)?);
+                batch.put_cf(meta, META_RECORD_COUNT, postcard::to_stdvec(&counts.1)?);
                 if read_meta::<Vec<Tombstone>>(&db, META_TOMBSTONES)?.is_none() {
                     let none: Vec<Tombstone> = Vec::new();
                     batch.put_cf(meta, META_TOMBSTONES, postcard::to_stdvec(&none)?);
                 }
                 db.write(batch)?;
-                bytes
+                counts
             }
         };
         shared.data_bytes.store(data_bytes, Ordering::Release);
+        shared.record_count.store(record_count, Ordering::Release);
         shared.set_tombstones(read_meta(&db, META_TOMBSTONES)?.unwrap_or_default());
         Ok(Self {
             db,
@@ -236,6 +283,16 @@ impl StateMachine {
             }
         }
         data = postcard::to_extend(&*self.shared.tombstones(), data)?;
+        let sessions = cf(&self.db, CF_SESSIONS);
+        let count = snap.iterator_cf(sessions, IteratorMode::Start).count();
+        data = postcard::to_extend(&count, data)?;
+        for item in snap.iterator_cf(sessions, IteratorMode::Start) {
+            let (key, value) = item?;
+            let id = <[u8; 16]>::try_from(&*key)
+                .map_err(|_| StoreError::Corrupt("a session id is not 16 bytes".into()))?;
+            data = postcard::to_extend(&u128::from_be_bytes(id), data)?;
+            data.extend_from_slice(&value);
+        }
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
@@ -277,18 +334,35 @@ fn install_batch(
     data: &[u8],
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    // Tombstones follow the state; a snapshot written before they existed has none.
+    // Tombstones and sessions follow the state; a snapshot written before they existed
+    // has neither.
     let (state, rest): (SnapshotState, &[u8]) = postcard::take_from_bytes(data)?;
-    let tombstones: Vec<Tombstone> = if rest.is_empty() {
-        Vec::new()
+    let (tombstones, sessions): (Vec<Tombstone>, Vec<(u128, Session)>) = if rest.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
         postcard::from_bytes(rest)?
     };
+    let mut record_count = state.records.len() as u64;
     let mut data_bytes = 0;
     let mut batch = WriteBatch::default();
     batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
     batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
     batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
+    batch.delete_range_cf(cf(db, CF_SESSIONS), &[][..], &[0xFF; 17][..]);
+    for (id, session) in sessions {
+        record_count += session.records();
+        let due = (
+            session.expires_at_ms,
+            Slot::Session,
+            kv_core::session::session_key(id),
+        );
+        batch.put_cf(
+            cf(db, CF_SESSIONS),
+            id.to_be_bytes(),
+            postcard::to_stdvec(&session)?,
+        );
+        batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+    }
     for (key, entry) in state.entries {
         data_bytes += entry.meta(&key).bytes;
         if let Some(at) = entry.expires_at_ms {
@@ -316,6 +390,7 @@ fn install_batch(
     let books = Books {
         clock_ms: state.clock_ms,
         data_bytes,
+        record_count,
         tombstones: &tombstones,
     };
     put_meta(
@@ -332,6 +407,7 @@ fn install_batch(
     if written.is_ok() {
         shared.clock_ms.store(state.clock_ms, Ordering::Release);
         shared.data_bytes.store(data_bytes, Ordering::Release);
+        shared.record_count.store(record_count, Ordering::Release);
         shared.set_tombstones(tombstones);
     }
     shared.end_change();
@@ -382,6 +458,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut overlay = Overlay::new(self.clock());
         overlay.data_bytes = self.shared.data_bytes.load(Ordering::Acquire);
+        overlay.record_count = self.shared.record_count.load(Ordering::Acquire);
         overlay.tombstones = self.shared.tombstones().to_vec();
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
@@ -410,6 +487,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         put_pending(db, &mut batch, CF_DATA, &overlay.data)
             .and_then(|()| put_pending(db, &mut batch, CF_RECORDS, &overlay.records))
+            .and_then(|()| put_sessions(db, &mut batch, &overlay.sessions))
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         for (due, added) in overlay.index {
             if added {
@@ -421,6 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let books = Books {
             clock_ms: overlay.clock_ms,
             data_bytes: overlay.data_bytes,
+            record_count: overlay.record_count,
             tombstones: &overlay.tombstones,
         };
         put_meta(db, &mut batch, &last_applied, &membership, &books)
@@ -463,6 +542,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .data_bytes
             .store(overlay.data_bytes, Ordering::Release);
+        self.shared
+            .record_count
+            .store(overlay.record_count, Ordering::Release);
         Ok(responses)
     }
 

@@ -695,10 +695,10 @@ async fn prefix_deletes_hide_at_once_survive_restarts_and_snapshots_and_purge_la
     );
 }
 
-/// A snapshot written before tombstones existed ends after the records; it installs as
-/// one without tombstones.
+/// A snapshot written before tombstones and sessions existed ends after the records; it
+/// installs as one without them.
 #[tokio::test]
-async fn a_snapshot_from_before_tombstones_installs() {
+async fn a_snapshot_from_before_tombstones_and_sessions_installs() {
     let (_adir, mut a) = fresh_node();
     a.state_machine
         .apply([membership_entry(1), normal(2, 1000, set("k", "1", None))])
@@ -706,10 +706,11 @@ async fn a_snapshot_from_before_tombstones_installs() {
         .expect("apply");
     let snapshot = snapshot_of(&mut a.state_machine).await;
     let mut data = snapshot.snapshot.into_inner();
+    let tail = data.split_off(data.len() - 2);
     assert_eq!(
-        data.pop(),
-        Some(0),
-        "an empty tombstone list ends the encoding"
+        tail,
+        [0, 0],
+        "empty lists of tombstones and sessions end the encoding"
     );
     let (_bdir, mut b) = fresh_node();
     b.state_machine
@@ -721,4 +722,66 @@ async fn a_snapshot_from_before_tombstones_installs() {
         a.reader.digest().expect("digest")
     );
     assert_eq!(b.reader.data_bytes(), 2);
+}
+
+/// Sessions and their answers persist, travel in snapshots and count as records.
+#[tokio::test]
+async fn sessions_survive_reopen_and_travel_in_snapshots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let session = |seq: u64, key: &str| Command::Session {
+        id: 42,
+        seq,
+        ack: 1,
+        fingerprint: u128::from(seq),
+        idle_ms: 60_000,
+        command: Box::new(set(key, "1", None)),
+    };
+    {
+        let mut a = open(dir.path()).expect("open");
+        a.state_machine
+            .apply([
+                membership_entry(1),
+                normal(
+                    2,
+                    1000,
+                    Command::OpenSession {
+                        id: 42,
+                        idle_ms: 60_000,
+                    },
+                ),
+                normal(3, 1000, session(1, "a")),
+                normal(4, 1000, session(2, "b")),
+            ])
+            .await
+            .expect("apply");
+    }
+    let mut a = open(dir.path()).expect("reopen");
+    assert_eq!(a.reader.record_count(), 3, "the session and two answers");
+    let replay = a
+        .state_machine
+        .apply([normal(5, 1000, session(2, "b"))])
+        .await
+        .expect("apply");
+    assert!(
+        matches!(&replay[0], Response::Applied(OpResult::Replayed(_))),
+        "{replay:?}"
+    );
+    let (_bdir, mut b) = fresh_node();
+    install(
+        &mut b.state_machine,
+        snapshot_of(&mut a.state_machine).await,
+    )
+    .await;
+    let digest = b.reader.digest().expect("digest");
+    assert_eq!(digest, a.reader.digest().expect("digest"));
+    assert_eq!((digest.sessions, b.reader.record_count()), (1, 3));
+    let replay = b
+        .state_machine
+        .apply([normal(6, 1000, session(1, "a"))])
+        .await
+        .expect("apply");
+    assert!(
+        matches!(&replay[0], Response::Applied(OpResult::Replayed(_))),
+        "the installed session answers: {replay:?}"
+    );
 }

@@ -100,6 +100,7 @@ pub(crate) async fn digest(State(app): State<Arc<App>>) -> Result<Json<Value>, A
         "digest": format!("{:032x}", d.hash),
         "keys": d.keys,
         "records": d.records,
+        "sessions": d.sessions,
     })))
 }
 

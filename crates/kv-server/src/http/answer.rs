@@ -118,7 +118,10 @@ fn precondition_failed(
             "the key is not at the expected revision; current holds its entry (null when absent)"
         }
         // Answered as plain errors by `written`; listed for completeness.
-        Failure::QuotaExceeded | Failure::PrefixDeletesPending => "the write was refused",
+        Failure::QuotaExceeded
+        | Failure::PrefixDeletesPending
+        | Failure::RecordsFull
+        | Failure::SessionWindowFull => "the write was refused",
     };
     let code: ErrorCode = failure.code();
     let mut body = b"{\"error\":{\"code\":".to_vec();
@@ -152,6 +155,15 @@ fn refused(failure: Failure) -> ApiError {
         }
         Failure::PrefixDeletesPending => {
             "too many prefix deletes are still removing their keys; retry shortly"
+        }
+        Failure::RecordsFull => {
+            "recording this write's answer would take the idempotency records, sessions and \
+             session answers stored past limits.max_records; it was not applied. Writes \
+             without an Idempotency-Key or Kv-Session go on, and records free up as they expire"
+        }
+        Failure::SessionWindowFull => {
+            "this session already keeps the answers of its most unacknowledged writes; \
+             acknowledge some (raise ack) before sending more"
         }
         Failure::KeyExists | Failure::RevisionMismatch => "the precondition failed",
     };
@@ -189,6 +201,13 @@ pub(crate) fn written(
                 StatusCode::OK
             };
             json_response(status, body, Some(revision))
+        }
+        OpResult::SessionOpened { expires_at_ms } => {
+            let body = serde_json::to_vec(
+                &serde_json::json!({ "session": key, "expires_at_ms": expires_at_ms }),
+            )
+            .expect("a small object serializes");
+            json_response(StatusCode::CREATED, body, None)
         }
         OpResult::PrefixDeleted { revision } => {
             let body = serde_json::to_vec(&serde_json::json!({ "revision": revision }))

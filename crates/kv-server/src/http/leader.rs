@@ -28,6 +28,7 @@ const FORWARDED_REQUEST_HEADERS: &[&str] = &[
     "if-match",
     "if-none-match",
     "idempotency-key",
+    "kv-session",
 ];
 /// Response headers worth relaying back.
 const RELAYED_RESPONSE_HEADERS: &[&str] = &[
@@ -242,10 +243,23 @@ pub(crate) async fn propose(
 ) -> Result<Local, ApiError> {
     let command = match idempotency {
         None => command,
-        Some(Idempotency { id, fingerprint }) => Command::Idempotent {
+        Some(Idempotency::Key { id, fingerprint }) => Command::Idempotent {
             id,
             fingerprint,
             retain_ms: app.limits.idempotency_retention_s.saturating_mul(1000),
+            command: Box::new(command),
+        },
+        Some(Idempotency::Session {
+            id,
+            seq,
+            ack,
+            fingerprint,
+        }) => Command::Session {
+            id,
+            seq,
+            ack,
+            fingerprint,
+            idle_ms: app.limits.session_idle_s.saturating_mul(1000),
             command: Box::new(command),
         },
     };
@@ -261,7 +275,11 @@ pub(crate) async fn propose(
         }
         Ok(OpResult::IdempotencyKeyReused) => Err(ApiError::new(
             ErrorCode::IdempotencyKeyReused,
-            "this Idempotency-Key was already used for a different request",
+            "this Idempotency-Key, or this session's write number, was already used for a different request",
+        )),
+        Ok(OpResult::SessionExpired) => Err(ApiError::new(
+            ErrorCode::SessionExpired,
+            "this session has ended (or never began with write number 1), or this write's answer was acknowledged; it was not applied now",
         )),
         Ok(result) => answer::written(app, key, result, created),
         Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),

@@ -8,10 +8,11 @@ mod leader;
 mod prefix;
 mod request;
 mod serve;
+mod session;
 
 use std::sync::Arc;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use kv_store::typ::{NodeId, NodeInfo, Raft};
 use kv_store::StateReader;
@@ -87,6 +88,7 @@ pub fn router(app: Arc<App>) -> Router {
                 .put(key::empty_key)
                 .delete(key::empty_key),
         )
+        .route("/v1/sessions", post(session::open))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/admin/digest", get(admin::digest))
         .route("/healthz", get(admin::healthz))

@@ -367,16 +367,61 @@ impl JsonCheck {
 
 /// Header naming a write's idempotency key.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Header naming a write's client session, its number and the session's acknowledgment.
+const SESSION: &str = "kv-session";
 
-/// A write's idempotency key and the fingerprint of the request carrying it.
+/// How a write asks to be applied at most once, with the fingerprint of the request.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Idempotency {
-    pub id: String,
-    pub fingerprint: u128,
+pub(crate) enum Idempotency {
+    /// An `Idempotency-Key` the caller chose.
+    Key { id: String, fingerprint: u128 },
+    /// Write `seq` of client session `id`; every write numbered below `ack` is done.
+    Session {
+        id: u128,
+        seq: u64,
+        ack: u64,
+        fingerprint: u128,
+    },
 }
 
-/// Reads `Idempotency-Key` (1 to 255 visible ASCII characters) and fingerprints the
-/// request by what decides its effect: method, key or prefix, query, preconditions, body.
+/// The one value of header `name`, if sent; two or more are `error`.
+fn one_header<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    error: impl Fn() -> ApiError,
+) -> Result<Option<&'h [u8]>, ApiError> {
+    let values: Vec<_> = headers.get_all(name).iter().collect();
+    match values.as_slice() {
+        [] => Ok(None),
+        [v] => Ok(Some(v.as_bytes())),
+        _ => Err(error()),
+    }
+}
+
+/// Parses `Kv-Session: <32 hex digits>; seq=<n>; ack=<k>` with `1 <= ack <= seq <
+/// ack + SESSION_WINDOW`.
+fn parse_session(raw: &[u8]) -> Option<(u128, u64, u64)> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut parts = text.split(';').map(str::trim);
+    let id = parts.next().filter(|id| id.len() == 32)?;
+    let id = u128::from_str_radix(id, 16).ok()?;
+    let number = |name: &str, part: Option<&str>| -> Option<u64> {
+        let value = part?.strip_prefix(name)?.strip_prefix('=')?;
+        value
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| value.parse().ok())
+            .flatten()
+    };
+    let seq = number("seq", parts.next())?;
+    let ack = number("ack", parts.next())?;
+    let in_window = 1 <= ack && ack <= seq && seq - ack < kv_core::SESSION_WINDOW;
+    (parts.next().is_none() && in_window).then_some((id, seq, ack))
+}
+
+/// Reads `Idempotency-Key` (1 to 255 visible ASCII characters) or `Kv-Session` (not
+/// both) and fingerprints the request by what decides its effect: method, key or prefix,
+/// query, preconditions, body.
 pub(crate) fn idempotency(
     headers: &HeaderMap,
     method: &str,
@@ -384,34 +429,60 @@ pub(crate) fn idempotency(
     uri: &Uri,
     body: &[u8],
 ) -> Result<Option<Idempotency>, ApiError> {
-    let values: Vec<_> = headers.get_all(IDEMPOTENCY_KEY).iter().collect();
-    let raw = match values.as_slice() {
-        [] => return Ok(None),
-        [v] => v.as_bytes(),
-        _ => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidIdempotencyKey,
-                "send one Idempotency-Key header",
-            ))
-        }
-    };
-    if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidIdempotencyKey,
-            "an Idempotency-Key is 1 to 255 visible ASCII characters",
-        ));
-    }
+    let invalid_key = |message: &str| ApiError::new(ErrorCode::InvalidIdempotencyKey, message);
+    let invalid_session = |message: &str| ApiError::new(ErrorCode::InvalidSession, message);
+    let key = one_header(headers, IDEMPOTENCY_KEY, || {
+        invalid_key("send one Idempotency-Key header")
+    })?;
+    let session = one_header(headers, SESSION, || {
+        invalid_session("send one Kv-Session header")
+    })?;
     let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
-    let fingerprint = kv_core::fingerprint(&[
-        method.as_bytes(),
-        target.as_bytes(),
-        uri.query().unwrap_or("").as_bytes(),
-        header(header::IF_MATCH),
-        header(header::IF_NONE_MATCH),
-        body,
-    ]);
-    let id = String::from_utf8_lossy(raw).into_owned();
-    Ok(Some(Idempotency { id, fingerprint }))
+    let fingerprint = || {
+        kv_core::fingerprint(&[
+            method.as_bytes(),
+            target.as_bytes(),
+            uri.query().unwrap_or("").as_bytes(),
+            header(header::IF_MATCH),
+            header(header::IF_NONE_MATCH),
+            body,
+        ])
+    };
+    match (key, session) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(invalid_session(
+            "send an Idempotency-Key or a Kv-Session, not both",
+        )),
+        (Some(raw), None) => {
+            if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+                return Err(invalid_key(
+                    "an Idempotency-Key is 1 to 255 visible ASCII characters",
+                ));
+            }
+            let id = String::from_utf8_lossy(raw).into_owned();
+            Ok(Some(Idempotency::Key {
+                id,
+                fingerprint: fingerprint(),
+            }))
+        }
+        (None, Some(raw)) => {
+            let (id, seq, ack) = parse_session(raw).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidSession,
+                    format!(
+                        "Kv-Session is `<32 hex digits>; seq=<n>; ack=<k>` with 1 <= ack <= seq < ack + {}",
+                        kv_core::SESSION_WINDOW
+                    ),
+                )
+            })?;
+            Ok(Some(Idempotency::Session {
+                id,
+                seq,
+                ack,
+                fingerprint: fingerprint(),
+            }))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -646,7 +717,7 @@ mod tests {
         let ok = id(&headers(&[("idempotency-key", "webhook-123")]))
             .expect("a valid key")
             .expect("present");
-        assert_eq!(ok.id, "webhook-123");
+        assert!(matches!(ok, Idempotency::Key { id, .. } if id == "webhook-123"));
         let two = headers(&[("idempotency-key", "a"), ("idempotency-key", "b")]);
         assert_eq!(code(id(&two)), ErrorCode::InvalidIdempotencyKey);
         for bad in ["", "has space", &"k".repeat(256)] {
@@ -657,14 +728,58 @@ mod tests {
     }
 
     #[test]
+    fn sessions_are_one_header_with_a_number_in_the_window() {
+        let uri: Uri = "/v1/kv/a".parse().expect("test uri");
+        let id = |h: &HeaderMap| idempotency(h, "PUT", "a", &uri, b"1");
+        let hex = "0123456789abcdef0123456789ABCDEF";
+        let ok = id(&headers(&[("kv-session", &format!("{hex}; seq=7; ack=3"))]))
+            .expect("valid")
+            .expect("present");
+        assert!(matches!(
+            ok,
+            Idempotency::Session {
+                id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                seq: 7,
+                ack: 3,
+                ..
+            }
+        ));
+        let window = kv_core::SESSION_WINDOW;
+        for bad in [
+            format!("{hex}; seq=3; ack=7"),
+            format!("{hex}; seq=0; ack=0"),
+            format!("{hex}; seq={}; ack=1", window + 1),
+            format!("{hex}; seq=+2; ack=1"),
+            format!("{hex}; ack=1; seq=2"),
+            format!("{hex}; seq=2; ack=1; more=1"),
+            format!("{}; seq=2; ack=1", &hex[1..]),
+            "not a session".to_owned(),
+        ] {
+            let h = headers(&[("kv-session", &bad)]);
+            assert_eq!(code(id(&h)), ErrorCode::InvalidSession, "{bad:?}");
+        }
+        let both = headers(&[
+            ("kv-session", &format!("{hex}; seq=1; ack=1")),
+            ("idempotency-key", "k"),
+        ]);
+        assert_eq!(code(id(&both)), ErrorCode::InvalidSession);
+        let last = format!("{hex}; seq={}; ack=1", window);
+        assert!(id(&headers(&[("kv-session", &last)])).is_ok());
+    }
+
+    #[test]
     fn the_fingerprint_covers_what_decides_a_writes_effect() {
         let key = headers(&[("idempotency-key", "k1")]);
         let uri: Uri = "/v1/kv/a?ttl=5".parse().expect("test uri");
-        let fp = |h: &HeaderMap, method, target, uri: &Uri, body: &[u8]| {
-            idempotency(h, method, target, uri, body)
-                .expect("valid")
-                .expect("present")
-                .fingerprint
+        let fp = |h: &HeaderMap, method, target, uri: &Uri, body: &[u8]| match idempotency(
+            h, method, target, uri, body,
+        )
+        .expect("valid")
+        .expect("present")
+        {
+            Idempotency::Key { fingerprint, .. } | Idempotency::Session { fingerprint, .. } => {
+                fingerprint
+            }
         };
         let base = fp(&key, "PUT", "a", &uri, b"1");
         assert_eq!(base, fp(&key, "PUT", "a", &uri, b"1"));

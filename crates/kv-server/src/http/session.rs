@@ -1,0 +1,37 @@
+//! `/v1/sessions`: opening a client session, the way a client numbers its writes so that
+//! retries apply at most once (see `kv_core::session`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use kv_core::session::session_key;
+use kv_core::Command;
+
+use super::leader::{lead_or_forward, propose, Forwardable};
+use super::request::{no_precondition, parse_query, NoQuery};
+use super::{ApiError, App};
+
+/// `POST /v1/sessions`: opens a session with a fresh random id, answered as
+/// `201 {"session": "<32 hex digits>", "expires_at_ms": …}`.
+pub(crate) async fn open(
+    State(app): State<Arc<App>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    let req = Forwardable::new(Method::POST, &uri, headers, Bytes::new(), true);
+    lead_or_forward(&app, req, || async {
+        // Chosen by the leader and carried in the command: apply stays deterministic.
+        let id: u128 = rand::random();
+        let command = Command::OpenSession {
+            id,
+            idle_ms: app.limits.session_idle_s.saturating_mul(1000),
+        };
+        propose(&app, &session_key(id), command, None, true).await
+    })
+    .await
+}
