@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, clippy with warnings as errors, all tests, and the
-# short chaos run (needs root for iptables; installs iptables when missing).
+# Every check CI runs: formatting, clippy with warnings as errors, all tests, the short
+# hostile-traffic run and the short chaos run (needs root for iptables; installs iptables
+# when missing).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,9 @@ export KV_SERVER_BIN="$bins/kv-server" KVCTL_BIN="$bins/kvctl"
 # Cluster tests start three kv-server processes each; two at a time suit two cores.
 log="$CARGO_TARGET_DIR/test-output.log"
 cargo test --profile checked --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" \
-    --skip short_chaos_runs 2>&1 | tee "$log"
+    --skip short_chaos_runs --skip hostile_traffic 2>&1 | tee "$log"
+echo "== short hostile-traffic run (scripts/abuse.sh runs the full sizes)"
+cargo test --profile checked --workspace --test abuse --locked -- --nocapture 2>&1 | tee -a "$log"
 echo "== short chaos run (every fault kind; scripts/chaos.sh runs long ones)"
 cargo test --profile checked --workspace --test chaos --locked -- --nocapture 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary).

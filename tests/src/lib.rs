@@ -5,6 +5,7 @@
 //! `let mut c = TestCluster::start(3).await?; let l = c.leader().await?; c.kill(l); …`.
 //! Nothing here sleeps for a fixed time: every wait polls with a deadline.
 
+pub mod abuse;
 pub mod chaos;
 pub mod checker;
 pub mod history;
@@ -267,6 +268,11 @@ impl TestCluster {
             .with_context(|| format!("starting node {id}"))?;
         node.child = Some(child);
         Ok(())
+    }
+
+    /// The process id of node `id`, if it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.node(id).child.as_ref().map(Child::id)
     }
 
     /// The ids of nodes whose process is running.

@@ -64,13 +64,15 @@ impl Sessions {
         });
     }
 
-    /// Marks session `id` as ended: writes in flight keep it, new ones take another.
+    /// Marks session `id` as ended (writes in flight keep it, new ones take another), and
+    /// drops every session with nothing in flight: the cluster ends sessions that go
+    /// idle, so those have likely ended too.
     pub(crate) fn end(&self, id: u128) {
         let mut open = self.lock();
         if let Some(s) = open.iter_mut().find(|s| s.id == id) {
             s.ended = true;
         }
-        open.retain(|s| !(s.ended && s.in_flight.is_empty()));
+        open.retain(|s| !s.in_flight.is_empty());
     }
 
     fn done(&self, id: u128, seq: u64) {
@@ -146,6 +148,19 @@ mod tests {
         assert_eq!(other.session(), 2);
         drop(stuck);
         assert_eq!(sessions.take().expect("room again").session(), 1);
+    }
+
+    #[test]
+    fn when_one_session_ended_the_idle_ones_go_too() {
+        let sessions = Arc::new(Sessions::default());
+        for id in 1..=3 {
+            sessions.add(id);
+        }
+        let busy = sessions.take().expect("a ticket");
+        assert_eq!(busy.session(), 1);
+        sessions.end(2);
+        assert_eq!(sessions.lock().len(), 1, "only the busy session stays");
+        assert_eq!(sessions.take().expect("a ticket").session(), 1);
     }
 
     #[test]

@@ -144,10 +144,11 @@ pub enum Command {
     },
     /// Physically removes up to [`PURGE_LIMIT`] entries of the oldest tombstone.
     Purge,
-    /// Applies `command` with `limits`, the proposer's, in force: writes that would take
-    /// the stored data past `max_data_bytes`, or records past `max_records`, fail.
-    WithinLimits {
-        limits: Limits,
+    /// Applies `command` unless it is a write that would take the stored data past
+    /// `max_data_bytes`. Logged by proposers before `WithinLimits`; applied as that with
+    /// no bound on records.
+    WithinQuota {
+        max_data_bytes: u64,
         command: Box<Command>,
     },
     /// Applies `command`, write number `seq` (from 1) of client session `id`, at most
@@ -166,6 +167,12 @@ pub enum Command {
     /// Begins client session `id` (or extends it if it is live), to end `idle_ms` after
     /// its last write.
     OpenSession { id: u128, idle_ms: u64 },
+    /// Applies `command` with `limits`, the proposer's, in force: writes that would take
+    /// the stored data past `max_data_bytes`, or records past `max_records`, fail.
+    WithinLimits {
+        limits: Limits,
+        command: Box<Command>,
+    },
 }
 
 /// Bounds a proposer puts on what a write may store. Wire and on-disk type.
@@ -184,6 +191,7 @@ impl Command {
         match self {
             Self::Set { key, .. } | Self::Delete { key, .. } => Some(key),
             Self::Idempotent { command, .. }
+            | Self::WithinQuota { command, .. }
             | Self::WithinLimits { command, .. }
             | Self::Session { command, .. } => command.named_key(),
             Self::Expire { .. }
@@ -307,6 +315,19 @@ fn apply_command<V: StateView>(
     let now = overlay.clock_ms;
     Ok(match command {
         Command::Set { .. } => set(view, overlay, command, revision)?,
+        Command::WithinQuota {
+            max_data_bytes,
+            command,
+        } => {
+            let limits = Limits {
+                max_data_bytes: *max_data_bytes,
+                max_records: u64::MAX,
+            };
+            let outer = overlay.limits.replace(limits);
+            let result = apply_command(view, overlay, command, revision);
+            overlay.limits = outer;
+            result?
+        }
         Command::WithinLimits { limits, command } => {
             let outer = overlay.limits.replace(*limits);
             let result = apply_command(view, overlay, command, revision);
@@ -464,7 +485,7 @@ fn apply_command<V: StateView>(
                     OpResult::Replayed(Box::new(replayed(view, overlay, command, &r.result)?))
                 }
                 Some(_) => OpResult::IdempotencyKeyReused,
-                None if overlay.records_full(1) => OpResult::Failed {
+                None if overlay.records_full(1) && !frees_data(command) => OpResult::Failed {
                     failure: Failure::RecordsFull,
                     current: None,
                 },
@@ -603,9 +624,11 @@ fn session<V: StateView>(
             failure: Failure::SessionWindowFull,
             current: None,
         }
-    } else if overlay.records_full(
-        (session.records() + 1).saturating_sub(stored.as_ref().map_or(0, Session::records)),
-    ) {
+    } else if !frees_data(command)
+        && overlay.records_full(
+            (session.records() + 1).saturating_sub(stored.as_ref().map_or(0, Session::records)),
+        )
+    {
         OpResult::Failed {
             failure: Failure::RecordsFull,
             current: None,
@@ -626,6 +649,19 @@ fn session<V: StateView>(
     session.expires_at_ms = now.saturating_add(call.idle_ms);
     overlay.put_session(call.id, session, stored.as_ref());
     Ok(result)
+}
+
+/// Whether `command` only removes data: its answer is recorded even past
+/// `limits.max_records`, so deletes keep working when records are full (such answers are
+/// still bounded, by the window of each session and by the age of keyed records).
+fn frees_data(command: &Command) -> bool {
+    match command {
+        Command::Delete { .. } | Command::DeletePrefix { .. } => true,
+        Command::WithinQuota { command, .. } | Command::WithinLimits { command, .. } => {
+            frees_data(command)
+        }
+        _ => false,
+    }
 }
 
 /// A kept answer as a retry of `command` gets it: a failed write's entry whose value was
@@ -1436,20 +1472,13 @@ mod tests {
                 ),
                 9 => {
                     let seq = 1 + r.below(4);
-                    let inner = within_limits(
-                        Limits {
-                            max_data_bytes: 9_000,
-                            max_records: 6,
-                        },
-                        set(at, &other, &value, None),
-                    );
-                    in_session(
-                        at,
-                        r.below(3).into(),
-                        seq,
-                        seq - r.below(2).min(seq - 1),
-                        inner,
-                    )
+                    let ack = seq - r.below(2).min(seq - 1);
+                    let inner = set(at, &other, &value, None);
+                    let limits = Limits {
+                        max_data_bytes: 9_000,
+                        max_records: 6,
+                    };
+                    within_limits(limits, in_session(at, r.below(3).into(), seq, ack, inner))
                 }
                 _ => set(at, &other, &value, Some(r.below(30))),
             });
@@ -1690,6 +1719,30 @@ mod tests {
         assert_eq!(results[5], written(6, 6, 1, None), "the ack made room");
         assert!(!mem.data.contains_key("c"));
         assert_eq!(mem.record_count, 2);
+    }
+
+    #[test]
+    fn deletes_keep_their_answers_when_records_are_full() {
+        let limits = Limits {
+            max_data_bytes: u64::MAX,
+            max_records: 2,
+        };
+        let (mem, results) = Mem::run(&[
+            within_limits(limits, open(10, 4)),
+            within_limits(limits, in_session(10, 4, 1, 1, set(10, "a", "1", None))),
+            within_limits(limits, in_session(10, 4, 2, 1, del(10, "a"))),
+            within_limits(limits, in_session(10, 4, 2, 1, del(10, "a"))),
+            within_limits(limits, idempotent(10, "d", 1, del(10, "b"))),
+        ]);
+        let deleted = OpResult::Deleted {
+            deleted: true,
+            revision: 3,
+        };
+        assert_eq!(results[2], deleted);
+        assert_eq!(results[3], OpResult::Replayed(Box::new(deleted)));
+        assert!(matches!(results[4], OpResult::Deleted { .. }));
+        assert_eq!(mem.record_count, 4, "past the limit, by deletes only");
+        assert_eq!(mem.record_count, mem.counted_records());
     }
 
     #[test]

@@ -42,8 +42,8 @@ enum PlainCommand {
     },
     // Appended later: earlier variants keep their numbers.
     Purge,
-    WithinLimits {
-        limits: Limits,
+    WithinQuota {
+        max_data_bytes: u64,
         command: Box<PlainCommand>,
     },
     Session {
@@ -57,6 +57,10 @@ enum PlainCommand {
     OpenSession {
         id: u128,
         idle_ms: u64,
+    },
+    WithinLimits {
+        limits: Limits,
+        command: Box<PlainCommand>,
     },
 }
 
@@ -114,6 +118,13 @@ fn plain_command(c: &Command) -> PlainCommand {
             command: Box::new(plain_command(command)),
         },
         Command::Purge => PlainCommand::Purge,
+        Command::WithinQuota {
+            max_data_bytes,
+            command,
+        } => PlainCommand::WithinQuota {
+            max_data_bytes: *max_data_bytes,
+            command: Box::new(plain_command(command)),
+        },
         Command::WithinLimits { limits, command } => PlainCommand::WithinLimits {
             limits: *limits,
             command: Box::new(plain_command(command)),
@@ -229,22 +240,34 @@ fn request_encoding_is_the_released_one() {
 
 #[test]
 fn later_commands_take_the_next_variant_numbers() {
-    let c = Command::Session {
-        id: 5,
-        seq: 2,
-        ack: 1,
-        fingerprint: 9,
-        idle_ms: 300,
-        command: Box::new(Command::WithinLimits {
-            limits: Limits {
-                max_data_bytes: 1 << 33,
-                max_records: 7,
-            },
+    // As first logged, and still decoded: a proposer's data quota alone.
+    let quota = Command::WithinQuota {
+        max_data_bytes: 1 << 33,
+        command: Box::new(Command::Purge),
+    };
+    let golden = [0x07, 0x80, 0x80, 0x80, 0x80, 0x20, 0x06];
+    assert_eq!(encode(&quota), golden);
+    assert_eq!(encode(&plain_command(&quota)), golden);
+    assert_eq!(
+        postcard::from_bytes::<Command>(&golden).expect("decodes"),
+        quota
+    );
+    let c = Command::WithinLimits {
+        limits: Limits {
+            max_data_bytes: 1 << 33,
+            max_records: 7,
+        },
+        command: Box::new(Command::Session {
+            id: 5,
+            seq: 2,
+            ack: 1,
+            fingerprint: 9,
+            idle_ms: 300,
             command: Box::new(Command::Purge),
         }),
     };
     let golden = [
-        0x08, 0x05, 0x02, 0x01, 0x09, 0xac, 0x02, 0x07, 0x80, 0x80, 0x80, 0x80, 0x20, 0x07, 0x06,
+        0x0a, 0x80, 0x80, 0x80, 0x80, 0x20, 0x07, 0x08, 0x05, 0x02, 0x01, 0x09, 0xac, 0x02, 0x06,
     ];
     assert_eq!(encode(&c), golden);
     assert_eq!(encode(&plain_command(&c)), golden);

@@ -111,6 +111,7 @@ fn grows(command: &Command) -> bool {
         | Command::Expire { .. }
         | Command::Purge => false,
         Command::Idempotent { command, .. }
+        | Command::WithinQuota { command, .. }
         | Command::WithinLimits { command, .. }
         | Command::Session { command, .. } => grows(command),
         Command::Batch(commands) => commands.iter().any(grows),

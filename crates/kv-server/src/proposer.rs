@@ -69,7 +69,9 @@ fn size(command: &Command) -> usize {
         Command::DeletePrefix { prefix } => prefix.len(),
         Command::Idempotent { id, command, .. } => id.len() + 32 + size(command),
         Command::Expire { .. } | Command::Purge | Command::OpenSession { .. } => 32,
-        Command::WithinLimits { command, .. } => 16 + size(command),
+        Command::WithinQuota { command, .. } | Command::WithinLimits { command, .. } => {
+            16 + size(command)
+        }
         Command::Session { command, .. } => 48 + size(command),
         Command::Batch(commands) => commands.iter().map(size).sum(),
     }

@@ -334,11 +334,16 @@ fn install_batch(
     data: &[u8],
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    // Tombstones and sessions follow the state; a snapshot written before they existed
-    // has neither.
+    // Tombstones, then sessions, follow the state; a snapshot written before they existed
+    // ends before them.
     let (state, rest): (SnapshotState, &[u8]) = postcard::take_from_bytes(data)?;
-    let (tombstones, sessions): (Vec<Tombstone>, Vec<(u128, Session)>) = if rest.is_empty() {
-        (Vec::new(), Vec::new())
+    let (tombstones, rest): (Vec<Tombstone>, &[u8]) = if rest.is_empty() {
+        (Vec::new(), rest)
+    } else {
+        postcard::take_from_bytes(rest)?
+    };
+    let sessions: Vec<(u128, Session)> = if rest.is_empty() {
+        Vec::new()
     } else {
         postcard::from_bytes(rest)?
     };

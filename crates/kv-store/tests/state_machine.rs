@@ -712,6 +712,18 @@ async fn a_snapshot_from_before_tombstones_and_sessions_installs() {
         [0, 0],
         "empty lists of tombstones and sessions end the encoding"
     );
+    // With tombstones only: a snapshot written before sessions existed.
+    let (_odir, mut older) = fresh_node();
+    let tombstones_only = [data.clone(), vec![0]].concat();
+    older
+        .state_machine
+        .install_snapshot(&snapshot.meta, Box::new(Cursor::new(tombstones_only)))
+        .await
+        .expect("install");
+    assert_eq!(
+        older.reader.digest().expect("digest"),
+        a.reader.digest().expect("digest")
+    );
     let (_bdir, mut b) = fresh_node();
     b.state_machine
         .install_snapshot(&snapshot.meta, Box::new(Cursor::new(data)))

@@ -403,7 +403,9 @@ fn one_header<'h>(
 fn parse_session(raw: &[u8]) -> Option<(u128, u64, u64)> {
     let text = std::str::from_utf8(raw).ok()?;
     let mut parts = text.split(';').map(str::trim);
-    let id = parts.next().filter(|id| id.len() == 32)?;
+    let id = parts
+        .next()
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))?;
     let id = u128::from_str_radix(id, 16).ok()?;
     let number = |name: &str, part: Option<&str>| -> Option<u64> {
         let value = part?.strip_prefix(name)?.strip_prefix('=')?;
@@ -753,6 +755,9 @@ mod tests {
             format!("{hex}; ack=1; seq=2"),
             format!("{hex}; seq=2; ack=1; more=1"),
             format!("{}; seq=2; ack=1", &hex[1..]),
+            format!("+{}; seq=2; ack=1", &hex[1..]),
+            format!("{hex}; seq=; ack=1"),
+            hex.to_owned(),
             "not a session".to_owned(),
         ] {
             let h = headers(&[("kv-session", &bad)]);
