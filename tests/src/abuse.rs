@@ -276,7 +276,7 @@ async fn fill(
 
 /// Large values listed in full pages from many readers at once, through followers too.
 async fn large_pages(c: &TestCluster, client: &KvClient, scale: Scale) -> Result<Outcome> {
-    let (n, value_len) = scale.pick((24, 512 * 1024), (256, 1024 * 1024));
+    let (n, value_len) = scale.pick((24, 512 * 1024), (256, 1024 * 1024 - 2));
     fill(client, "big", n, value_len, 8).await?;
     measured(c, client, "list pages of large values", 700, || async {
         let until = Instant::now() + scale.pick(Duration::from_secs(3), Duration::from_secs(20));
