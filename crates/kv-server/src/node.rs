@@ -176,6 +176,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .build()?,
         limits,
         digest_running: Arc::new(tokio::sync::Mutex::new(())),
+        // Half the leader's per-address cap at most (alike configured), so its forwards
+        // leave room for clients from this node's address.
+        forwards: tokio::sync::Semaphore::new(
+            (config.limits.max_connections_per_ip / 2).clamp(1, http::MAX_FORWARDS),
+        ),
     });
 
     let raft_server = tokio::spawn(raft_network::serve(

@@ -238,8 +238,15 @@ async fn read_frame(
     if len > max {
         return Err(FrameError::TooLarge(len));
     }
-    let mut frame = vec![0u8; len];
-    reader.read_exact(&mut frame).await?;
+    // Grown as the bytes arrive, so a length alone never makes this node allocate it.
+    let mut frame = Vec::with_capacity(len.min(1 << 20));
+    let read = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut frame)
+        .await?;
+    if read < len {
+        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+    }
     Ok(Some(frame))
 }
 

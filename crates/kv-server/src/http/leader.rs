@@ -21,6 +21,8 @@ use crate::reads::ReadError;
 /// disagree about who leads.
 pub(crate) const HOPS_HEADER: &str = "x-quorum-kv-hops";
 const MAX_HOPS: u32 = 2;
+/// Most requests this node forwards to the leader at once.
+pub const MAX_FORWARDS: usize = 128;
 
 /// Request headers worth passing to the leader.
 const FORWARDED_REQUEST_HEADERS: &[&str] = &[
@@ -148,6 +150,18 @@ async fn forward(app: &App, node: &NodeInfo, req: Forwardable) -> Result<Respons
         app.limits.write_timeout_ms
     } else {
         app.limits.read_timeout_ms
+    };
+    // Below the leader's cap on connections from one address, so the leader never
+    // refuses this node's forwards for their number.
+    let wait = Duration::from_millis(timeout_ms);
+    let _permit = match tokio::time::timeout(wait, app.forwards.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{MAX_FORWARDS} requests are being forwarded to the leader; retry shortly"),
+            ))
+        }
     };
     let url = format!("http://{}{}", node.client_addr, req.path_and_query);
     let mut out = app

@@ -18,6 +18,7 @@ use kv_store::typ::{NodeId, NodeInfo, Raft};
 use kv_store::StateReader;
 
 pub use error::ApiError;
+pub use leader::MAX_FORWARDS;
 pub use serve::{serve, ConnectionLimits};
 
 use crate::clock::Clock;
@@ -45,6 +46,8 @@ pub struct App {
     pub limits: LimitsConfig,
     /// Held while `/v1/admin/digest` scans the state: one scan at a time.
     pub digest_running: Arc<tokio::sync::Mutex<()>>,
+    /// Permits to forward a request to the leader (`leader::MAX_FORWARDS`).
+    pub forwards: tokio::sync::Semaphore,
 }
 
 /// Who leads, as far as this node knows.

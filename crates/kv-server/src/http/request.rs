@@ -263,16 +263,36 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit + TOO_LARGE_DRAIN) {
         return Err(too_large());
     }
-    // The only error a body within the limit can produce is a broken connection, whose
-    // answer nobody reads; anything else here is the limit.
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit + TOO_LARGE_DRAIN)).await {
-        Ok(Ok(bytes)) if bytes.len() <= limit => Ok(bytes),
-        Ok(_) => Err(too_large()),
+    match tokio::time::timeout(timeout, read_at_most(body, limit)).await {
+        Ok(Ok(Some(bytes))) => Ok(bytes),
+        // A broken connection's answer nobody reads; anything else here is the limit.
+        Ok(Ok(None) | Err(_)) => Err(too_large()),
         Err(_) => Err(ApiError::new(
             ErrorCode::RequestTimeout,
             format!("the body did not arrive within {timeout:?}"),
         )),
     }
+}
+
+/// The body if it is at most `limit` bytes; `None` if it is longer, after reading (and
+/// dropping) at most [`TOO_LARGE_DRAIN`] bytes past the limit.
+async fn read_at_most(body: Body, limit: usize) -> Result<Option<Bytes>, axum::Error> {
+    use futures_core::Stream;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+    {
+        let chunk = chunk?;
+        total += chunk.len();
+        if total <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if total > limit + TOO_LARGE_DRAIN {
+            break;
+        }
+    }
+    Ok((total <= limit).then(|| Bytes::from(kept)))
 }
 
 /// The deepest nesting of arrays and objects a value may have.

@@ -6,11 +6,17 @@
 //! - a connection must deliver the head of its next request within
 //!   `limits.idle_timeout_ms` of being accepted or of finishing the previous one (hyper's
 //!   header read timeout), so idle keep-alive connections and slow heads alike are closed;
+//! - a connection that keeps an answer waiting, its reader taking in less than
+//!   [`MIN_DRAIN_BYTES`] within `limits.idle_timeout_ms`, is closed ([`Drained`]);
 //! - a request whose URI or headers are larger than this API needs is refused as JSON
 //!   (`uri_too_long`, `headers_too_large`); hyper's own, higher limits remain behind them
 //!   with its bodiless answers, as do requests that are not HTTP/1 at all;
-//! - on stop, every connection finishes the request it is serving, then closes.
+//! - on stop, every connection finishes the request it is serving, then closes; one
+//!   still open after [`STOP_GRACE`] is dropped.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -20,7 +26,7 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use kv_core::ErrorCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,9 +41,12 @@ pub(crate) const MAX_URI_BYTES: usize = 16 * 1024;
 pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// hyper's limit on a request head, above ours so that ours answers first.
 const HYPER_MAX_HEAD_BYTES: usize = 64 * 1024;
-/// Refusals of connections over the caps being written at once; past it, more are
-/// closed without an answer.
+/// Refusals of connections over the caps being written at once (8 for one address); past
+/// it, more are closed without an answer.
 const MAX_REFUSING: usize = 64;
+const MAX_REFUSING_PER_IP: usize = 8;
+/// Bytes a reader must take in within the idle timeout while an answer waits for it.
+pub(crate) const MIN_DRAIN_BYTES: usize = 64 * 1024;
 /// How long a refusal may take to write and to see the peer's request out.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 /// How long stopping waits for connections to finish the requests they are serving.
@@ -63,7 +72,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Slots::new(limits.max_connections, limits.max_connections_per_ip);
-    let refusing = Slots::new(MAX_REFUSING, MAX_REFUSING);
+    let refusing = Slots::new(MAX_REFUSING, MAX_REFUSING_PER_IP);
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -119,18 +128,112 @@ async fn serve_connection(
     http.timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
         .max_header_size(HYPER_MAX_HEAD_BYTES);
+    let stream = Drained::new(stream, idle_timeout);
     let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = stop.cancelled() => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            match tokio::time::timeout(STOP_GRACE, connection).await {
+                Ok(result) => result,
+                Err(_) => return,
+            }
         }
     };
     if let Err(e) = result {
         // Idle timeouts, resets and requests hyper could not parse: the peer's doing.
         tracing::debug!(error = %e, "client connection ended");
+    }
+}
+
+/// A client connection whose writes fail once an answer has waited `window` for its
+/// reader to take in [`MIN_DRAIN_BYTES`]: a reader that stops reading (or trickles)
+/// cannot hold a connection and the answer buffered for it.
+struct Drained {
+    stream: TcpStream,
+    window: Duration,
+    /// Armed when a write found the socket full; cleared once the reader has taken in
+    /// enough or everything was flushed.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes written since the deadline was armed.
+    progress: usize,
+}
+
+impl Drained {
+    fn new(stream: TcpStream, window: Duration) -> Self {
+        Self {
+            stream,
+            window,
+            deadline: None,
+            progress: 0,
+        }
+    }
+
+    /// Pending while the reader has time left; an error once it has run out.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let window = self.window;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading its answer",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Drained {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Drained {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if self.deadline.is_some() {
+                    self.progress += n;
+                    if self.progress >= MIN_DRAIN_BYTES {
+                        self.deadline = None;
+                        self.progress = 0;
+                    }
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                if self.deadline.is_none() {
+                    self.progress = 0;
+                }
+                self.stalled(cx)
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            self.deadline = None;
+            self.progress = 0;
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -197,6 +300,7 @@ mod tests {
     async fn start(limits: ConnectionLimits, stop: CancellationToken) -> std::net::SocketAddr {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
+            .route("/big", get(|| async { "b".repeat(8 << 20) }))
             .route(
                 "/slow",
                 get(|| async {
@@ -273,10 +377,40 @@ mod tests {
             let closed = tokio::time::timeout(Duration::from_secs(3), read).await;
             assert!(closed.is_ok(), "still open after 3 s");
         }
-        // A kept-alive connection is idle again after its answer, and closed too.
+        // A kept-alive connection serves the next request, is idle again after its
+        // answer, and is closed too.
         let mut kept = TcpStream::connect(addr).await.expect("connect");
+        kept.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut first = [0u8; 12];
+        kept.read_exact(&mut first).await.expect("an answer");
+        assert_eq!(&first, b"HTTP/1.1 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let answer = exchange(&mut kept, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(
+            answer.matches("HTTP/1.1 200").count(),
+            1,
+            "the second answer, then the close: {answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_answer_is_dropped() {
+        let addr = start(limits(8, 8, 300), CancellationToken::new()).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection is still open");
+        assert!(
+            got.len() < 8 << 20,
+            "the whole 8 MiB answer waited for a reader that stopped ({} bytes)",
+            got.len()
+        );
     }
 
     #[tokio::test]
