@@ -34,11 +34,19 @@ build() {
     cargo build --profile checked --locked --workspace --bins
 }
 
+ensure_secret() {  # the cluster secret the configs read: random, made once per cluster
+    local file="$RUN_DIR/cluster-secret"
+    [ -s "$file" ] && return
+    mkdir -p "$RUN_DIR"
+    (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$file")
+}
+
 start_node() {
     local n=$1
     if pid_of "$n" >/dev/null; then echo "node $n already running (pid $(pid_of "$n"))"; return; fi
     [ -x "$BIN" ] || build
     mkdir -p "$RUN_DIR"
+    ensure_secret
     RUST_LOG="${RUST_LOG:-info,openraft=warn}" nohup "$BIN" --config "$CONFIG_DIR/node$n.toml" \
         >> "$RUN_DIR/node$n.log" 2>&1 < /dev/null &
     echo $! > "$RUN_DIR/node$n.pid"

@@ -976,6 +976,13 @@ async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<(
             recv_frame(&mut s).await?.is_none(),
             "answered after a refusal"
         );
+        // The refusal is logged with the stranger's address.
+        let stranger = s.local_addr()?;
+        let logged = c
+            .log_text(node.id)?
+            .lines()
+            .any(|l| l.contains("wrong cluster secret") && l.contains(&stranger.to_string()));
+        ensure!(logged, "node {}: no log line names {stranger}", node.id);
 
         // Not our protocol at all (an HTTP request): closed without an answer.
         let mut s = TcpStream::connect(node.raft_addr).await?;

@@ -149,10 +149,21 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The initial members, each with both addresses.
     pub members: Vec<MemberConfig>,
-    /// Shared secret the raft listener requires in the hello of every connection, if
-    /// set.
+    /// Shared secret the raft listener requires in the hello of every connection,
+    /// written here: accepted only with a loopback `raft_addr` (local clusters, tests).
     #[serde(default)]
     pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (one line; relative to the working directory).
+    #[serde(default)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// An environment variable holding the cluster secret.
+    #[serde(default)]
+    pub cluster_secret_env: Option<String>,
+    /// Lets a node whose `raft_addr` is not loopback run without a cluster secret, so
+    /// that anyone who reaches its raft port can replace its state. For closed networks
+    /// only.
+    #[serde(default)]
+    pub insecure_raft_port: bool,
     /// Test-only: added to this node's wall clock when it stamps commands, to simulate
     /// clock skew.
     #[serde(default)]
@@ -178,9 +189,72 @@ impl NodeConfig {
         Ok(config)
     }
 
+    /// The cluster secret from wherever the configuration says it is, if anywhere.
+    /// Called once at startup: a secret file or variable that is missing or empty stops
+    /// the node.
+    pub fn cluster_secret(&self) -> Result<Option<String>, ConfigError> {
+        let secret = match (
+            &self.cluster_secret,
+            &self.cluster_secret_file,
+            &self.cluster_secret_env,
+        ) {
+            (Some(literal), None, None) => literal.clone(),
+            (None, Some(path), None) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (None, None, Some(name)) => std::env::var(name).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "cluster_secret_env names {name}, which is not set (or not UTF-8)"
+                ))
+            })?,
+            (None, None, None) => return Ok(None),
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "set one of cluster_secret, cluster_secret_file and cluster_secret_env".into(),
+                ))
+            }
+        };
+        if secret.is_empty() || secret.contains('\n') {
+            return Err(ConfigError::Invalid(
+                "the cluster secret is empty or spans lines".into(),
+            ));
+        }
+        Ok(Some(secret))
+    }
+
     /// Checks what serde cannot: membership, distinct addresses, sane timings.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let sources = [
+            self.cluster_secret.is_some(),
+            self.cluster_secret_file.is_some(),
+            self.cluster_secret_env.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return invalid(
+                "set one of cluster_secret, cluster_secret_file and cluster_secret_env".into(),
+            );
+        }
+        let loopback = self.raft_addr.ip().is_loopback();
+        if self.cluster_secret.is_some() && !loopback {
+            return invalid(format!(
+                "cluster_secret written in the configuration is accepted only for a loopback \
+                 raft_addr, not {}: put the secret in cluster_secret_file or cluster_secret_env",
+                self.raft_addr
+            ));
+        }
+        if !sources.contains(&true) && !loopback && !self.insecure_raft_port {
+            return invalid(format!(
+                "raft_addr {} is not loopback and no cluster secret is set: anyone who reaches \
+                 the raft port could replace this node's state. Set cluster_secret_file or \
+                 cluster_secret_env (or, on a closed network, insecure_raft_port = true)",
+                self.raft_addr
+            ));
+        }
         let me = self.members.iter().find(|m| m.id == self.id);
         let Some(me) = me else {
             return invalid(format!("node id {} is not among the members", self.id));
@@ -269,6 +343,54 @@ mod tests {
         assert_eq!(c.raft.election_min_ms, 500);
         assert_eq!(c.limits.max_value_bytes, 1 << 20);
         assert_eq!(c.bootstrapper(), 1);
+    }
+
+    /// VALID on `ip` instead of 127.0.0.1, with `extra` top-level lines.
+    fn on(ip: &str, extra: &str) -> NodeConfig {
+        let text = VALID
+            .replace("127.0.0.1", ip)
+            .replace("data_dir", &format!("{extra}\ndata_dir"));
+        toml::from_str(&text).expect("parses")
+    }
+
+    #[test]
+    fn a_raft_port_off_loopback_needs_a_secret_kept_outside_the_configuration() {
+        assert!(
+            on("127.0.0.1", "").validate().is_ok(),
+            "loopback: local use"
+        );
+        let open = on("10.1.2.3", "").validate().expect_err("refused");
+        assert!(open.to_string().contains("insecure_raft_port"), "{open}");
+        assert!(on("10.1.2.3", "insecure_raft_port = true")
+            .validate()
+            .is_ok());
+        let written = on("10.1.2.3", "cluster_secret = \"s\"").validate();
+        assert!(written
+            .expect_err("refused")
+            .to_string()
+            .contains("cluster_secret_file"));
+        assert!(on("127.0.0.1", "cluster_secret = \"s\"").validate().is_ok());
+        let both = "cluster_secret = \"s\"\ncluster_secret_env = \"X\"";
+        assert!(on("127.0.0.1", both).validate().is_err());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        let from_file = on("10.1.2.3", &format!("cluster_secret_file = {:?}", file));
+        assert!(from_file.validate().is_ok());
+        assert_eq!(
+            from_file.cluster_secret().expect("read").as_deref(),
+            Some("s3cret")
+        );
+        std::fs::write(&file, "\n").expect("write");
+        assert!(from_file.cluster_secret().is_err(), "an empty secret");
+        let missing = on(
+            "10.1.2.3",
+            "cluster_secret_env = \"KV_TEST_NO_SUCH_SECRET\"",
+        );
+        assert!(missing.validate().is_ok());
+        assert!(missing.cluster_secret().is_err(), "an unset variable");
+        assert_eq!(on("127.0.0.1", "").cluster_secret().expect("none"), None);
     }
 
     #[test]

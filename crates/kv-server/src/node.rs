@@ -83,7 +83,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // Connections to peers leave from this node's own address, so address-based
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
-    let network = Network::new(cluster.clone(), config.cluster_secret.clone(), outgoing);
+    let secret = config.cluster_secret()?;
+    if secret.is_none() {
+        tracing::warn!(
+            raft = %config.raft_addr,
+            "no cluster secret: the raft port accepts any connection that reaches it"
+        );
+    }
+    let network = Network::new(cluster.clone(), secret.clone(), outgoing);
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -186,7 +193,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let raft_server = tokio::spawn(raft_network::serve(
         raft_listener,
         raft_network::Receiver::new(raft.clone(), cluster.clone(), stores.snapshots),
-        config.cluster_secret.clone(),
+        secret,
         tracker.clone(),
         raft_stop.clone(),
     ));

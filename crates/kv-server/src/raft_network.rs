@@ -60,6 +60,7 @@ use openraft::raft::{
 use openraft::{Snapshot, SnapshotSegmentId, StorageError, StorageIOError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -797,7 +798,8 @@ async fn serve_connection(
     });
     let refusal = match given {
         None => Some("not a quorum-kv raft connection (or another version of its protocol)".into()),
-        Some((_, given_secret)) if &given_secret[1..] != secret => {
+        Some((_, given_secret)) if !bool::from(given_secret[1..].ct_eq(secret)) => {
+            tracing::warn!(%peer, "refused a raft connection: missing or wrong cluster secret");
             Some("missing or wrong cluster secret".into())
         }
         Some((theirs, _)) => match receiver.cluster.meet(&String::from_utf8_lossy(theirs))? {
