@@ -73,9 +73,41 @@ fn raft_config(config: &NodeConfig) -> Result<openraft::Config, NodeError> {
     .map_err(|e| NodeError::Raft(e.to_string()))
 }
 
+/// Files a node keeps open besides client connections: RocksDB's, the raft log's, raft
+/// connections, refusals being written.
+const FILES_BESIDES_CLIENTS: u64 = 512;
+
+/// Raises the soft limit on open files to the hard one, and warns when even that is
+/// below what `max_connections` needs: past it, accepting fails before the cap answers.
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "raising the open-file limit");
+        }
+    }
+    let needed = max_connections as u64 + FILES_BESIDES_CLIENTS;
+    if let Some(current) = getrlimit(Resource::Nofile).current {
+        if current < needed {
+            tracing::warn!(
+                current,
+                needed,
+                "the open-file limit is below limits.max_connections plus what the node \
+                 keeps open: raise it (ulimit -n) or lower max_connections"
+            );
+        }
+    }
+}
+
 /// Runs a node until `shutdown` completes, then stops it in order.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
+    raise_open_file_limit(config.limits.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
     let stores = kv_store::open_with(&config.data_dir, config.raft.log_segment_mib << 20)?;
