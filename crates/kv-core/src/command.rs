@@ -355,7 +355,7 @@ fn apply_command<V: StateView>(
             let stored = overlay.get_session(view, *id)?;
             let mut session = match stored.as_ref().filter(|s| s.is_live_at(now)) {
                 Some(live) => live.clone(),
-                None if overlay.records_full(1) => {
+                None if overlay.sessions_full() => {
                     return Ok(OpResult::Failed {
                         failure: Failure::RecordsFull,
                         current: None,
@@ -1719,6 +1719,32 @@ mod tests {
         assert_eq!(results[5], written(6, 6, 1, None), "the ack made room");
         assert!(!mem.data.contains_key("c"));
         assert_eq!(mem.record_count, 2);
+    }
+
+    #[test]
+    fn opening_sessions_leaves_a_tenth_of_the_records_to_the_sessions_open() {
+        let limits = Limits {
+            max_data_bytes: u64::MAX,
+            max_records: 10,
+        };
+        let mut requests: Vec<Request> = (1..=10)
+            .map(|id| within_limits(limits, open(10, id)))
+            .collect();
+        requests.push(within_limits(
+            limits,
+            in_session(10, 1, 1, 1, set(10, "a", "1", None)),
+        ));
+        let (mem, results) = Mem::run(&requests);
+        assert!(results[..9]
+            .iter()
+            .all(|r| matches!(r, OpResult::SessionOpened { .. })));
+        assert_eq!(results[9], failed(Failure::RecordsFull, None));
+        assert_eq!(
+            results[10],
+            written(11, 11, 1, None),
+            "an open session still writes"
+        );
+        assert_eq!(mem.record_count, 10);
     }
 
     #[test]

@@ -224,6 +224,14 @@ impl Overlay {
             .is_some_and(|l| self.record_count.saturating_add(more) > l.max_records)
     }
 
+    /// Whether a new session would pass the limit less a tenth kept for the answers of
+    /// sessions already open: opening sessions alone cannot stop their writes.
+    pub fn sessions_full(&self) -> bool {
+        self.limits.is_some_and(|l| {
+            self.record_count.saturating_add(1) > l.max_records - l.max_records / 10
+        })
+    }
+
     /// The session `id` as the next command sees it, live or expired.
     pub fn get_session<V: StateView>(
         &self,
