@@ -158,6 +158,22 @@ async fn every_client_call_works_and_fails_as_typed() -> Result<()> {
     let status = client.cluster().await?;
     ensure!(status["leader_id"].is_u64(), "{status}");
 
+    // A caller's own idempotency key: a repeat, even from another client, applies nothing.
+    let first = client
+        .set_idempotent("hooks/evt_9", &1, SetOptions::default(), "evt_9")
+        .await?;
+    let other = KvClient::new(endpoints(&c, &[1, 2, 3]))?;
+    let again = other
+        .set_idempotent("hooks/evt_9", &1, SetOptions::default(), "evt_9")
+        .await?;
+    ensure!(again == first, "{again:?} {first:?}");
+    ensure!(matches!(
+        client
+            .set_idempotent("k", &1, SetOptions::default(), "has space")
+            .await,
+        Err(ClientError::Input(_))
+    ));
+
     // Typed failures, none retried.
     ensure!(matches!(
         client.set("", &1, SetOptions::default()).await,

@@ -41,8 +41,8 @@ pub enum ClientError {
     /// No node could serve the call before the deadline; nothing was applied.
     #[error("unavailable after {attempts} attempts: {last}")]
     Unavailable { attempts: u32, last: String },
-    /// A write may or may not have been applied and the deadline passed. Retrying the same
-    /// logical write is safe only with the same Idempotency-Key.
+    /// A write may or may not have been applied and the deadline passed. Repeating it is
+    /// safe only under an idempotency key of the caller's (`KvClient::set_idempotent`).
     #[error("outcome unknown after {attempts} attempts: {last}")]
     OutcomeUnknown { attempts: u32, last: String },
     /// Input refused before sending.

@@ -203,6 +203,33 @@ impl KvClient {
         value: &T,
         options: SetOptions,
     ) -> Result<WriteMeta, ClientError> {
+        self.set_with_headers(key, value, options, &[]).await
+    }
+
+    /// [`KvClient::set`] under an idempotency key of the caller's (a webhook delivery's
+    /// id, say): the cluster applies it at most once for as long as it keeps the key's
+    /// record (`limits.idempotency_retention_s`, 24 h by default), across processes and
+    /// restarts; a repeat gets the first answer. Without one, a call is applied at most
+    /// once across its own retries only.
+    pub async fn set_idempotent<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        options: SetOptions,
+        idempotency_key: &str,
+    ) -> Result<WriteMeta, ClientError> {
+        kv_core::validate::check_idempotency_key(idempotency_key.as_bytes())?;
+        let header = [("idempotency-key", idempotency_key.to_owned())];
+        self.set_with_headers(key, value, options, &header).await
+    }
+
+    async fn set_with_headers<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        options: SetOptions,
+        headers: &[(&str, String)],
+    ) -> Result<WriteMeta, ClientError> {
         let mut path = Self::key_path(key)?;
         match (options.ttl, options.keep_ttl) {
             (Some(ttl), _) => path = format!("{path}?{}", ttl_query(ttl)),
@@ -212,7 +239,7 @@ impl KvClient {
         let body = Self::encode(value)?;
         decode_ok(
             self.call
-                .run(Method::PUT, &path, Some(body), &[], true)
+                .run(Method::PUT, &path, Some(body), headers, true)
                 .await?,
         )
     }

@@ -20,6 +20,8 @@ pub enum InputError {
     DotSegment,
     #[error("ttl must be a positive whole number of seconds, got {0:?}")]
     BadTtl(String),
+    #[error("an idempotency key is 1 to 255 visible ASCII characters")]
+    BadIdempotencyKey,
 }
 
 impl InputError {
@@ -28,6 +30,7 @@ impl InputError {
         match self {
             Self::EmptyKey | Self::KeyTooLong(_) | Self::DotSegment => ErrorCode::InvalidKey,
             Self::BadTtl(_) => ErrorCode::InvalidTtl,
+            Self::BadIdempotencyKey => ErrorCode::InvalidIdempotencyKey,
         }
     }
 }
@@ -41,6 +44,16 @@ pub fn check_key(key: &str) -> Result<(), InputError> {
         n if n > MAX_KEY_BYTES => Err(InputError::KeyTooLong(n)),
         _ if key.split('/').any(|part| part == "." || part == "..") => Err(InputError::DotSegment),
         _ => Ok(()),
+    }
+}
+
+/// Checks an idempotency key: 1 to 255 visible ASCII characters.
+pub fn check_idempotency_key(key: &[u8]) -> Result<(), InputError> {
+    let visible = key.iter().all(|b| (0x21..=0x7e).contains(b));
+    if (1..=255).contains(&key.len()) && visible {
+        Ok(())
+    } else {
+        Err(InputError::BadIdempotencyKey)
     }
 }
 
@@ -77,6 +90,19 @@ mod tests {
         }
         for ok in ["...", ".a", "a.", "a..b", "a/.b/c", "v1.2/..x"] {
             assert_eq!(check_key(ok), Ok(()), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_visible_ascii() {
+        assert_eq!(check_idempotency_key(b"evt_123"), Ok(()));
+        assert_eq!(check_idempotency_key(&[b'k'; 255]), Ok(()));
+        for bad in [&b""[..], b"has space", &[b'k'; 256], "é".as_bytes()] {
+            assert_eq!(
+                check_idempotency_key(bad),
+                Err(InputError::BadIdempotencyKey),
+                "{bad:?}"
+            );
         }
     }
 

@@ -476,7 +476,7 @@ pub(crate) fn idempotency(
             "send an Idempotency-Key or a Kv-Session, not both",
         )),
         (Some(raw), None) => {
-            if raw.is_empty() || raw.len() > 255 || !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+            if kv_core::validate::check_idempotency_key(raw).is_err() {
                 return Err(invalid_key(
                     "an Idempotency-Key is 1 to 255 visible ASCII characters",
                 ));
