@@ -328,8 +328,30 @@ struct WriteReq {
     expected: Option<(u64, String)>,
 }
 
+/// How a write asks to be applied at most once.
+enum AtMostOnce<'a> {
+    /// An Idempotency-Key.
+    Key(&'a str),
+    /// Write `seq` of client session `id` (the worker's earlier writes are all done).
+    Session { id: &'a str, seq: u64 },
+}
+
+impl AtMostOnce<'_> {
+    fn name(&self) -> String {
+        match self {
+            Self::Key(key) => (*key).to_owned(),
+            Self::Session { id, seq } => format!("session {id} write {seq}"),
+        }
+    }
+}
+
 impl WriteReq {
-    fn request(&self, shared: &Shared, node: usize, idem: &str) -> reqwest::RequestBuilder {
+    fn request(
+        &self,
+        shared: &Shared,
+        node: usize,
+        once: &AtMostOnce<'_>,
+    ) -> reqwest::RequestBuilder {
         let mut url = shared.url(node, &self.key);
         if let Some(t) = self.ttl_s {
             url.push_str(&format!("?ttl={t}"));
@@ -343,7 +365,12 @@ impl WriteReq {
                 .header("content-type", "application/json")
                 .body(Value::String(self.value.clone()).to_string())
         };
-        let req = req.header("idempotency-key", idem);
+        let req = match once {
+            AtMostOnce::Key(key) => req.header("idempotency-key", *key),
+            AtMostOnce::Session { id, seq } => {
+                req.header("kv-session", format!("{id}; seq={seq}; ack={seq}"))
+            }
+        };
         match (&self.kind, &self.expected) {
             (OpKind::Create, _) => req.header("if-none-match", "*"),
             (OpKind::Cas, Some((rev, _))) => req.header("if-match", format!("\"{rev}\"")),
@@ -359,6 +386,11 @@ pub struct Worker {
     seq: u64,
     /// Last (value, revision) this worker saw per key, for cas.
     seen: HashMap<String, (String, u64)>,
+    /// Odd workers number their writes in a client session, as kv-client does; even
+    /// ones send an Idempotency-Key per write.
+    uses_session: bool,
+    /// The open session and its last write number.
+    session: Option<(String, u64)>,
 }
 
 impl Worker {
@@ -369,7 +401,28 @@ impl Worker {
             rng: StdRng::seed_from_u64(seed ^ (id.wrapping_mul(0x9E37_79B9_7F4A_7C15))),
             seq: 0,
             seen: HashMap::new(),
+            uses_session: id % 2 == 1,
+            session: None,
         }
+    }
+
+    /// Opens a client session at any node, trying them in turn until `deadline`.
+    async fn open_session(&mut self, shared: &Shared, deadline: Instant) -> Option<String> {
+        let mut node = self.rng.gen_range(0..shared.nodes.len());
+        while Instant::now() < deadline {
+            let url = format!("http://{}/v1/sessions", shared.nodes[node]);
+            if let Reply::Answer {
+                status: 201, body, ..
+            } = send(shared.http.post(url)).await
+            {
+                if let Some(id) = body["session"].as_str() {
+                    return Some(id.to_owned());
+                }
+            }
+            node = (node + 1) % shared.nodes.len();
+            tokio::time::sleep(Duration::from_millis(self.rng.gen_range(20..80))).await;
+        }
+        None
     }
 
     /// Runs operations until `shared.stop` is set.
@@ -467,6 +520,25 @@ impl Worker {
     async fn write(&mut self, shared: &Shared, first_node: usize, w: WriteReq) -> Op {
         let idem = format!("{}-w{}-{}", shared.run_id, self.id, self.seq);
         let mut op = blank(self.id, w.kind, &w.key, shared.recorder.now());
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        if self.uses_session && self.session.is_none() {
+            self.session = self.open_session(shared, deadline).await.map(|id| (id, 0));
+        }
+        let session = self.session.as_mut().map(|(id, seq)| {
+            *seq += 1;
+            (id.clone(), *seq)
+        });
+        let once = match &session {
+            Some((id, seq)) => AtMostOnce::Session { id, seq: *seq },
+            None if self.uses_session => {
+                // No session could be opened: nothing was sent.
+                op.result = Outcome::Error;
+                op.note = Some("no session could be opened".into());
+                op.ret = Some(shared.recorder.now());
+                return op;
+            }
+            None => AtMostOnce::Key(&idem),
+        };
         if w.kind != OpKind::Delete {
             op.value = Some(w.name.clone());
         }
@@ -475,12 +547,11 @@ impl Worker {
             op.expected_version = Some(*rev);
             op.expected = Some(v.clone());
         }
-        let deadline = Instant::now() + WRITE_DEADLINE;
         let mut maybe_applied = false;
         let mut node = first_node;
         let mut notes = vec![];
         let answer = loop {
-            match send(w.request(shared, node, &idem)).await {
+            match send(w.request(shared, node, &once)).await {
                 Reply::Answer {
                     status,
                     body,
@@ -528,12 +599,13 @@ impl Worker {
                 status: s2,
                 body: b2,
                 replayed,
-            } = send(w.request(shared, again, &idem)).await
+            } = send(w.request(shared, again, &once)).await
             {
                 let same = s2 == status && b2["revision"] == body["revision"];
                 if s2 < 500 && (!same || !replayed) {
                     shared.violation(format!(
-                        "replay of {idem} on n{} answered {s2} {b2} (replayed: {replayed}), the original {status} {body}",
+                        "replay of {} on n{} answered {s2} {b2} (replayed: {replayed}), the original {status} {body}",
+                        once.name(),
                         again + 1
                     ));
                 }
@@ -578,8 +650,8 @@ impl Worker {
             }
             _ => {
                 // A refusal the workload never provokes (a 422 idempotency_key_reused would
-                // mean a fingerprint that is not stable): nothing was applied, but the
-                // run fails.
+                // mean a fingerprint that is not stable, a 422 session_expired a session
+                // lost while open): nothing was applied by this answer, but the run fails.
                 op.result = Outcome::Error;
                 shared.violation(format!(
                     "{:?} of {} answered {status} {body}",
