@@ -23,6 +23,10 @@ pub struct RetryPolicy {
     pub initial_backoff: Duration,
     /// Largest backoff.
     pub max_backoff: Duration,
+    /// How long an idle connection is kept for reuse: below the nodes'
+    /// `limits.idle_timeout_ms` (30 s by default), after which a node closes it, so a
+    /// connection is not reused just as the node closes it.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -32,6 +36,7 @@ impl Default for RetryPolicy {
             request_timeout: Duration::from_secs(7),
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
+            pool_idle_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -82,9 +87,7 @@ impl Call {
         }
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
-            // Below a node's idle timeout (30 s by default), after which it closes the
-            // connection: reusing one just then would cost a retry.
-            .pool_idle_timeout(std::time::Duration::from_secs(10))
+            .pool_idle_timeout(policy.pool_idle_timeout)
             .build()
             .map_err(|e| ClientError::Setup(e.to_string()))?;
         let nanos = SystemTime::now()

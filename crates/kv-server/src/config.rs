@@ -100,7 +100,7 @@ pub struct LimitsConfig {
     pub max_data_bytes: u64,
     /// Most open client connections; one more is answered 503 and closed.
     pub max_connections: usize,
-    /// Most open client connections from one address.
+    /// Most open client connections from one address (an IPv6 /64 counts as one).
     pub max_connections_per_ip: usize,
     /// How long a client connection may take to send the head of its next request,
     /// counted from its opening or its previous answer: idle and slow connections are

@@ -43,8 +43,10 @@ impl Slots {
         })
     }
 
-    /// A slot for a new connection from `ip`, unless a cap is reached.
+    /// A slot for a new connection from `ip`, unless a cap is reached. IPv6 addresses
+    /// count by their /64 network, which one host is commonly given whole.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
+        let ip = source(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
         if open.total >= self.max {
@@ -66,6 +68,21 @@ impl Slots {
     fn taken(&self) -> (usize, usize) {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         (open.total, open.per_ip.len())
+    }
+}
+
+/// The address a connection counts against: an IPv4 address (or an IPv4-mapped IPv6
+/// one) itself, an IPv6 address's /64 network.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(network.into())
+            }
+        },
     }
 }
 
@@ -108,5 +125,26 @@ mod tests {
         assert!(slots.admit(ip(1)).is_ok());
         drop(others);
         assert_eq!(slots.taken(), (0, 0), "every slot given back");
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_network() {
+        let slots = Slots::new(10, 2);
+        let v6 = |host: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, host]);
+        let held = [
+            slots.admit(v6(1)).expect("a slot"),
+            slots.admit(v6(2)).expect("a slot"),
+        ];
+        assert_eq!(slots.admit(v6(3)).err(), Some(Full::Address(2)), "one /64");
+        let other = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(slots.admit(other).is_ok(), "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("an address");
+        let _a = slots.admit(mapped).expect("a slot");
+        let _b = slots.admit(IpAddr::from([10, 0, 0, 1])).expect("a slot");
+        assert!(
+            slots.admit(mapped).is_err(),
+            "mapped IPv4 counts as the IPv4 address"
+        );
+        drop(held);
     }
 }
