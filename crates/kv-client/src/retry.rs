@@ -163,8 +163,8 @@ impl Call {
         // Retrying an open at worst leaves a session unused, which ends when idle.
         let (attempt, _) = self.attempts(call, None, false, deadline).await?;
         let opened: Opened = decode_ok(attempt)?;
-        let id = u128::from_str_radix(&opened.session, 16)
-            .map_err(|e| ClientError::Codec(format!("session id {:?}: {e}", opened.session)))?;
+        let id = kv_core::session::parse_session_key(&opened.session)
+            .ok_or_else(|| ClientError::Codec(format!("session id {:?}", opened.session)))?;
         self.sessions.add(id);
         self.sessions
             .take()

@@ -100,12 +100,7 @@ impl Ticket {
                 .and_then(|s| s.in_flight.first().copied())
                 .unwrap_or(self.seq)
         };
-        format!(
-            "{:032x}; seq={}; ack={}",
-            self.id,
-            self.seq,
-            ack.min(self.seq)
-        )
+        kv_core::session::session_header(self.id, self.seq, ack.min(self.seq))
     }
 }
 

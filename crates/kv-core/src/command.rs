@@ -323,16 +323,10 @@ fn apply_command<V: StateView>(
                 max_data_bytes: *max_data_bytes,
                 max_records: u64::MAX,
             };
-            let outer = overlay.limits.replace(limits);
-            let result = apply_command(view, overlay, command, revision);
-            overlay.limits = outer;
-            result?
+            within(view, overlay, limits, command, revision)?
         }
         Command::WithinLimits { limits, command } => {
-            let outer = overlay.limits.replace(*limits);
-            let result = apply_command(view, overlay, command, revision);
-            overlay.limits = outer;
-            result?
+            within(view, overlay, *limits, command, revision)?
         }
         Command::Session {
             id,
@@ -649,6 +643,20 @@ fn session<V: StateView>(
     session.expires_at_ms = now.saturating_add(call.idle_ms);
     overlay.put_session(call.id, session, stored.as_ref());
     Ok(result)
+}
+
+/// Applies `command` with `limits` in force, then the limits of the command around it.
+fn within<V: StateView>(
+    view: &V,
+    overlay: &mut Overlay,
+    limits: Limits,
+    command: &Command,
+    revision: u64,
+) -> Result<OpResult, V::Error> {
+    let outer = overlay.limits.replace(limits);
+    let result = apply_command(view, overlay, command, revision);
+    overlay.limits = outer;
+    result
 }
 
 /// Whether `command` only removes data: its answer is recorded even past

@@ -77,11 +77,35 @@ pub fn session_key(id: u128) -> String {
     format!("{id:032x}")
 }
 
-/// The session id of an expiry-index key made by [`session_key`].
+/// The session id written as [`session_key`] writes it (32 hex digits, either case).
 pub fn parse_session_key(key: &str) -> Option<u128> {
-    (key.len() == 32)
-        .then(|| u128::from_str_radix(key, 16).ok())
-        .flatten()
+    let hex = key.len() == 32 && key.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| u128::from_str_radix(key, 16).ok()).flatten()
+}
+
+/// The `Kv-Session` header of write `seq` of session `id`, acknowledging every write
+/// numbered below `ack`.
+pub fn session_header(id: u128, seq: u64, ack: u64) -> String {
+    format!("{}; seq={seq}; ack={ack}", session_key(id))
+}
+
+/// Parses a `Kv-Session` header, `<32 hex digits>; seq=<n>; ack=<k>`, with `1 <= ack <=
+/// seq < ack + SESSION_WINDOW`: (id, seq, ack).
+pub fn parse_session_header(text: &str) -> Option<(u128, u64, u64)> {
+    let mut parts = text.split(';').map(str::trim);
+    let id = parse_session_key(parts.next()?)?;
+    let number = |name: &str, part: Option<&str>| -> Option<u64> {
+        let value = part?.strip_prefix(name)?.strip_prefix('=')?;
+        value
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| value.parse().ok())
+            .flatten()
+    };
+    let seq = number("seq", parts.next())?;
+    let ack = number("ack", parts.next())?;
+    let in_window = 1 <= ack && ack <= seq && seq - ack < SESSION_WINDOW;
+    (parts.next().is_none() && in_window).then_some((id, seq, ack))
 }
 
 #[cfg(test)]
@@ -117,5 +141,13 @@ mod tests {
             assert_eq!(parse_session_key(&session_key(id)), Some(id));
         }
         assert_eq!(parse_session_key("xyz"), None);
+        assert_eq!(parse_session_key(&format!("+{}", "0".repeat(31))), None);
+    }
+
+    #[test]
+    fn session_headers_round_trip() {
+        let header = session_header(0xab, 7, 3);
+        assert_eq!(header, format!("{:032x}; seq=7; ack=3", 0xab));
+        assert_eq!(parse_session_header(&header), Some((0xab, 7, 3)));
     }
 }

@@ -418,29 +418,6 @@ fn one_header<'h>(
     }
 }
 
-/// Parses `Kv-Session: <32 hex digits>; seq=<n>; ack=<k>` with `1 <= ack <= seq <
-/// ack + SESSION_WINDOW`.
-fn parse_session(raw: &[u8]) -> Option<(u128, u64, u64)> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let mut parts = text.split(';').map(str::trim);
-    let id = parts
-        .next()
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))?;
-    let id = u128::from_str_radix(id, 16).ok()?;
-    let number = |name: &str, part: Option<&str>| -> Option<u64> {
-        let value = part?.strip_prefix(name)?.strip_prefix('=')?;
-        value
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| value.parse().ok())
-            .flatten()
-    };
-    let seq = number("seq", parts.next())?;
-    let ack = number("ack", parts.next())?;
-    let in_window = 1 <= ack && ack <= seq && seq - ack < kv_core::SESSION_WINDOW;
-    (parts.next().is_none() && in_window).then_some((id, seq, ack))
-}
-
 /// Reads `Idempotency-Key` (1 to 255 visible ASCII characters) or `Kv-Session` (not
 /// both) and fingerprints the request by what decides its effect: method, key or prefix,
 /// query, preconditions, body.
@@ -488,7 +465,10 @@ pub(crate) fn idempotency(
             }))
         }
         (None, Some(raw)) => {
-            let (id, seq, ack) = parse_session(raw).ok_or_else(|| {
+            let parsed = std::str::from_utf8(raw)
+                .ok()
+                .and_then(kv_core::session::parse_session_header);
+            let (id, seq, ack) = parsed.ok_or_else(|| {
                 ApiError::new(
                     ErrorCode::InvalidSession,
                     format!(
