@@ -10,6 +10,7 @@ use crate::record::Record;
 use crate::session::{
     parse_session_key, recordable, value_left_out, Answer, Session, SESSION_WINDOW,
 };
+use crate::token::{Token, BOOTSTRAP_TOKEN, MAX_TOKENS};
 use crate::{Entry, Overlay, StateView};
 
 /// The most keys one `Expire` command removes, so one log entry stays small.
@@ -70,6 +71,12 @@ pub enum Failure {
     RecordsFull,
     /// The session already keeps [`SESSION_WINDOW`] unacknowledged answers.
     SessionWindowFull,
+    /// The token the command was authorized by no longer exists (it was revoked).
+    Unauthenticated,
+    /// The token does not grant what the command does.
+    Forbidden,
+    /// [`MAX_TOKENS`] tokens exist.
+    TokensFull,
 }
 
 impl Failure {
@@ -82,6 +89,9 @@ impl Failure {
             Self::PrefixDeletesPending => crate::ErrorCode::Unavailable,
             Self::RecordsFull => crate::ErrorCode::RecordsFull,
             Self::SessionWindowFull => crate::ErrorCode::InvalidSession,
+            Self::Unauthenticated => crate::ErrorCode::Unauthenticated,
+            Self::Forbidden => crate::ErrorCode::Forbidden,
+            Self::TokensFull => crate::ErrorCode::TokensFull,
         }
     }
 
@@ -94,6 +104,9 @@ impl Failure {
                 | Self::PrefixDeletesPending
                 | Self::RecordsFull
                 | Self::SessionWindowFull
+                | Self::Unauthenticated
+                | Self::Forbidden
+                | Self::TokensFull
         )
     }
 }
@@ -173,6 +186,15 @@ pub enum Command {
         limits: Limits,
         command: Box<Command>,
     },
+    /// Creates token `id` (chosen by the proposer; an existing id fails with
+    /// `KeyExists`), stamped with the state machine's clock.
+    PutToken { id: u64, token: Token },
+    /// Removes token `id`: every later command it authorized fails.
+    RevokeToken { id: u64 },
+    /// Applies `command` if token `token` exists and grants what it does
+    /// ([`BOOTSTRAP_TOKEN`] grants everything: only a node that checked its secret
+    /// proposes it).
+    Authorized { token: u64, command: Box<Command> },
 }
 
 /// Bounds a proposer puts on what a write may store. Wire and on-disk type.
@@ -193,12 +215,15 @@ impl Command {
             Self::Idempotent { command, .. }
             | Self::WithinQuota { command, .. }
             | Self::WithinLimits { command, .. }
-            | Self::Session { command, .. } => command.named_key(),
+            | Self::Session { command, .. }
+            | Self::Authorized { command, .. } => command.named_key(),
             Self::Expire { .. }
             | Self::DeletePrefix { .. }
             | Self::Batch(_)
             | Self::Purge
-            | Self::OpenSession { .. } => None,
+            | Self::OpenSession { .. }
+            | Self::PutToken { .. }
+            | Self::RevokeToken { .. } => None,
         }
     }
 }
@@ -283,6 +308,10 @@ pub enum OpResult {
     SessionExpired,
     /// The session is open until `expires_at_ms` unless a write extends it.
     SessionOpened { expires_at_ms: u64 },
+    /// The token was created at `revision`, the command's.
+    TokenCreated { revision: u64 },
+    /// `existed` tells whether the token was there to revoke.
+    TokenRevoked { existed: bool, revision: u64 },
 }
 
 /// What applying one log entry answered. Wire type.
@@ -501,6 +530,50 @@ fn apply_command<V: StateView>(
                 }
             }
         }
+        Command::PutToken { id, token } => {
+            if *id == BOOTSTRAP_TOKEN || overlay.get_token(view, *id)?.is_some() {
+                return Ok(OpResult::Failed {
+                    failure: Failure::KeyExists,
+                    current: None,
+                });
+            }
+            if overlay.token_count >= MAX_TOKENS {
+                return Ok(OpResult::Failed {
+                    failure: Failure::TokensFull,
+                    current: None,
+                });
+            }
+            let token = Token {
+                created_ms: now,
+                ..token.clone()
+            };
+            overlay.put_token(*id, token);
+            OpResult::TokenCreated { revision }
+        }
+        Command::RevokeToken { id } => {
+            let existed = overlay.get_token(view, *id)?.is_some();
+            if existed {
+                overlay.delete_token(*id);
+            }
+            OpResult::TokenRevoked { existed, revision }
+        }
+        Command::Authorized { token, command } => {
+            if *token != BOOTSTRAP_TOKEN {
+                let Some(stored) = overlay.get_token(view, *token)? else {
+                    return Ok(OpResult::Failed {
+                        failure: Failure::Unauthenticated,
+                        current: None,
+                    });
+                };
+                if !permits(&stored, command) {
+                    return Ok(OpResult::Failed {
+                        failure: Failure::Forbidden,
+                        current: None,
+                    });
+                }
+            }
+            apply_command(view, overlay, command, revision)?
+        }
         Command::Batch(commands) => {
             // Checked only in debug builds: a release build applies a batch that an
             // older proposer logged exactly as that version did, so replicas converge.
@@ -665,10 +738,27 @@ fn within<V: StateView>(
 fn frees_data(command: &Command) -> bool {
     match command {
         Command::Delete { .. } | Command::DeletePrefix { .. } => true,
-        Command::WithinQuota { command, .. } | Command::WithinLimits { command, .. } => {
-            frees_data(command)
-        }
+        Command::WithinQuota { command, .. }
+        | Command::WithinLimits { command, .. }
+        | Command::Authorized { command, .. } => frees_data(command),
         _ => false,
+    }
+}
+
+/// Whether `token` grants everything `command` does.
+fn permits(token: &Token, command: &Command) -> bool {
+    match command {
+        Command::Set { key, .. } | Command::Delete { key, .. } => token.can_write(key),
+        Command::DeletePrefix { prefix } => token.can_delete_prefix(prefix),
+        Command::OpenSession { .. } => true,
+        Command::PutToken { .. } | Command::RevokeToken { .. } => token.admin,
+        Command::Idempotent { command, .. }
+        | Command::Session { command, .. }
+        | Command::WithinQuota { command, .. }
+        | Command::WithinLimits { command, .. }
+        | Command::Authorized { command, .. } => permits(token, command),
+        Command::Batch(commands) => commands.iter().all(|c| permits(token, c)),
+        Command::Expire { .. } | Command::Purge => false,
     }
 }
 
@@ -711,6 +801,7 @@ mod tests {
         sessions: BTreeMap<u128, crate::Session>,
         record_count: u64,
         index: BTreeMap<crate::overlay::Due, ()>,
+        tokens: BTreeMap<u64, Token>,
     }
 
     impl StateView for Mem {
@@ -741,6 +832,9 @@ mod tests {
         fn get_session(&self, id: u128) -> Result<Option<crate::Session>, Infallible> {
             Ok(self.sessions.get(&id).cloned())
         }
+        fn get_token(&self, id: u64) -> Result<Option<Token>, Infallible> {
+            Ok(self.tokens.get(&id).cloned())
+        }
         fn due(
             &self,
             up_to_ms: u64,
@@ -764,6 +858,12 @@ mod tests {
             self.data_bytes = overlay.data_bytes;
             self.tombstones = overlay.tombstones;
             self.record_count = overlay.record_count;
+            for (id, token) in overlay.tokens {
+                match token {
+                    Some(t) => self.tokens.insert(id, t),
+                    None => self.tokens.remove(&id),
+                };
+            }
             for (id, session) in overlay.sessions {
                 match session {
                     Some(s) => self.sessions.insert(id, s),
@@ -800,6 +900,7 @@ mod tests {
                 overlay.data_bytes = mem.data_bytes;
                 overlay.tombstones = mem.tombstones.clone();
                 overlay.record_count = mem.record_count;
+                overlay.token_count = mem.tokens.len() as u64;
                 for (i, r) in chunk.iter().enumerate() {
                     let index = (n * group + i + 1) as u64;
                     results.push(
@@ -1889,5 +1990,200 @@ mod tests {
         ]);
         assert_eq!(results[3], OpResult::Replayed(Box::new(results[1].clone())));
         assert_eq!(mem.data["a"].value, b"newer");
+    }
+
+    fn put_token(at: u64, id: u64, admin: bool, grants: &[(&str, crate::Access)]) -> Request {
+        let token = Token {
+            name: format!("token {id}"),
+            hash: [id as u8; 32],
+            admin,
+            grants: grants
+                .iter()
+                .map(|(prefix, access)| crate::Grant {
+                    prefix: (*prefix).into(),
+                    access: *access,
+                })
+                .collect(),
+            created_ms: 0,
+        };
+        Request {
+            stamp_ms: at,
+            command: Command::PutToken { id, token },
+        }
+    }
+
+    fn revoke(at: u64, id: u64) -> Request {
+        Request {
+            stamp_ms: at,
+            command: Command::RevokeToken { id },
+        }
+    }
+
+    fn authorized(token: u64, inner: Request) -> Request {
+        Request {
+            stamp_ms: inner.stamp_ms,
+            command: Command::Authorized {
+                token,
+                command: Box::new(inner.command),
+            },
+        }
+    }
+
+    #[test]
+    fn a_token_writes_only_under_its_write_grants() {
+        use crate::Access::{Read, Write};
+        let (mem, results) = Mem::run(&[
+            put_token(10, 7, false, &[("app1/", Write), ("shared/", Read)]),
+            authorized(7, set(11, "app1/a", "1", None)),
+            authorized(7, set(12, "app2/a", "1", None)),
+            authorized(7, set(13, "shared/a", "1", None)),
+            authorized(7, del(14, "shared/a")),
+            authorized(7, delete_prefix(15, "app1/")),
+            authorized(7, delete_prefix(16, "app")),
+            authorized(7, expire(17)),
+            authorized(7, put_token(18, 8, true, &[])),
+        ]);
+        assert_eq!(results[0], OpResult::TokenCreated { revision: 1 });
+        assert_eq!(
+            mem.tokens[&7].created_ms, 10,
+            "stamped by the state machine"
+        );
+        assert_eq!(results[1], written(2, 2, 1, None));
+        for i in [2, 3, 4, 6, 7, 8] {
+            assert_eq!(results[i], failed(Failure::Forbidden, None), "request {i}");
+        }
+        assert_eq!(results[5], OpResult::PrefixDeleted { revision: 6 });
+        assert!(!mem.data.contains_key("app2/a") && !mem.tokens.contains_key(&8));
+    }
+
+    #[test]
+    fn a_revoked_token_authorizes_nothing_and_cannot_replay() {
+        use crate::Access::Write;
+        let keyed = |at| authorized(7, idempotent(at, "k", 1, set(at, "a", "1", None)));
+        let (mem, results) = Mem::run(&[
+            put_token(10, 7, false, &[("", Write)]),
+            keyed(11),
+            revoke(12, 7),
+            keyed(13),
+            authorized(7, open(14, 5)),
+            revoke(15, 7),
+        ]);
+        assert_eq!(results[1], written(2, 2, 1, None));
+        assert_eq!(
+            results[2],
+            OpResult::TokenRevoked {
+                existed: true,
+                revision: 3
+            }
+        );
+        assert_eq!(results[3], failed(Failure::Unauthenticated, None));
+        assert_eq!(results[4], failed(Failure::Unauthenticated, None));
+        assert_eq!(
+            results[5],
+            OpResult::TokenRevoked {
+                existed: false,
+                revision: 6
+            }
+        );
+        assert!(mem.tokens.is_empty() && mem.sessions.is_empty());
+    }
+
+    #[test]
+    fn token_management_needs_an_admin_and_the_bootstrap_token_passes_everything() {
+        use crate::Access::Read;
+        let (mem, results) = Mem::run(&[
+            authorized(BOOTSTRAP_TOKEN, put_token(10, 1, true, &[])),
+            authorized(1, put_token(11, 2, false, &[("x/", Read)])),
+            authorized(2, revoke(12, 1)),
+            authorized(1, put_token(13, 2, false, &[])),
+            put_token(14, BOOTSTRAP_TOKEN, true, &[]),
+            authorized(BOOTSTRAP_TOKEN, set(15, "any", "1", None)),
+            authorized(1, set(16, "any", "2", None)),
+        ]);
+        assert_eq!(results[1], OpResult::TokenCreated { revision: 2 });
+        assert_eq!(results[2], failed(Failure::Forbidden, None));
+        assert_eq!(
+            results[3],
+            failed(Failure::KeyExists, None),
+            "ids are unique"
+        );
+        assert_eq!(
+            results[4],
+            failed(Failure::KeyExists, None),
+            "0 is reserved"
+        );
+        assert_eq!(results[5], written(6, 6, 1, None));
+        assert_eq!(
+            results[6],
+            failed(Failure::Forbidden, None),
+            "admin is not data"
+        );
+        assert_eq!(mem.tokens.len(), 2);
+    }
+
+    #[test]
+    fn tokens_past_the_cap_are_refused_until_one_is_revoked() {
+        let mut requests: Vec<Request> = (1..=MAX_TOKENS)
+            .map(|id| put_token(10, id, false, &[]))
+            .collect();
+        requests.push(put_token(11, MAX_TOKENS + 1, false, &[]));
+        requests.push(revoke(12, 1));
+        requests.push(put_token(13, MAX_TOKENS + 1, false, &[]));
+        let (mem, results) = Mem::apply_grouped(&requests, 1000);
+        let n = MAX_TOKENS as usize;
+        assert_eq!(results[n], failed(Failure::TokensFull, None));
+        assert!(matches!(results[n + 2], OpResult::TokenCreated { .. }));
+        assert_eq!(mem.tokens.len() as u64, MAX_TOKENS);
+    }
+
+    #[test]
+    fn token_changes_apply_alike_in_every_grouping() {
+        use crate::Access::{Read, Write};
+        let mut requests = vec![];
+        for i in 0..40u64 {
+            let at = 100 + i;
+            let id = 1 + i % 4;
+            requests.push(match i % 6 {
+                0 => put_token(at, id, i % 3 == 0, &[("a/", Write), ("b/", Read)]),
+                1 => revoke(at, id),
+                2 => authorized(id, set(at, &format!("a/{i}"), "1", None)),
+                3 => authorized(id, put_token(at, 10 + i, false, &[])),
+                4 => authorized(id, delete_prefix(at, "a/")),
+                _ => authorized(id, set(at, "b/x", "1", None)),
+            });
+        }
+        let reference = Mem::apply_grouped(&requests, 1);
+        assert!(!reference.0.tokens.is_empty());
+        for group in [2, 3, 7, 40] {
+            assert_eq!(
+                Mem::apply_grouped(&requests, group),
+                reference,
+                "grouping by {group}"
+            );
+        }
+    }
+
+    /// Kept answers decode by the failure's place: a variant added anywhere but at the
+    /// end would make every stored answer mean something else.
+    #[test]
+    fn failures_keep_their_encoding_tags() {
+        let failures = [
+            Failure::KeyExists,
+            Failure::RevisionMismatch,
+            Failure::QuotaExceeded,
+            Failure::PrefixDeletesPending,
+            Failure::RecordsFull,
+            Failure::SessionWindowFull,
+            Failure::Unauthenticated,
+            Failure::Forbidden,
+            Failure::TokensFull,
+        ];
+        for (tag, failure) in failures.iter().enumerate() {
+            assert_eq!(
+                usize::from(postcard::to_stdvec(failure).unwrap()[0]),
+                tag,
+                "{failure:?}"
+            );
+        }
     }
 }

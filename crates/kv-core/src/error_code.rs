@@ -62,6 +62,12 @@ error_codes! {
     /// A malformed `Kv-Session`, one beside an `Idempotency-Key`, or a write numbered
     /// past the session's window.
     InvalidSession = "invalid_session", 400;
+    /// A token request with a bad name, too many grants or a bad grant.
+    InvalidTokenRequest = "invalid_token_request", 400;
+    /// No valid bearer token: none sent, malformed, unknown, or revoked.
+    Unauthenticated = "unauthenticated", 401;
+    /// The token does not grant this on this key, prefix or route.
+    Forbidden = "forbidden", 403;
     /// The key is absent or expired.
     KeyNotFound = "key_not_found", 404;
     /// No such route.
@@ -101,6 +107,8 @@ error_codes! {
     QuotaExceeded = "quota_exceeded", 507;
     /// Recording the write's answer would pass `limits.max_records`.
     RecordsFull = "records_full", 507;
+    /// As many tokens as the cluster keeps exist.
+    TokensFull = "tokens_full", 507;
 }
 
 impl ErrorCode {

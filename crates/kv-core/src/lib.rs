@@ -18,6 +18,7 @@ pub mod key_path;
 pub mod overlay;
 pub mod record;
 pub mod session;
+pub mod token;
 pub mod validate;
 
 pub use command::{
@@ -30,3 +31,4 @@ pub use key_path::key_path;
 pub use overlay::{tombstoned, Due, Overlay, Slot, StateView, Tombstone};
 pub use record::{fingerprint, Fingerprinter, Record};
 pub use session::{Answer, Session, SESSION_WINDOW};
+pub use token::{Access, Grant, Token, BOOTSTRAP_TOKEN, MAX_GRANTS, MAX_TOKENS};

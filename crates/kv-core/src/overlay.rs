@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::entry::EntryMeta;
 use crate::record::Record;
 use crate::session::{session_key, Session};
+use crate::token::Token;
 use crate::Entry;
 
 /// What an expiry-index entry points at: a key's entry, an idempotency record or a
@@ -88,6 +89,9 @@ pub trait StateView {
     /// The stored client session `id`, live or expired.
     fn get_session(&self, id: u128) -> Result<Option<Session>, Self::Error>;
 
+    /// The stored token `id`.
+    fn get_token(&self, id: u64) -> Result<Option<Token>, Self::Error>;
+
     /// Stored entries (live, expired or tombstoned) whose keys start with `prefix`,
     /// strictly after `after` if given, in key order, leaving out keys `skip` returns
     /// true for, until `limit` are found. Values are not read.
@@ -121,6 +125,8 @@ pub struct Overlay {
     /// Idempotency records, sessions and session answers stored, after the commands
     /// applied so far (see [`Session::records`]).
     pub record_count: u64,
+    /// Tokens stored, after the commands applied so far.
+    pub token_count: u64,
     /// The limits the command being applied carries (`Command::WithinLimits`), if any.
     pub limits: Option<crate::Limits>,
     /// Pending entry changes: `Some` puts, `None` deletes.
@@ -131,6 +137,8 @@ pub struct Overlay {
     pub sessions: BTreeMap<u128, Option<Session>>,
     /// Pending expiry-index changes: `true` adds the entry, `false` removes it.
     pub index: BTreeMap<Due, bool>,
+    /// Pending token changes: `Some` puts, `None` deletes.
+    pub tokens: BTreeMap<u64, Option<Token>>,
 }
 
 impl Overlay {
@@ -264,6 +272,26 @@ impl Overlay {
             .insert((old.expires_at_ms, Slot::Session, session_key(id)), false);
         self.record_count = self.record_count.saturating_sub(old.records());
         self.sessions.insert(id, None);
+    }
+
+    /// The token `id` as the next command sees it.
+    pub fn get_token<V: StateView>(&self, view: &V, id: u64) -> Result<Option<Token>, V::Error> {
+        match self.tokens.get(&id) {
+            Some(pending) => Ok(pending.clone()),
+            None => view.get_token(id),
+        }
+    }
+
+    /// Stores token `id`, which is not stored yet.
+    pub fn put_token(&mut self, id: u64, token: Token) {
+        self.token_count += 1;
+        self.tokens.insert(id, Some(token));
+    }
+
+    /// Removes token `id`, which is stored.
+    pub fn delete_token(&mut self, id: u64) {
+        self.token_count = self.token_count.saturating_sub(1);
+        self.tokens.insert(id, None);
     }
 
     /// The first `limit` stored entries under `prefix` strictly after `after`, in key

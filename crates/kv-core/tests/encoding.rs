@@ -1,7 +1,7 @@
 //! The postcard encodings of log entries and stored entries are a promise to old data
 //! and to other nodes: these tests pin them, byte for byte.
 
-use kv_core::{Command, Entry, Limits, Precondition, Request, Ttl};
+use kv_core::{Command, Entry, Limits, Precondition, Request, Token, Ttl};
 use serde::{Deserialize, Serialize};
 
 /// `Entry` as first released, with a plain `Vec<u8>` value.
@@ -60,6 +60,17 @@ enum PlainCommand {
     },
     WithinLimits {
         limits: Limits,
+        command: Box<PlainCommand>,
+    },
+    PutToken {
+        id: u64,
+        token: Token,
+    },
+    RevokeToken {
+        id: u64,
+    },
+    Authorized {
+        token: u64,
         command: Box<PlainCommand>,
     },
 }
@@ -147,6 +158,15 @@ fn plain_command(c: &Command) -> PlainCommand {
         Command::OpenSession { id, idle_ms } => PlainCommand::OpenSession {
             id: *id,
             idle_ms: *idle_ms,
+        },
+        Command::PutToken { id, token } => PlainCommand::PutToken {
+            id: *id,
+            token: token.clone(),
+        },
+        Command::RevokeToken { id } => PlainCommand::RevokeToken { id: *id },
+        Command::Authorized { token, command } => PlainCommand::Authorized {
+            token: *token,
+            command: Box::new(plain_command(command)),
         },
     }
 }
@@ -278,6 +298,33 @@ fn later_commands_take_the_next_variant_numbers() {
     let open = Command::OpenSession { id: 5, idle_ms: 3 };
     assert_eq!(encode(&open), [0x09, 0x05, 0x03]);
     assert_eq!(encode(&plain_command(&open)), [0x09, 0x05, 0x03]);
+    let authorized = Command::Authorized {
+        token: 3,
+        command: Box::new(Command::RevokeToken { id: 4 }),
+    };
+    assert_eq!(encode(&authorized), [0x0d, 0x03, 0x0c, 0x04]);
+    assert_eq!(
+        encode(&plain_command(&authorized)),
+        [0x0d, 0x03, 0x0c, 0x04]
+    );
+    let put = Command::PutToken {
+        id: 1,
+        token: Token {
+            name: "a".into(),
+            hash: [0; 32],
+            admin: true,
+            grants: vec![kv_core::Grant {
+                prefix: "p".into(),
+                access: kv_core::Access::Write,
+            }],
+            created_ms: 2,
+        },
+    };
+    let mut golden = vec![0x0b, 0x01, 0x01, b'a'];
+    golden.extend([0; 32]);
+    golden.extend([0x01, 0x01, 0x01, b'p', 0x01, 0x02]);
+    assert_eq!(encode(&put), golden);
+    assert_eq!(encode(&plain_command(&put)), golden);
 }
 
 #[test]

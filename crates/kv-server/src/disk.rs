@@ -105,15 +105,17 @@ impl DiskGuard {
 /// Whether applying `command` can make the stored data larger.
 fn grows(command: &Command) -> bool {
     match command {
-        Command::Set { .. } | Command::OpenSession { .. } => true,
+        Command::Set { .. } | Command::OpenSession { .. } | Command::PutToken { .. } => true,
         Command::Delete { .. }
         | Command::DeletePrefix { .. }
         | Command::Expire { .. }
-        | Command::Purge => false,
+        | Command::Purge
+        | Command::RevokeToken { .. } => false,
         Command::Idempotent { command, .. }
         | Command::WithinQuota { command, .. }
         | Command::WithinLimits { command, .. }
-        | Command::Session { command, .. } => grows(command),
+        | Command::Session { command, .. }
+        | Command::Authorized { command, .. } => grows(command),
         Command::Batch(commands) => commands.iter().any(grows),
     }
 }

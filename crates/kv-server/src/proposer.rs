@@ -73,6 +73,16 @@ fn size(command: &Command) -> usize {
             16 + size(command)
         }
         Command::Session { command, .. } => 48 + size(command),
+        Command::Authorized { command, .. } => 8 + size(command),
+        Command::PutToken { token, .. } => {
+            64 + token.name.len()
+                + token
+                    .grants
+                    .iter()
+                    .map(|g| g.prefix.len() + 1)
+                    .sum::<usize>()
+        }
+        Command::RevokeToken { .. } => 16,
         Command::Batch(commands) => commands.iter().map(size).sum(),
     }
 }
@@ -412,6 +422,9 @@ mod tests {
             Ok(None)
         }
         fn get_record(&self, _: &str) -> Result<Option<Record>, Infallible> {
+            Ok(None)
+        }
+        fn get_token(&self, _: u64) -> Result<Option<kv_core::Token>, Infallible> {
             Ok(None)
         }
         fn get_session(&self, _: u128) -> Result<Option<kv_core::Session>, Infallible> {

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use kv_core::{
-    tombstoned, Due, Entry, EntryMeta, Fingerprinter, Record, Session, Slot, StateView, Tombstone,
+    tombstoned, Due, Entry, EntryMeta, Fingerprinter, Record, Session, Slot, StateView, Token,
+    Tombstone,
 };
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, DB};
 
@@ -31,6 +32,8 @@ pub(crate) const CF_EXPIRY: &str = "sm_expiry";
 pub(crate) const CF_RECORDS: &str = "sm_records";
 /// Big-endian 16-byte session id → postcard-encoded [`Session`].
 pub(crate) const CF_SESSIONS: &str = "sm_sessions";
+/// Big-endian 8-byte token id → postcard-encoded [`Token`].
+pub(crate) const CF_TOKENS: &str = "sm_tokens";
 
 pub(crate) const META_VOTE: &[u8] = b"vote";
 pub(crate) const META_COMMITTED: &[u8] = b"committed";
@@ -144,6 +147,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
         CF_EXPIRY,
         CF_RECORDS,
         CF_SESSIONS,
+        CF_TOKENS,
     ]
     .map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?);
@@ -231,6 +235,24 @@ pub struct Page<'a> {
     pub max_bytes: usize,
     /// Metadata only: values are left empty.
     pub keys_only: bool,
+    /// If given, only keys under these prefixes (each under `prefix`, sorted, none
+    /// under another) are listed: what a token may read.
+    pub within: Option<&'a [String]>,
+}
+
+/// Every stored token, by id: few and read by every request, so kept in memory.
+pub(crate) type Tokens = std::collections::HashMap<u64, Arc<Token>>;
+
+/// Every token in [`CF_TOKENS`].
+pub(crate) fn load_tokens(db: &DB) -> Result<Tokens, StoreError> {
+    let mut tokens = Tokens::new();
+    for item in db.iterator_cf(cf(db, CF_TOKENS), IteratorMode::Start) {
+        let (k, v) = item?;
+        let id = <[u8; 8]>::try_from(&*k)
+            .map_err(|_| StoreError::Corrupt("a token id is not 8 bytes".into()))?;
+        tokens.insert(u64::from_be_bytes(id), Arc::new(postcard::from_bytes(&v)?));
+    }
+    Ok(tokens)
 }
 
 /// What the state machine shares with readers besides RocksDB. Set after each apply or
@@ -251,6 +273,8 @@ pub(crate) struct Shared {
     pub record_count: AtomicU64,
     /// Prefix deletes not yet purged.
     pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
+    /// Every stored token, by id.
+    pub tokens: RwLock<Arc<Tokens>>,
     /// Bumped before and after each write that adds tombstones.
     generation: AtomicU64,
 }
@@ -291,6 +315,17 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub(crate) fn tokens(&self) -> Arc<Tokens> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_tokens(&self, tokens: Tokens) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(tokens);
     }
 
     pub(crate) fn set_tombstones(&self, tombstones: Vec<Tombstone>) {
@@ -372,45 +407,67 @@ impl StateReader {
         now_ms: u64,
         tombstones: &[Tombstone],
     ) -> Result<(Vec<(String, Entry)>, bool), StoreError> {
-        let (prefix, after) = (page.prefix, page.after);
-        let start = match after {
-            Some(a) if a >= prefix => a,
-            _ => prefix,
-        };
+        let whole = [page.prefix.to_owned()];
+        let after = page.after;
         let mut items = vec![];
         let mut bytes = 0;
-        let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
-        for item in self.db.iterator_cf(cf(&self.db, CF_DATA), mode) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            if after.is_some_and(|a| k.as_ref() <= a.as_bytes()) {
-                continue;
-            }
-            let entry = if page.keys_only {
-                postcard::from_bytes::<StoredMeta<'_>>(&v)?.without_value()
-            } else {
-                postcard::from_bytes::<Entry>(&v)?
+        for prefix in page.within.unwrap_or(&whole) {
+            let start = match after {
+                Some(a) if a >= prefix.as_str() => a,
+                _ => prefix,
             };
-            if !entry.is_live_at(now_ms) {
-                continue;
+            let mode = IteratorMode::From(start.as_bytes(), Direction::Forward);
+            for item in self.db.iterator_cf(cf(&self.db, CF_DATA), mode) {
+                let (k, v) = item?;
+                if !k.starts_with(prefix.as_bytes()) {
+                    break;
+                }
+                if after.is_some_and(|a| k.as_ref() <= a.as_bytes()) {
+                    continue;
+                }
+                let entry = if page.keys_only {
+                    postcard::from_bytes::<StoredMeta<'_>>(&v)?.without_value()
+                } else {
+                    postcard::from_bytes::<Entry>(&v)?
+                };
+                if !entry.is_live_at(now_ms) {
+                    continue;
+                }
+                // Keys a prefix delete deleted are skipped until purged: a list of a
+                // just-deleted prefix reads past them.
+                let deleted = |t: &Tombstone| {
+                    entry.revision < t.revision && k.starts_with(t.prefix.as_bytes())
+                };
+                if tombstones.iter().any(deleted) {
+                    continue;
+                }
+                let size = k.len() + entry.value.len() + ENTRY_OVERHEAD;
+                if items.len() == page.limit || (!items.is_empty() && bytes + size > page.max_bytes)
+                {
+                    return Ok((items, true));
+                }
+                bytes += size;
+                items.push((utf8_key(k, CF_DATA)?, entry));
             }
-            // Keys a prefix delete deleted are skipped until purged: a list of a
-            // just-deleted prefix reads past them.
-            let deleted =
-                |t: &Tombstone| entry.revision < t.revision && k.starts_with(t.prefix.as_bytes());
-            if tombstones.iter().any(deleted) {
-                continue;
-            }
-            let size = k.len() + entry.value.len() + ENTRY_OVERHEAD;
-            if items.len() == page.limit || (!items.is_empty() && bytes + size > page.max_bytes) {
-                return Ok((items, true));
-            }
-            bytes += size;
-            items.push((utf8_key(k, CF_DATA)?, entry));
         }
         Ok((items, false))
+    }
+
+    /// Token `id`, if it exists on this node (as of its last apply).
+    pub fn token(&self, id: u64) -> Option<Arc<Token>> {
+        self.shared.tokens().get(&id).cloned()
+    }
+
+    /// Every token on this node, by id.
+    pub fn tokens(&self) -> Vec<(u64, Arc<Token>)> {
+        let mut all: Vec<_> = self
+            .shared
+            .tokens()
+            .iter()
+            .map(|(id, t)| (*id, t.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
     }
 
     /// The state machine's clock: the latest stamp applied so far.
@@ -456,23 +513,32 @@ pub struct Digest {
     pub records: u64,
     /// Stored client sessions.
     pub sessions: u64,
+    /// Stored tokens.
+    pub tokens: u64,
 }
 
 impl StateReader {
-    /// Hashes data, expiry index, idempotency records, sessions and state-machine
+    /// Hashes data, expiry index, idempotency records, sessions, tokens and state-machine
     /// metadata (last applied, membership, clock, counts, tombstones) from one RocksDB
-    /// snapshot. Apply and install write all
-    /// of these in one batch, so the snapshot never splits an apply. Blocking: reads the
-    /// whole state.
+    /// snapshot. Apply and install write all of these in one batch, so the snapshot never
+    /// splits an apply. Blocking: reads the whole state.
     pub fn digest(&self) -> Result<Digest, StoreError> {
         let snap = self.db.snapshot();
         let mut hash = Fingerprinter::new();
-        let mut counts = [0u64; 5];
-        for (i, name) in [CF_SM_META, CF_DATA, CF_EXPIRY, CF_RECORDS, CF_SESSIONS]
-            .iter()
-            .enumerate()
-        {
-            hash.part(name.as_bytes());
+        let mut counts = [0u64; 6];
+        let names = [
+            CF_SM_META,
+            CF_DATA,
+            CF_EXPIRY,
+            CF_RECORDS,
+            CF_SESSIONS,
+            CF_TOKENS,
+        ];
+        for (i, name) in names.iter().enumerate() {
+            // Tokens came last: a state without any hashes as it did before them.
+            if *name != CF_TOKENS {
+                hash.part(name.as_bytes());
+            }
             for item in snap.iterator_cf(cf(&self.db, name), IteratorMode::Start) {
                 let (k, v) = item?;
                 hash.part(&k);
@@ -491,6 +557,7 @@ impl StateReader {
             keys: counts[1],
             records: counts[3],
             sessions: counts[4],
+            tokens: counts[5],
         })
     }
 }
@@ -545,6 +612,10 @@ impl StateView for DbView<'_> {
 
     fn get_session(&self, id: u128) -> Result<Option<Session>, StoreError> {
         read_value(self.0, CF_SESSIONS, &id.to_be_bytes())
+    }
+
+    fn get_token(&self, id: u64) -> Result<Option<Token>, StoreError> {
+        read_value(self.0, CF_TOKENS, &id.to_be_bytes())
     }
 
     fn due(

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kv_core::{
     apply_request, Due, Entry, EntryMeta, Overlay, Record, Response, Session, Slot, StateView,
-    Tombstone,
+    Token, Tombstone,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
@@ -16,9 +16,9 @@ use serde::de::DeserializeOwned;
 
 use crate::crash;
 use crate::db::{
-    blocking, cf, expiry_key, read_value, synced, DbView, Shared, CF_DATA, CF_EXPIRY, CF_RECORDS,
-    CF_SESSIONS, CF_SM_META, DATA_END, EXPIRY_END, META_CLOCK, META_DATA_BYTES, META_LAST_APPLIED,
-    META_MEMBERSHIP, META_RECORD_COUNT, META_TOMBSTONES,
+    blocking, cf, expiry_key, load_tokens, read_value, synced, DbView, Shared, Tokens, CF_DATA,
+    CF_EXPIRY, CF_RECORDS, CF_SESSIONS, CF_SM_META, CF_TOKENS, DATA_END, EXPIRY_END, META_CLOCK,
+    META_DATA_BYTES, META_LAST_APPLIED, META_MEMBERSHIP, META_RECORD_COUNT, META_TOMBSTONES,
 };
 use crate::entry_cache::EntryCache;
 use crate::error::OrRaft;
@@ -44,10 +44,12 @@ pub struct StateMachine {
     cache: EntryCache,
 }
 
-/// The persisted state as apply reads it: cached entries first, then RocksDB.
+/// The persisted state as apply reads it: cached entries first, then RocksDB; tokens
+/// from memory, where every one is.
 struct CachedView<'a> {
     db: DbView<'a>,
     cache: &'a EntryCache,
+    tokens: &'a Tokens,
 }
 
 impl StateView for CachedView<'_> {
@@ -66,6 +68,10 @@ impl StateView for CachedView<'_> {
 
     fn get_session(&self, id: u128) -> Result<Option<Session>, StoreError> {
         self.db.get_session(id)
+    }
+
+    fn get_token(&self, id: u64) -> Result<Option<Token>, StoreError> {
+        Ok(self.tokens.get(&id).map(|t| Token::clone(t)))
     }
 
     fn scan(
@@ -162,6 +168,25 @@ fn put_sessions(
     Ok(())
 }
 
+/// Adds an overlay's pending token changes.
+fn put_tokens(
+    db: &DB,
+    batch: &mut WriteBatch,
+    pending: &std::collections::BTreeMap<u64, Option<Token>>,
+) -> Result<(), StoreError> {
+    for (id, token) in pending {
+        match token {
+            Some(token) => batch.put_cf(
+                cf(db, CF_TOKENS),
+                id.to_be_bytes(),
+                postcard::to_stdvec(token)?,
+            ),
+            None => batch.delete_cf(cf(db, CF_TOKENS), id.to_be_bytes()),
+        }
+    }
+    Ok(())
+}
+
 /// Key and value bytes of every stored entry, counted by reading them all: for a
 /// database written before the count was kept.
 fn count_data_bytes(db: &DB) -> Result<u64, StoreError> {
@@ -238,6 +263,7 @@ impl StateMachine {
         shared.data_bytes.store(data_bytes, Ordering::Release);
         shared.record_count.store(record_count, Ordering::Release);
         shared.set_tombstones(read_meta(&db, META_TOMBSTONES)?.unwrap_or_default());
+        shared.set_tokens(load_tokens(&db)?);
         Ok(Self {
             db,
             snapshots,
@@ -293,6 +319,16 @@ impl StateMachine {
             data = postcard::to_extend(&u128::from_be_bytes(id), data)?;
             data.extend_from_slice(&value);
         }
+        let tokens = cf(&self.db, CF_TOKENS);
+        let count = snap.iterator_cf(tokens, IteratorMode::Start).count();
+        data = postcard::to_extend(&count, data)?;
+        for item in snap.iterator_cf(tokens, IteratorMode::Start) {
+            let (key, value) = item?;
+            let id = <[u8; 8]>::try_from(&*key)
+                .map_err(|_| StoreError::Corrupt("a token id is not 8 bytes".into()))?;
+            data = postcard::to_extend(&u64::from_be_bytes(id), data)?;
+            data.extend_from_slice(&value);
+        }
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros());
@@ -334,19 +370,18 @@ fn install_batch(
     data: &[u8],
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    // Tombstones, then sessions, follow the state; a snapshot written before they existed
-    // ends before them.
+    // Tombstones, sessions, then tokens follow the state; a snapshot written before
+    // they existed ends before them.
     let (state, rest): (SnapshotState, &[u8]) = postcard::take_from_bytes(data)?;
-    let (tombstones, rest): (Vec<Tombstone>, &[u8]) = if rest.is_empty() {
-        (Vec::new(), rest)
-    } else {
-        postcard::take_from_bytes(rest)?
-    };
-    let sessions: Vec<(u128, Session)> = if rest.is_empty() {
-        Vec::new()
-    } else {
-        postcard::from_bytes(rest)?
-    };
+    let (tombstones, rest): (Vec<Tombstone>, &[u8]) = take_or_default(rest)?;
+    let (sessions, rest): (Vec<(u128, Session)>, &[u8]) = take_or_default(rest)?;
+    let (tokens, rest): (Vec<(u64, Token)>, &[u8]) = take_or_default(rest)?;
+    if !rest.is_empty() {
+        return Err(StoreError::Corrupt(format!(
+            "{} bytes follow the snapshot's state",
+            rest.len()
+        )));
+    }
     let mut record_count = state.records.len() as u64;
     let mut data_bytes = 0;
     let mut batch = WriteBatch::default();
@@ -354,6 +389,16 @@ fn install_batch(
     batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
     batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
     batch.delete_range_cf(cf(db, CF_SESSIONS), &[][..], &[0xFF; 17][..]);
+    batch.delete_range_cf(cf(db, CF_TOKENS), &[][..], &[0xFF; 9][..]);
+    let mut in_memory = Tokens::new();
+    for (id, token) in tokens {
+        batch.put_cf(
+            cf(db, CF_TOKENS),
+            id.to_be_bytes(),
+            postcard::to_stdvec(&token)?,
+        );
+        in_memory.insert(id, Arc::new(token));
+    }
     for (id, session) in sessions {
         record_count += session.records();
         let due = (
@@ -414,11 +459,23 @@ fn install_batch(
         shared.data_bytes.store(data_bytes, Ordering::Release);
         shared.record_count.store(record_count, Ordering::Release);
         shared.set_tombstones(tombstones);
+        shared.set_tokens(in_memory);
     }
     shared.end_change();
     written?;
     crash::point(crash::SNAPSHOT_INSTALLED);
     Ok(())
+}
+
+/// The next part of a snapshot's data, or the default if the data ends before it.
+fn take_or_default<'a, T: serde::Deserialize<'a> + Default>(
+    rest: &'a [u8],
+) -> Result<(T, &'a [u8]), StoreError> {
+    if rest.is_empty() {
+        Ok((T::default(), rest))
+    } else {
+        Ok(postcard::take_from_bytes(rest)?)
+    }
 }
 
 /// Builds a snapshot from the state captured when it was asked for.
@@ -465,12 +522,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         overlay.data_bytes = self.shared.data_bytes.load(Ordering::Acquire);
         overlay.record_count = self.shared.record_count.load(Ordering::Acquire);
         overlay.tombstones = self.shared.tombstones().to_vec();
+        let tokens = self.shared.tokens();
+        overlay.token_count = tokens.len() as u64;
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
         let mut responses = vec![];
         let view = CachedView {
             db: DbView(&self.db),
             cache: &self.cache,
+            tokens: &tokens,
         };
         for entry in entries {
             let log_id = entry.log_id;
@@ -493,6 +553,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         put_pending(db, &mut batch, CF_DATA, &overlay.data)
             .and_then(|()| put_pending(db, &mut batch, CF_RECORDS, &overlay.records))
             .and_then(|()| put_sessions(db, &mut batch, &overlay.sessions))
+            .and_then(|()| put_tokens(db, &mut batch, &overlay.tokens))
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         for (due, added) in overlay.index {
             if added {
@@ -531,6 +592,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if adds_tombstones {
             self.shared.end_change();
+        }
+        if written.is_ok() && !overlay.tokens.is_empty() {
+            let mut changed = Tokens::clone(&tokens);
+            for (id, token) in overlay.tokens {
+                match token {
+                    Some(token) => changed.insert(id, Arc::new(token)),
+                    None => changed.remove(&id),
+                };
+            }
+            self.shared.set_tokens(changed);
         }
         written
             .map_err(StoreError::from)

@@ -535,6 +535,7 @@ async fn list_pages_end_at_their_count_or_byte_bound_and_skip_expired_keys() {
         limit,
         max_bytes,
         keys_only,
+        within: None,
     };
     let keys = |items: &[(String, kv_core::Entry)]| -> Vec<String> {
         items.iter().map(|(k, _)| k.clone()).collect()
@@ -636,6 +637,7 @@ async fn prefix_deletes_hide_at_once_survive_restarts_and_snapshots_and_purge_la
         limit: 10,
         max_bytes: 1 << 20,
         keys_only: true,
+        within: None,
     };
     let (items, more) = a.reader.list(&page, 1000).expect("list");
     let keys: Vec<_> = items.iter().map(|(k, _)| k.as_str()).collect();
@@ -698,7 +700,7 @@ async fn prefix_deletes_hide_at_once_survive_restarts_and_snapshots_and_purge_la
 /// A snapshot written before tombstones and sessions existed ends after the records; it
 /// installs as one without them.
 #[tokio::test]
-async fn a_snapshot_from_before_tombstones_and_sessions_installs() {
+async fn a_snapshot_from_before_tombstones_sessions_and_tokens_installs() {
     let (_adir, mut a) = fresh_node();
     a.state_machine
         .apply([membership_entry(1), normal(2, 1000, set("k", "1", None))])
@@ -706,11 +708,25 @@ async fn a_snapshot_from_before_tombstones_and_sessions_installs() {
         .expect("apply");
     let snapshot = snapshot_of(&mut a.state_machine).await;
     let mut data = snapshot.snapshot.into_inner();
-    let tail = data.split_off(data.len() - 2);
+    let tail = data.split_off(data.len() - 3);
     assert_eq!(
         tail,
-        [0, 0],
-        "empty lists of tombstones and sessions end the encoding"
+        [0, 0, 0],
+        "empty lists of tombstones, sessions and tokens end the encoding"
+    );
+    // With tombstones and sessions: a snapshot written before tokens existed.
+    let (_sdir, mut sessions) = fresh_node();
+    sessions
+        .state_machine
+        .install_snapshot(
+            &snapshot.meta,
+            Box::new(Cursor::new([data.clone(), vec![0, 0]].concat())),
+        )
+        .await
+        .expect("install");
+    assert_eq!(
+        sessions.reader.digest().expect("digest"),
+        a.reader.digest().expect("digest")
     );
     // With tombstones only: a snapshot written before sessions existed.
     let (_odir, mut older) = fresh_node();
@@ -796,4 +812,136 @@ async fn sessions_survive_reopen_and_travel_in_snapshots() {
         matches!(&replay[0], Response::Applied(OpResult::Replayed(_))),
         "the installed session answers: {replay:?}"
     );
+}
+
+fn token(name: &str, grants: &[(&str, kv_core::Access)]) -> kv_core::Token {
+    kv_core::Token {
+        name: name.into(),
+        hash: [7; 32],
+        admin: false,
+        grants: grants
+            .iter()
+            .map(|(prefix, access)| kv_core::Grant {
+                prefix: (*prefix).into(),
+                access: *access,
+            })
+            .collect(),
+        created_ms: 0,
+    }
+}
+
+/// Tokens persist, travel in snapshots, are in the digest, and a revoke takes effect for
+/// the reader as soon as it is applied.
+#[tokio::test]
+async fn tokens_survive_reopen_travel_in_snapshots_and_are_digested() {
+    use kv_core::Access::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let put = |id, t| Command::PutToken { id, token: t };
+    {
+        let mut a = open(dir.path()).expect("open");
+        let before = a.reader.digest().expect("digest");
+        a.state_machine
+            .apply([
+                membership_entry(1),
+                normal(2, 1000, put(5, token("five", &[("a/", Write)]))),
+                normal(3, 1100, put(6, token("six", &[("", Read)]))),
+                normal(4, 1200, put(7, token("seven", &[]))),
+                normal(5, 1300, Command::RevokeToken { id: 7 }),
+            ])
+            .await
+            .expect("apply");
+        assert_eq!(a.reader.tokens().len(), 2);
+        assert_eq!(a.reader.token(5).expect("five").created_ms, 1000);
+        assert!(a.reader.token(7).is_none(), "revoked");
+        assert_ne!(a.reader.digest().expect("digest").hash, before.hash);
+    }
+    let mut a = open(dir.path()).expect("reopen");
+    let ids: Vec<u64> = a.reader.tokens().iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [5, 6]);
+    let written = a
+        .state_machine
+        .apply([
+            normal(
+                6,
+                1400,
+                Command::Authorized {
+                    token: 6,
+                    command: Box::new(set("a/x", "1", None)),
+                },
+            ),
+            normal(7, 1400, Command::RevokeToken { id: 5 }),
+        ])
+        .await
+        .expect("apply");
+    assert!(
+        matches!(
+            &written[0],
+            Response::Applied(OpResult::Failed {
+                failure: kv_core::Failure::Forbidden,
+                ..
+            })
+        ),
+        "read-only after reopen: {written:?}"
+    );
+    assert!(a.reader.token(5).is_none(), "the reader sees the revoke");
+    let (_bdir, mut b) = fresh_node();
+    install(
+        &mut b.state_machine,
+        snapshot_of(&mut a.state_machine).await,
+    )
+    .await;
+    let digest = b.reader.digest().expect("digest");
+    assert_eq!(digest, a.reader.digest().expect("digest"));
+    assert_eq!(digest.tokens, 1);
+    assert_eq!(b.reader.token(6).expect("six").name, "six");
+}
+
+/// A listing narrowed to a token's prefixes reads each in order, one page across them.
+#[tokio::test]
+async fn a_list_within_prefixes_pages_across_them() {
+    let (_dir, mut s) = fresh_node();
+    let keys = ["a/1", "b/1", "b/2", "c/1", "d/1", "d/2"];
+    let entries: Vec<LogEntry> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| normal(i as u64 + 1, 1000, set(k, "1", None)))
+        .collect();
+    s.state_machine.apply(entries).await.expect("apply");
+    let within = ["b/".to_owned(), "d/".to_owned()];
+    let page = |after, limit| kv_store::Page {
+        prefix: "",
+        after,
+        limit,
+        max_bytes: 1 << 20,
+        keys_only: true,
+        within: Some(&within),
+    };
+    let listed = |after, limit| {
+        let (items, more) = s.reader.list(&page(after, limit), 2000).expect("list");
+        let keys: Vec<String> = items.into_iter().map(|(k, _)| k).collect();
+        (keys, more)
+    };
+    assert_eq!(
+        listed(None, 10),
+        (
+            vec!["b/1".into(), "b/2".into(), "d/1".into(), "d/2".into()],
+            false
+        )
+    );
+    assert_eq!(
+        listed(None, 3),
+        (vec!["b/1".into(), "b/2".into(), "d/1".into()], true)
+    );
+    assert_eq!(listed(Some("b/2"), 1), (vec!["d/1".into()], true));
+    assert_eq!(
+        listed(Some("c/1"), 10),
+        (vec!["d/1".into(), "d/2".into()], false)
+    );
+    assert_eq!(listed(Some("d/2"), 10), (vec![], false));
+    let none: [String; 0] = [];
+    let empty = kv_store::Page {
+        within: Some(&none),
+        ..page(None, 10)
+    };
+    assert!(s.reader.list(&empty, 2000).expect("list").0.is_empty());
 }

@@ -121,7 +121,10 @@ fn precondition_failed(
         Failure::QuotaExceeded
         | Failure::PrefixDeletesPending
         | Failure::RecordsFull
-        | Failure::SessionWindowFull => "the write was refused",
+        | Failure::SessionWindowFull
+        | Failure::Unauthenticated
+        | Failure::Forbidden
+        | Failure::TokensFull => "the write was refused",
     };
     let code: ErrorCode = failure.code();
     let mut body = b"{\"error\":{\"code\":".to_vec();
@@ -164,6 +167,13 @@ fn refused(failure: Failure) -> ApiError {
         Failure::SessionWindowFull => {
             "this session already keeps the answers of its most unacknowledged writes; \
              acknowledge some (raise ack) before sending more"
+        }
+        Failure::Unauthenticated => {
+            "the token was revoked before this write applied; it was not applied"
+        }
+        Failure::Forbidden => "the token does not grant this write; it was not applied",
+        Failure::TokensFull => {
+            "the cluster keeps as many tokens as it can; revoke one before creating another"
         }
         Failure::KeyExists | Failure::RevisionMismatch => "the precondition failed",
     };

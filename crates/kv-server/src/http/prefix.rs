@@ -38,6 +38,7 @@ async fn serve_local_list(
             limit,
             max_bytes: MAX_PAGE_BYTES,
             keys_only,
+            within: None,
         };
         let (items, more) = reader.list(&page, now)?;
         Ok(answer::page(&items, more, keys_only, now))
