@@ -40,6 +40,9 @@ pub struct Tuning {
     /// Put every node's data directory on one tmpfs of this many MiB (needs root), so a
     /// test can fill the disk for real. Unmounted when the cluster is dropped.
     pub disk_mib: Option<u64>,
+    /// Turn auth on with a bootstrap admin token ([`TestCluster::admin_token`]), which
+    /// the cluster's own requests ([`TestCluster::http`]) carry.
+    pub auth: bool,
 }
 
 /// One node process.
@@ -56,7 +59,10 @@ pub struct TestNode {
 /// A running cluster.
 pub struct TestCluster {
     pub nodes: Vec<TestNode>,
+    /// Sends the admin token when auth is on (a request's own `Authorization` wins).
     pub http: reqwest::Client,
+    /// The bootstrap admin token, when auth is on.
+    pub admin_token: Option<String>,
     dir: Option<tempfile::TempDir>,
     /// The tmpfs holding the data directories, if [`Tuning::disk_mib`] asked for one.
     disk: Option<PathBuf>,
@@ -184,6 +190,20 @@ impl TestCluster {
             )?;
         }
         members.push_str("]\n");
+        let admin_token = tuning.auth.then(|| {
+            let bytes: [u8; 32] = rand::random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        });
+        let mut auth = String::new();
+        if let Some(token) = &admin_token {
+            let file = dir.path().join("admin-token");
+            std::fs::write(&file, format!("{token}\n"))?;
+            writeln!(
+                auth,
+                "[auth]\nadmin_token_file = {:?}",
+                file.display().to_string()
+            )?;
+        }
         let mut nodes = vec![];
         for i in 0..n {
             let id = i as u64 + 1;
@@ -196,7 +216,7 @@ impl TestCluster {
                 .map(|(_, l)| l.as_str())
                 .collect();
             let text = format!(
-                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\nlog_segment_mib = 4\n{}\n[limits]\n{}\n",
+                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\nlog_segment_mib = 4\n{}\n[limits]\n{}\n{auth}",
                 addrs[2 * i],
                 addrs[2 * i + 1],
                 data.display(),
@@ -215,7 +235,14 @@ impl TestCluster {
                 paused: false,
             });
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &admin_token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(Duration::from_secs(15))
             // Below the nodes' idle timeout, as kv-client's.
             .pool_idle_timeout(Duration::from_secs(10))
@@ -223,6 +250,7 @@ impl TestCluster {
         let mut cluster = Self {
             nodes,
             http,
+            admin_token,
             dir: Some(dir),
             disk,
             passed: false,

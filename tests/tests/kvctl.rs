@@ -4,13 +4,24 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
-use kv_tests::{kvctl_binary, TestCluster};
+use kv_tests::{kvctl_binary, TestCluster, Tuning};
 use serde_json::{json, Value};
 
 /// Runs kvctl with `args` (and `stdin`), returning exit code and standard output.
 fn kvctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Result<(i32, String)> {
+    kvctl_as(endpoints, None, args, stdin)
+}
+
+/// [`kvctl`] with `KV_TOKEN` set to `token`.
+fn kvctl_as(
+    endpoints: &str,
+    token: Option<&str>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(i32, String)> {
     let mut child = Command::new(kvctl_binary()?)
         .env("KV_ENDPOINTS", endpoints)
+        .env("KV_TOKEN", token.unwrap_or(""))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -120,6 +131,57 @@ async fn kvctl_commands_print_json_or_tables_and_exit_with_usable_codes() -> Res
         kvctl("http://127.0.0.1:1", &["get", "k", "--timeout", "1"], None)?.0 == 3,
         "nothing listens on port 1"
     );
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn kvctl_manages_tokens_and_uses_the_one_it_is_given() -> Result<()> {
+    let tuning = Tuning {
+        auth: true,
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let eps: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("http://{}", n.client_addr))
+        .collect();
+    let eps = eps.join(",");
+    let admin = c.admin_token.clone().context("auth is on")?;
+    let as_admin = |args: &[&str]| kvctl_as(&eps, Some(&admin), args, None);
+
+    let (code, out) = as_admin(&["token", "create", "--name", "app", "--write", "app/"])?;
+    ensure!(code == 0, "{code} {out}");
+    let created = json_of(&out)?;
+    let id = created["id"].as_str().context("id")?.to_owned();
+    let token = created["token"].as_str().context("token")?.to_owned();
+    let as_app = |args: &[&str]| kvctl_as(&eps, Some(&token), args, None);
+    let (code, out) = as_app(&["put", "app/x", "1"])?;
+    ensure!(code == 0, "within its grant: {code} {out}");
+    let (code, out) = as_app(&["put", "other/x", "1"])?;
+    ensure!(
+        code == 2,
+        "outside its grant: refused, exit 2: {code} {out}"
+    );
+    let (code, out) = kvctl(&eps, &["get", "app/x"], None)?;
+    ensure!(code == 2, "no token: refused, exit 2: {code} {out}");
+    let (code, out) = as_app(&["token", "list"])?;
+    ensure!(code == 2, "not an admin: {code} {out}");
+
+    let (code, out) = as_admin(&["token", "list"])?;
+    let listed = json_of(&out)?;
+    ensure!(
+        code == 0 && listed[0]["id"] == id.as_str() && listed[0]["grants"][0]["access"] == "write",
+        "{code} {out}"
+    );
+    let (code, out) = as_admin(&["token", "revoke", &id])?;
+    ensure!(
+        code == 0 && json_of(&out)?["revoked"] == true,
+        "{code} {out}"
+    );
+    let (code, out) = as_app(&["get", "app/x"])?;
+    ensure!(code == 2, "revoked: {code} {out}");
     c.pass();
     Ok(())
 }

@@ -85,6 +85,52 @@ pub struct DeletedPrefix {
     pub revision: u64,
 }
 
+/// What a token may do on the keys under `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    pub prefix: String,
+    /// `"read"` or `"write"` (which includes reading).
+    pub access: String,
+}
+
+/// A token to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    /// Who holds it, for people.
+    pub name: String,
+    /// May manage tokens and read the cluster's state.
+    pub admin: bool,
+    pub grants: Vec<TokenGrant>,
+}
+
+/// A token as the cluster lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// 16 hex digits.
+    pub id: String,
+    pub name: String,
+    pub admin: bool,
+    pub grants: Vec<TokenGrant>,
+    pub created_ms: u64,
+}
+
+/// A token just created: its id and its secret, shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub id: String,
+    /// What clients send as `Authorization: Bearer <token>`.
+    pub token: String,
+    pub revision: u64,
+}
+
+/// What a revoke reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Whether the token existed.
+    pub revoked: bool,
+    pub revision: u64,
+}
+
 /// Outcome of [`KvClient::create`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Created<T> {
@@ -128,6 +174,36 @@ pub struct SetOptions {
     pub keep_ttl: bool,
 }
 
+/// How a [`KvClient`] connects and retries.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Deadlines and backoff.
+    pub policy: RetryPolicy,
+    /// Sent as `Authorization: Bearer <token>` with every request, for clusters with
+    /// auth on.
+    pub token: Option<String>,
+    /// PEM certificates to trust for `https://` endpoints, instead of the system's:
+    /// the cluster's CA.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl ClientOptions {
+    /// Options from the environment: `KV_TOKEN` and `KV_CACERT` (a PEM file's path).
+    pub fn from_env() -> Result<Self, ClientError> {
+        let ca_pem = match std::env::var_os("KV_CACERT") {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                ClientError::Setup(format!("reading KV_CACERT {}: {e}", path.to_string_lossy()))
+            })?),
+            None => None,
+        };
+        Ok(Self {
+            policy: RetryPolicy::default(),
+            token: std::env::var("KV_TOKEN").ok().filter(|t| !t.is_empty()),
+            ca_pem,
+        })
+    }
+}
+
 /// A client over one or more node URLs such as `http://127.0.0.1:7001`.
 #[derive(Clone)]
 pub struct KvClient {
@@ -153,12 +229,24 @@ impl KvClient {
         endpoints: impl IntoIterator<Item = impl Into<String>>,
         policy: RetryPolicy,
     ) -> Result<Self, ClientError> {
+        let options = ClientOptions {
+            policy,
+            ..ClientOptions::default()
+        };
+        Self::with_options(endpoints, options)
+    }
+
+    /// A client with a token, a CA to trust, or its own retry policy.
+    pub fn with_options(
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         let endpoints: Vec<String> = endpoints
             .into_iter()
             .map(|e| e.into().trim_end_matches('/').to_owned())
             .collect();
         Ok(Self {
-            call: Call::new(endpoints, policy)?,
+            call: Call::new(endpoints, options)?,
         })
     }
 
@@ -342,6 +430,48 @@ impl KvClient {
         decode_ok(
             self.call
                 .run(Method::DELETE, &format!("/v1/kv?{qs}"), None, &[], true)
+                .await?,
+        )
+    }
+
+    /// Creates a token (an admin's call). The answer holds its secret, `token`, which
+    /// the cluster never shows again.
+    pub async fn create_token(&self, spec: &NewToken) -> Result<CreatedToken, ClientError> {
+        let body = Self::encode(spec)?;
+        // Retried as a read: an attempt whose answer was lost may leave an unused token of
+        // the same name, which `tokens` lists and `revoke_token` removes.
+        decode_ok(
+            self.call
+                .run(Method::POST, "/v1/tokens", Some(body), &[], false)
+                .await?,
+        )
+    }
+
+    /// Every token, without secrets (an admin's call).
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        #[derive(Deserialize)]
+        struct Tokens {
+            tokens: Vec<TokenInfo>,
+        }
+        let all: Tokens = decode_ok(
+            self.call
+                .run(Method::GET, "/v1/tokens", None, &[], false)
+                .await?,
+        )?;
+        Ok(all.tokens)
+    }
+
+    /// Revokes token `id` (16 hex digits) on every node; `revoked` is false if it did
+    /// not exist (an admin's call).
+    pub async fn revoke_token(&self, id: &str) -> Result<Revoked, ClientError> {
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::Codec(format!(
+                "a token id is 16 hex digits, not {id:?}"
+            )));
+        }
+        decode_ok(
+            self.call
+                .run(Method::DELETE, &format!("/v1/tokens/{id}"), None, &[], true)
                 .await?,
         )
     }

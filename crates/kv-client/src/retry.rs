@@ -81,15 +81,35 @@ fn next_random(state: &mut u64) -> u64 {
 }
 
 impl Call {
-    pub fn new(endpoints: Vec<String>, policy: RetryPolicy) -> Result<Self, ClientError> {
+    pub fn new(endpoints: Vec<String>, options: crate::ClientOptions) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::Setup("no endpoints given".into()));
         }
-        let http = reqwest::Client::builder()
+        let setup = |e: &dyn std::fmt::Display| ClientError::Setup(e.to_string());
+        let policy = options.policy;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| setup(&"the token is not visible ASCII"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let mut builder = reqwest::Client::builder()
             .tcp_nodelay(true)
             .pool_idle_timeout(policy.pool_idle_timeout)
-            .build()
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+            .default_headers(headers);
+        if let Some(pem) = &options.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| setup(&e))?;
+            if certs.is_empty() {
+                return Err(setup(&"the CA file holds no PEM certificate"));
+            }
+            // Only the cluster's CA: a certificate the system trusts is not the cluster's.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| setup(&e))?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -258,6 +278,13 @@ impl Call {
 mod tests {
     use super::*;
 
+    fn options(policy: RetryPolicy) -> crate::ClientOptions {
+        crate::ClientOptions {
+            policy,
+            ..crate::ClientOptions::default()
+        }
+    }
+
     #[tokio::test]
     async fn unreachable_endpoints_give_unavailable_within_the_deadline() {
         // Port 1 on loopback refuses connections: nothing is applied anywhere.
@@ -267,7 +294,7 @@ mod tests {
         };
         let call = Call::new(
             vec!["http://127.0.0.1:1".into(), "http://127.0.0.2:1".into()],
-            policy,
+            options(policy),
         )
         .expect("client");
         let started = Instant::now();
@@ -377,7 +404,7 @@ mod tests {
     #[tokio::test]
     async fn an_outcome_unknown_write_is_retried_under_the_same_session_number() {
         let (endpoint, keys) = scripted_server(vec![504, 200]).await;
-        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
         let attempt = call
             .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
             .await
@@ -390,7 +417,7 @@ mod tests {
     async fn a_write_that_was_ever_outcome_unknown_stays_outcome_unknown() {
         // A 503 after a 504 does not undo the 504: the first attempt may have applied.
         let (endpoint, keys) = scripted_server(vec![504, 503]).await;
-        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
         match call
             .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
             .await
@@ -405,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_only_ever_refused_with_503_is_unavailable() {
         let (endpoint, _) = scripted_server(vec![503]).await;
-        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
         match call
             .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
             .await
@@ -419,7 +446,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_whose_session_ended_before_it_applied_moves_to_a_new_one() {
         let (endpoint, keys) = scripted_server(vec![422, 200]).await;
-        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
         let attempt = call
             .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
             .await
@@ -434,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_that_ended_after_a_maybe_applied_attempt_is_outcome_unknown() {
         let (endpoint, _) = scripted_server(vec![504, 422]).await;
-        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
         match call
             .run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &[], true)
             .await
@@ -448,7 +475,7 @@ mod tests {
     #[tokio::test]
     async fn a_callers_own_idempotency_key_replaces_the_session() {
         let (endpoint, keys) = scripted_server(vec![200]).await;
-        let call = Call::new(vec![endpoint], short_policy()).expect("client");
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
         let own = [("idempotency-key", "webhook-7".to_owned())];
         call.run(Method::PUT, "/v1/kv/k", Some(b"1".to_vec()), &own, true)
             .await

@@ -2180,7 +2180,7 @@ mod tests {
         ];
         for (tag, failure) in failures.iter().enumerate() {
             assert_eq!(
-                usize::from(postcard::to_stdvec(failure).unwrap()[0]),
+                usize::from(postcard::to_stdvec(failure).expect("encodes")[0]),
                 tag,
                 "{failure:?}"
             );

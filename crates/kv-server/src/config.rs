@@ -164,6 +164,10 @@ pub struct NodeConfig {
     /// only.
     #[serde(default)]
     pub insecure_raft_port: bool,
+    /// Serve the client port on a non-loopback address without tokens: anyone who
+    /// reaches it may read and write everything. For closed networks only.
+    #[serde(default)]
+    pub insecure_client_port: bool,
     /// Test-only: added to this node's wall clock when it stamps commands, to simulate
     /// clock skew.
     #[serde(default)]
@@ -172,6 +176,63 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Bearer tokens on the client port.
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Where the bootstrap admin token comes from. Auth is on when one is named: every
+/// request but `/healthz` and `/readyz` then needs a token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A file holding the bootstrap admin token on one line.
+    pub admin_token_file: Option<PathBuf>,
+    /// An environment variable holding it.
+    pub admin_token_env: Option<String>,
+}
+
+/// Bounds on the bootstrap token: long enough that guessing it is hopeless.
+const ADMIN_TOKEN_BYTES: std::ops::RangeInclusive<usize> = 32..=256;
+
+impl AuthConfig {
+    /// Whether requests need tokens.
+    pub fn enabled(&self) -> bool {
+        self.admin_token_file.is_some() || self.admin_token_env.is_some()
+    }
+
+    /// The bootstrap admin token, read from its file or variable; `None` if auth is off.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.admin_token_file, &self.admin_token_env) {
+            (None, None) => return Ok(None),
+            (Some(path), None) => std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim_end_matches(['\n', '\r'])
+                .to_owned(),
+            (None, Some(name)) => std::env::var(name).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "auth.admin_token_env names {name}, which is not set (or not UTF-8)"
+                ))
+            })?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "set one of auth.admin_token_file and auth.admin_token_env".into(),
+                ))
+            }
+        };
+        let visible = token.bytes().all(|b| (0x21..=0x7e).contains(&b));
+        if !visible || !ADMIN_TOKEN_BYTES.contains(&token.len()) || token.starts_with("kvt_") {
+            return Err(ConfigError::Invalid(
+                "the admin token must be 32 to 256 visible ASCII characters on one line, \
+                 not starting with kvt_ (e.g. the output of `openssl rand -hex 32`)"
+                    .into(),
+            ));
+        }
+        Ok(Some(token))
+    }
 }
 
 impl NodeConfig {
@@ -253,6 +314,20 @@ impl NodeConfig {
                  the raft port could replace this node's state. Set cluster_secret_file or \
                  cluster_secret_env (or, on a closed network, insecure_raft_port = true)",
                 self.raft_addr
+            ));
+        }
+        if self.auth.admin_token_file.is_some() && self.auth.admin_token_env.is_some() {
+            return invalid("set one of auth.admin_token_file and auth.admin_token_env".into());
+        }
+        if !self.auth.enabled()
+            && !self.client_addr.ip().is_loopback()
+            && !self.insecure_client_port
+        {
+            return invalid(format!(
+                "client_addr {} is not loopback and auth is off: anyone who reaches it could \
+                 read and overwrite every key. Set auth.admin_token_file or \
+                 auth.admin_token_env (or, on a closed network, insecure_client_port = true)",
+                self.client_addr
             ));
         }
         let me = self.members.iter().find(|m| m.id == self.id);
@@ -346,11 +421,54 @@ mod tests {
     }
 
     /// VALID on `ip` instead of 127.0.0.1, with `extra` top-level lines.
+    /// `VALID` with both ports on `ip` and `extra` top-level lines, the client port open
+    /// (see `a_client_port_off_loopback_needs_auth`).
     fn on(ip: &str, extra: &str) -> NodeConfig {
+        with_client_port(ip, &format!("insecure_client_port = true\n{extra}"), "")
+    }
+
+    fn with_client_port(ip: &str, extra: &str, sections: &str) -> NodeConfig {
         let text = VALID
             .replace("127.0.0.1", ip)
-            .replace("data_dir", &format!("{extra}\ndata_dir"));
+            .replace("data_dir", &format!("{extra}\ndata_dir"))
+            .replace("[raft]", &format!("{sections}\n[raft]"));
         toml::from_str(&text).expect("parses")
+    }
+
+    #[test]
+    fn a_client_port_off_loopback_needs_auth() {
+        let secret = "cluster_secret_env = \"S\"";
+        let open = with_client_port("10.1.2.3", secret, "").validate();
+        assert!(open
+            .expect_err("refused")
+            .to_string()
+            .contains("insecure_client_port"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("admin");
+        let auth = format!("[auth]\nadmin_token_file = {file:?}");
+        let with_auth = with_client_port("10.1.2.3", secret, &auth);
+        assert!(with_auth.validate().is_ok());
+        assert!(with_auth.auth.admin_token().is_err(), "the file is missing");
+        std::fs::write(&file, "short\n").expect("write");
+        assert!(with_auth.auth.admin_token().is_err(), "too short");
+        std::fs::write(&file, format!("kvt_{}\n", "a".repeat(40))).expect("write");
+        assert!(
+            with_auth.auth.admin_token().is_err(),
+            "looks like a stored token"
+        );
+        let good = "0123456789abcdef".repeat(4);
+        std::fs::write(&file, format!("{good}\n")).expect("write");
+        assert_eq!(
+            with_auth.auth.admin_token().expect("read").as_deref(),
+            Some(good.as_str())
+        );
+        let both = format!("{auth}\nadmin_token_env = \"T\"");
+        assert!(with_client_port("127.0.0.1", "", &both).validate().is_err());
+        assert!(
+            with_client_port("127.0.0.1", "", "").validate().is_ok(),
+            "local use"
+        );
+        assert!(!with_client_port("127.0.0.1", "", "").auth.enabled());
     }
 
     #[test]

@@ -122,6 +122,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "no cluster secret: the raft port accepts any connection that reaches it"
         );
     }
+    let admin_token = config.auth.admin_token()?;
+    if admin_token.is_none() {
+        tracing::warn!(
+            client = %config.client_addr,
+            "auth is off: anyone who reaches the client port may read and write every key"
+        );
+    }
     let network = Network::new(cluster.clone(), secret.clone(), outgoing);
     let raft = Raft::new(
         config.id,
@@ -220,6 +227,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         forwards: tokio::sync::Semaphore::new(
             (config.limits.max_connections_per_ip / 2).clamp(1, http::MAX_FORWARDS),
         ),
+        auth: admin_token.as_deref().map(http::Auth::new),
     });
 
     let raft_server = tokio::spawn(raft_network::serve(

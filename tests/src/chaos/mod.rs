@@ -133,6 +133,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         // is current, which the fault waits for.
         node_election_ms: skewed.map(|id| (id, (300, 500))).into_iter().collect(),
         own_addresses: true,
+        auth: false,
         disk_mib: None,
     };
     let cluster = TestCluster::start_tuned(config.nodes, tuning).await?;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kv_client::{
-    ClientError, Created, Entry, KvClient, RetryPolicy, SetOptions, Swapped, LOCAL_CLUSTER,
+    ClientError, ClientOptions, Created, Entry, KvClient, NewToken, RetryPolicy, SetOptions,
+    Swapped, TokenGrant, LOCAL_CLUSTER,
 };
 use serde_json::{json, Value};
 
@@ -22,6 +23,12 @@ struct Cli {
     /// Give up after this many seconds, retries included.
     #[arg(long, default_value_t = 10, global = true)]
     timeout: u64,
+    /// Bearer token, for clusters with auth on.
+    #[arg(long, env = "KV_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// PEM file of the CA to trust for https endpoints (instead of the system's roots).
+    #[arg(long, env = "KV_CACERT", global = true)]
+    cacert: Option<std::path::PathBuf>,
     /// How to print results.
     #[arg(long, value_enum, default_value_t = Output::Json, global = true)]
     output: Output,
@@ -73,6 +80,37 @@ enum Cmd {
     Cluster {
         #[command(subcommand)]
         what: ClusterCmd,
+    },
+    /// Access tokens (needs an admin token).
+    Token {
+        #[command(subcommand)]
+        what: TokenCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token and print it with its secret, which is shown only now.
+    Create {
+        /// Who holds it (a service, a workspace).
+        #[arg(long)]
+        name: String,
+        /// May manage tokens and read the cluster's state.
+        #[arg(long)]
+        admin: bool,
+        /// May read keys under this prefix ("" for every key); repeatable.
+        #[arg(long = "read", value_name = "PREFIX")]
+        read: Vec<String>,
+        /// May read and write keys under this prefix; repeatable.
+        #[arg(long = "write", value_name = "PREFIX")]
+        write: Vec<String>,
+    },
+    /// List tokens, without secrets.
+    List,
+    /// Revoke a token on every node.
+    Revoke {
+        /// The token's id (16 hex digits).
+        id: String,
     },
 }
 
@@ -244,6 +282,37 @@ async fn run(client: &KvClient, command: Cmd) -> Result<Done, ClientError> {
         Cmd::Cluster {
             what: ClusterCmd::Status,
         } => ok(client.cluster().await?),
+        Cmd::Token {
+            what:
+                TokenCmd::Create {
+                    name,
+                    admin,
+                    read,
+                    write,
+                },
+        } => {
+            let grants = read
+                .into_iter()
+                .map(|p| (p, "read"))
+                .chain(write.into_iter().map(|p| (p, "write")))
+                .map(|(prefix, access)| TokenGrant {
+                    prefix,
+                    access: access.to_owned(),
+                })
+                .collect();
+            let spec = NewToken {
+                name,
+                admin,
+                grants,
+            };
+            ok(to_json(&client.create_token(&spec).await?))
+        }
+        Cmd::Token {
+            what: TokenCmd::List,
+        } => ok(to_json(&client.tokens().await?)),
+        Cmd::Token {
+            what: TokenCmd::Revoke { id },
+        } => ok(to_json(&client.revoke_token(&id).await?)),
     })
 }
 
@@ -259,7 +328,19 @@ async fn main() -> ExitCode {
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty());
-    let client = match KvClient::with_policy(endpoints, policy) {
+    let ca_pem = match cli.cacert.as_deref().map(std::fs::read).transpose() {
+        Ok(pem) => pem,
+        Err(e) => {
+            eprintln!("kvctl: reading --cacert: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = ClientOptions {
+        policy,
+        token: cli.token.clone().filter(|t| !t.is_empty()),
+        ca_pem,
+    };
+    let client = match KvClient::with_options(endpoints, options) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kvctl: {e}");

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use openraft::ServerState;
 use serde_json::{json, Value};
 
 use kv_core::ErrorCode;
 
+use super::auth::{Caller, Need};
 use super::{ApiError, App};
 
 fn role(state: ServerState) -> &'static str {
@@ -31,7 +33,11 @@ async fn committed_index(app: &App) -> Result<Option<u64>, ApiError> {
 }
 
 /// `GET /v1/cluster`: this node's view of the cluster.
-pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn cluster(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&caller, Need::Admin)?;
     let m = app.raft.metrics().borrow().clone();
     let commit_index = committed_index(&app).await?;
     let membership = m.membership_config.membership();
@@ -79,7 +85,11 @@ pub(crate) async fn cluster(State(app): State<Arc<App>>) -> Result<Json<Value>, 
 /// it was taken at. Replicas at the same `applied_index` must report the same `digest`;
 /// the chaos suite compares them after every run. Reads the whole state: an operator
 /// tool, not for hot paths, so one runs at a time and a second caller is told to retry.
-pub(crate) async fn digest(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn digest(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    app.authorize(&caller, Need::Admin)?;
     let running = app.digest_running.clone().try_lock_owned().map_err(|_| {
         ApiError::new(
             ErrorCode::Unavailable,
@@ -101,6 +111,7 @@ pub(crate) async fn digest(State(app): State<Arc<App>>) -> Result<Json<Value>, A
         "keys": d.keys,
         "records": d.records,
         "sessions": d.sessions,
+        "tokens": d.tokens,
     })))
 }
 

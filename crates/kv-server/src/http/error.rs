@@ -49,6 +49,12 @@ impl IntoResponse for ApiError {
             StatusCode::from_u16(self.code.status()).expect("every error code has a valid status");
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
         let mut response = (status, axum::Json(body)).into_response();
+        if self.code == ErrorCode::Unauthenticated {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"quorum-kv\""),
+            );
+        }
         if matches!(
             status,
             StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT

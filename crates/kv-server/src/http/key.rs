@@ -7,10 +7,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
+use axum::Extension;
 use kv_core::validate::InputError;
 use kv_core::{Command, ErrorCode, Precondition};
 
 use super::answer;
+use super::auth::{Caller, Need};
 use super::leader::{lead_or_forward, propose, read, Forwardable};
 use super::request::{
     check_content_type, check_json, idempotency, no_precondition, parse_query, precondition,
@@ -18,7 +20,8 @@ use super::request::{
 };
 use super::{ApiError, App};
 
-fn serve_local_get(app: &App, key: &str) -> Result<Response, ApiError> {
+fn serve_local_get(app: &App, caller: &Caller, key: &str) -> Result<Response, ApiError> {
+    app.authorize(caller, Need::Read(key))?;
     let now = app.read_time_ms();
     match app.reader.get(key)? {
         Some(e) if e.is_live_at(now) => Ok(answer::entry(key, &e, now)),
@@ -29,6 +32,7 @@ fn serve_local_get(app: &App, key: &str) -> Result<Response, ApiError> {
 /// `GET /v1/kv/{key}?consistency=linearizable|stale`.
 pub(crate) async fn get_key(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Key(key): Key,
     uri: Uri,
     headers: HeaderMap,
@@ -37,12 +41,16 @@ pub(crate) async fn get_key(
     let stale = wants_stale(q.consistency.as_deref())?;
     no_precondition(&headers)?;
     let req = || Forwardable::for_key(Method::GET, &key, &uri, headers, Bytes::new(), false);
-    read(&app, stale, req, || async { serve_local_get(&app, &key) }).await
+    read(&app, stale, req, || async {
+        serve_local_get(&app, &caller, &key)
+    })
+    .await
 }
 
 /// `PUT /v1/kv/{key}?ttl=S|keep_ttl=true` with a JSON body, optionally conditional.
 pub(crate) async fn put_key(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Key(key): Key,
     uri: Uri,
     headers: HeaderMap,
@@ -58,7 +66,8 @@ pub(crate) async fn put_key(
     let idem = idempotency(&headers, "PUT", &key, &uri, &body)?;
     let value = body.to_vec();
     let req = Forwardable::for_key(Method::PUT, &key, &uri, headers, body, true);
-    lead_or_forward(&app, req, || {
+    lead_or_forward(&app, req, || async {
+        app.authorize(&caller, Need::Write(&key))?;
         let command = Command::Set {
             key: key.clone(),
             value,
@@ -66,7 +75,7 @@ pub(crate) async fn put_key(
             precondition,
         };
         let created = precondition == Precondition::Absent;
-        propose(&app, &key, command, idem, created)
+        propose(&app, &caller, &key, command, idem, created).await
     })
     .await
 }
@@ -74,6 +83,7 @@ pub(crate) async fn put_key(
 /// `DELETE /v1/kv/{key}`, optionally with `If-Match`.
 pub(crate) async fn delete_key(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Key(key): Key,
     uri: Uri,
     headers: HeaderMap,
@@ -82,12 +92,13 @@ pub(crate) async fn delete_key(
     let precondition = precondition(&headers, false)?;
     let idem = idempotency(&headers, "DELETE", &key, &uri, b"")?;
     let req = Forwardable::for_key(Method::DELETE, &key, &uri, headers, Bytes::new(), true);
-    lead_or_forward(&app, req, || {
+    lead_or_forward(&app, req, || async {
+        app.authorize(&caller, Need::Write(&key))?;
         let command = Command::Delete {
             key: key.clone(),
             precondition,
         };
-        propose(&app, &key, command, idem, false)
+        propose(&app, &caller, &key, command, idem, false).await
     })
     .await
 }

@@ -12,6 +12,7 @@ use kv_core::{Command, ErrorCode, OpResult};
 use kv_store::typ::{NodeId, NodeInfo};
 
 use super::answer;
+use super::auth::Caller;
 use super::request::Idempotency;
 use super::{ApiError, App, Leader};
 use crate::proposer::WriteError;
@@ -26,6 +27,7 @@ pub const MAX_FORWARDS: usize = 128;
 
 /// Request headers worth passing to the leader.
 const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "authorization",
     "content-type",
     "if-match",
     "if-none-match",
@@ -38,6 +40,7 @@ const RELAYED_RESPONSE_HEADERS: &[&str] = &[
     "etag",
     "retry-after",
     "idempotency-replayed",
+    "www-authenticate",
 ];
 
 /// A request as it may have to travel to the leader.
@@ -246,10 +249,12 @@ where
     .await
 }
 
-/// Proposes `command` on this node (which leads), recorded under its idempotency key if
-/// it has one, and answers for `key`. `created` says a success is a creation (201).
+/// Proposes `command` on this node (which leads) as `caller`'s, recorded under its
+/// idempotency key or session if it has one (each scoped to the caller's token), and
+/// answers for `key`. `created` says a success is a creation (201).
 pub(crate) async fn propose(
     app: &App,
+    caller: &Caller,
     key: &str,
     command: Command,
     idempotency: Option<Idempotency>,
@@ -258,7 +263,7 @@ pub(crate) async fn propose(
     let command = match idempotency {
         None => command,
         Some(Idempotency::Key { id, fingerprint }) => Command::Idempotent {
-            id,
+            id: caller.scoped_key(id),
             fingerprint,
             retain_ms: app.limits.idempotency_retention_s.saturating_mul(1000),
             command: Box::new(command),
@@ -269,11 +274,18 @@ pub(crate) async fn propose(
             ack,
             fingerprint,
         }) => Command::Session {
-            id,
+            id: caller.scoped_session(id),
             seq,
             ack,
             fingerprint,
             idle_ms: app.limits.session_idle_s.saturating_mul(1000),
+            command: Box::new(command),
+        },
+    };
+    let command = match caller.token_id() {
+        None => command,
+        Some(token) => Command::Authorized {
+            token,
             command: Box::new(command),
         },
     };
@@ -296,16 +308,21 @@ pub(crate) async fn propose(
             "this session has ended (or never began with write number 1), or this write's answer was acknowledged; it was not applied now",
         )),
         Ok(result) => answer::written(app, key, result, created),
-        Err(WriteError::NotLeader(leader)) => Ok(Local::NotLeader(leader)),
-        Err(WriteError::OutcomeUnknown) => Err(ApiError::new(
+        Err(e) => not_written(e),
+    }
+}
+
+/// What a write that was not applied here answers.
+pub(crate) fn not_written(e: WriteError) -> Result<Local, ApiError> {
+    match e {
+        WriteError::NotLeader(leader) => Ok(Local::NotLeader(leader)),
+        WriteError::OutcomeUnknown => Err(ApiError::new(
             ErrorCode::OutcomeUnknown,
             "the write was proposed but its commit was not seen (it timed out or raft stopped); it may or may not have been applied. Retrying it with the same Idempotency-Key is safe: it is applied at most once",
         )),
-        Err(WriteError::Stopped(m)) => Err(ApiError::new(ErrorCode::Unavailable, m)),
-        Err(e @ WriteError::Overloaded(_)) => {
-            Err(ApiError::new(ErrorCode::Unavailable, e.to_string()))
-        }
-        Err(WriteError::DiskFull(full)) => Err(ApiError::new(
+        WriteError::Stopped(m) => Err(ApiError::new(ErrorCode::Unavailable, m)),
+        e @ WriteError::Overloaded(_) => Err(ApiError::new(ErrorCode::Unavailable, e.to_string())),
+        WriteError::DiskFull(full) => Err(ApiError::new(
             ErrorCode::InsufficientStorage,
             full.to_string(),
         )),

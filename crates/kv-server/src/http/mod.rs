@@ -2,6 +2,7 @@
 
 mod admin;
 mod answer;
+mod auth;
 mod error;
 mod key;
 mod leader;
@@ -9,6 +10,7 @@ mod prefix;
 mod request;
 mod serve;
 mod session;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use axum::Router;
 use kv_store::typ::{NodeId, NodeInfo, Raft};
 use kv_store::StateReader;
 
+pub use auth::Auth;
 pub use error::ApiError;
 pub use leader::MAX_FORWARDS;
 pub use serve::{serve, ConnectionLimits};
@@ -48,6 +51,8 @@ pub struct App {
     pub digest_running: Arc<tokio::sync::Mutex<()>>,
     /// Permits to forward a request to the leader (`leader::MAX_FORWARDS`).
     pub forwards: tokio::sync::Semaphore,
+    /// Bearer tokens, when on.
+    pub auth: Option<Auth>,
 }
 
 /// Who leads, as far as this node knows.
@@ -92,12 +97,18 @@ pub fn router(app: Arc<App>) -> Router {
                 .delete(key::empty_key),
         )
         .route("/v1/sessions", post(session::open))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/admin/digest", get(admin::digest))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn(serve::bounded_head))
         .with_state(app)
 }

@@ -6,10 +6,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
+use axum::Extension;
 use kv_core::{Command, ErrorCode};
 use kv_store::Page;
 
 use super::answer;
+use super::auth::{Caller, Need};
 use super::leader::{lead_or_forward, propose, read, Forwardable};
 use super::request::{
     idempotency, no_precondition, parse_bool, parse_query, wants_stale, ListQuery, PrefixQuery,
@@ -24,11 +26,15 @@ pub(crate) const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// async workers (and raft's heartbeats with them).
 async fn serve_local_list(
     app: &App,
+    caller: &Caller,
     prefix: String,
     after: Option<String>,
     limit: usize,
     keys_only: bool,
 ) -> Result<Response, ApiError> {
+    let within = app
+        .authorize(caller, Need::AnyToken)?
+        .and_then(|token| token.readable_within(&prefix));
     let now = app.read_time_ms();
     let reader = app.reader.clone();
     tokio::task::spawn_blocking(move || {
@@ -38,7 +44,7 @@ async fn serve_local_list(
             limit,
             max_bytes: MAX_PAGE_BYTES,
             keys_only,
-            within: None,
+            within: within.as_deref(),
         };
         let (items, more) = reader.list(&page, now)?;
         Ok(answer::page(&items, more, keys_only, now))
@@ -47,9 +53,11 @@ async fn serve_local_list(
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("list task: {e}")))?
 }
 
-/// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true`: live entries in key order.
+/// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true`: live entries in key order, of
+/// the keys the caller may read.
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -62,7 +70,14 @@ pub(crate) async fn list(
     let after = q.after;
     let req = || Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
     read(&app, stale, req, || {
-        serve_local_list(&app, prefix.clone(), after.clone(), limit, keys_only)
+        serve_local_list(
+            &app,
+            &caller,
+            prefix.clone(),
+            after.clone(),
+            limit,
+            keys_only,
+        )
     })
     .await
 }
@@ -70,6 +85,7 @@ pub(crate) async fn list(
 /// `DELETE /v1/kv?prefix=P`: removes every key with a non-empty prefix in one command.
 pub(crate) async fn delete_prefix(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -78,11 +94,12 @@ pub(crate) async fn delete_prefix(
     no_precondition(&headers)?;
     let idem = idempotency(&headers, "DELETE", "", &uri, b"")?;
     let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
-    lead_or_forward(&app, req, || {
+    lead_or_forward(&app, req, || async {
+        app.authorize(&caller, Need::DeletePrefix(&prefix))?;
         let command = Command::DeletePrefix {
             prefix: prefix.clone(),
         };
-        propose(&app, "", command, idem, false)
+        propose(&app, &caller, "", command, idem, false).await
     })
     .await
 }

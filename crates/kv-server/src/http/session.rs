@@ -7,9 +7,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
+use axum::Extension;
 use kv_core::session::session_key;
 use kv_core::Command;
 
+use super::auth::{Caller, Need};
 use super::leader::{lead_or_forward, propose, Forwardable};
 use super::request::{no_precondition, parse_query, NoQuery};
 use super::{ApiError, App};
@@ -18,6 +20,7 @@ use super::{ApiError, App};
 /// `201 {"session": "<32 hex digits>", "expires_at_ms": …}`.
 pub(crate) async fn open(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -25,13 +28,14 @@ pub(crate) async fn open(
     no_precondition(&headers)?;
     let req = Forwardable::new(Method::POST, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || async {
+        app.authorize(&caller, Need::AnyToken)?;
         // Chosen by the leader and carried in the command: apply stays deterministic.
         let id: u128 = rand::random();
         let command = Command::OpenSession {
-            id,
+            id: caller.scoped_session(id),
             idle_ms: app.limits.session_idle_s.saturating_mul(1000),
         };
-        propose(&app, &session_key(id), command, None, true).await
+        propose(&app, &caller, &session_key(id), command, None, true).await
     })
     .await
 }

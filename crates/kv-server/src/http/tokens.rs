@@ -1,0 +1,280 @@
+//! `/v1/tokens`: creating, listing and revoking access tokens (admin only).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kv_core::{Access, Command, ErrorCode, Grant, OpResult, Token, MAX_GRANTS};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{hash, token_string, Caller, Need};
+use super::leader::{lead_or_forward, not_written, read, Forwardable, Local};
+use super::request::{check_content_type, no_precondition, parse_query, read_body, NoQuery};
+use super::{ApiError, App};
+
+/// The longest token request body: 64 grants of long prefixes.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// `POST /v1/tokens`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    grants: Vec<NewGrant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGrant {
+    prefix: String,
+    access: String,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidTokenRequest, message)
+}
+
+/// The token a request body asks for, with `hash` as its secret's hash.
+fn parse_new_token(body: &[u8], hash: [u8; 32]) -> Result<Token, ApiError> {
+    let new: NewToken = serde_json::from_slice(body).map_err(|e| {
+        invalid(format!(
+            "expected {{\"name\": …, \"admin\": bool, \"grants\": [{{\"prefix\": …, \"access\": \"read\"|\"write\"}}]}}: {e}"
+        ))
+    })?;
+    if new.name.is_empty() || new.name.len() > kv_core::token::MAX_TOKEN_NAME_BYTES {
+        return Err(invalid("a token's name is 1 to 128 bytes"));
+    }
+    if new.grants.len() > MAX_GRANTS {
+        return Err(invalid(format!("a token has at most {MAX_GRANTS} grants")));
+    }
+    let grants = new
+        .grants
+        .into_iter()
+        .map(|g| {
+            let access = match g.access.as_str() {
+                "read" => Access::Read,
+                "write" => Access::Write,
+                other => {
+                    return Err(invalid(format!(
+                        "access is \"read\" or \"write\", not {other:?}"
+                    )))
+                }
+            };
+            if g.prefix.len() > kv_core::validate::MAX_KEY_BYTES {
+                return Err(invalid("a grant's prefix is at most as long as a key"));
+            }
+            Ok(Grant {
+                prefix: g.prefix,
+                access,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Token {
+        name: new.name,
+        hash,
+        admin: new.admin,
+        grants,
+        created_ms: 0,
+    })
+}
+
+/// A token as the API shows it: never its hash.
+fn describe(id: u64, token: &Token) -> Value {
+    let grants: Vec<Value> = token
+        .grants
+        .iter()
+        .map(|g| {
+            let access = match g.access {
+                Access::Read => "read",
+                Access::Write => "write",
+            };
+            json!({ "prefix": g.prefix, "access": access })
+        })
+        .collect();
+    json!({
+        "id": format!("{id:016x}"),
+        "name": token.name,
+        "admin": token.admin,
+        "grants": grants,
+        "created_ms": token.created_ms,
+    })
+}
+
+/// Proposes a token command as `caller`'s and returns its result.
+async fn propose_token(
+    app: &App,
+    caller: &Caller,
+    command: Command,
+) -> Result<Result<OpResult, Local>, ApiError> {
+    let command = match caller.token_id() {
+        None => command,
+        Some(token) => Command::Authorized {
+            token,
+            command: Box::new(command),
+        },
+    };
+    match app.proposer.write(command).await {
+        Ok(OpResult::Failed { failure, .. }) => {
+            Err(ApiError::new(failure.code(), refused_message(failure)))
+        }
+        Ok(result) => Ok(Ok(result)),
+        Err(e) => not_written(e).map(Err),
+    }
+}
+
+fn refused_message(failure: kv_core::Failure) -> &'static str {
+    match failure {
+        kv_core::Failure::Unauthenticated => "the token was revoked before this applied",
+        kv_core::Failure::Forbidden => "this token may not manage tokens",
+        kv_core::Failure::TokensFull => {
+            "the cluster keeps as many tokens as it can; revoke one before creating another"
+        }
+        _ => "the token change was refused",
+    }
+}
+
+/// `POST /v1/tokens` with `{"name", "admin", "grants"}`: creates a token, answered once
+/// as `201 {"id", "token", …}`; only its hash is kept.
+pub(crate) async fn create(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    check_content_type(&headers)?;
+    let timeout = Duration::from_millis(app.limits.body_timeout_ms);
+    let body = read_body(body, &headers, MAX_REQUEST_BYTES, timeout).await?;
+    parse_new_token(&body, [0; 32])?;
+    let req = Forwardable::new(Method::POST, &uri, headers, body.clone(), true);
+    lead_or_forward(&app, req, || async {
+        app.authorize(&caller, Need::Admin)?;
+        // Chosen here and carried in the command: apply stays deterministic, and the
+        // secret itself never enters the log.
+        let id = rand::random::<u64>().max(1);
+        let secret: [u8; 32] = rand::random();
+        let presented = token_string(id, &secret);
+        let token = parse_new_token(&body, hash(&presented))?;
+        let shown = describe(id, &token);
+        let revision = match propose_token(&app, &caller, Command::PutToken { id, token }).await? {
+            Ok(OpResult::TokenCreated { revision }) => revision,
+            Ok(other) => return Err(unexpected(other)),
+            Err(local) => return Ok(local),
+        };
+        let mut body = shown;
+        body["token"] = json!(presented);
+        body["revision"] = json!(revision);
+        Ok(Local::Done(
+            (StatusCode::CREATED, Json(body)).into_response(),
+        ))
+    })
+    .await
+}
+
+/// `GET /v1/tokens`: every token, without secrets, as the leader knows them.
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    let req = || Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
+    read(&app, false, req, || async {
+        app.authorize(&caller, Need::Admin)?;
+        let tokens: Vec<Value> = app
+            .reader
+            .tokens()
+            .iter()
+            .map(|(id, t)| describe(*id, t))
+            .collect();
+        Ok(Json(json!({ "tokens": tokens })).into_response())
+    })
+    .await
+}
+
+/// `DELETE /v1/tokens/{id}`: revokes a token on every node; `{"revoked": bool,
+/// "revision"}` tells whether it existed.
+pub(crate) async fn revoke(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    let id = Some(id.as_str())
+        .filter(|s| s.len() == 16)
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| invalid("a token id is 16 hex digits"))?;
+    let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
+    lead_or_forward(&app, req, || async {
+        app.authorize(&caller, Need::Admin)?;
+        match propose_token(&app, &caller, Command::RevokeToken { id }).await? {
+            Ok(OpResult::TokenRevoked { existed, revision }) => Ok(Local::Done(
+                Json(json!({ "revoked": existed, "revision": revision })).into_response(),
+            )),
+            Ok(other) => Err(unexpected(other)),
+            Err(local) => Ok(local),
+        }
+    })
+    .await
+}
+
+fn unexpected(result: OpResult) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected token result {result:?}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_requests_are_checked() {
+        let ok = parse_new_token(
+            br#"{"name":"billing","grants":[{"prefix":"billing/","access":"write"},{"prefix":"","access":"read"}]}"#,
+            [1; 32],
+        )
+        .expect("valid");
+        assert_eq!((ok.grants.len(), ok.admin, ok.hash), (2, false, [1; 32]));
+        let admin = parse_new_token(br#"{"name":"ops","admin":true}"#, [0; 32]).expect("valid");
+        assert!(admin.admin && admin.grants.is_empty());
+        let many = format!(
+            r#"{{"name":"n","grants":[{}]}}"#,
+            vec![r#"{"prefix":"p","access":"read"}"#; MAX_GRANTS + 1].join(",")
+        );
+        for bad in [
+            &br#"{"name":""}"#[..],
+            br#"{"name":"n","grants":[{"prefix":"p","access":"all"}]}"#,
+            br#"{"name":"n","extra":1}"#,
+            br#"not json"#,
+            many.as_bytes(),
+        ] {
+            let e = parse_new_token(bad, [0; 32]).expect_err("refused");
+            assert_eq!(e.code(), ErrorCode::InvalidTokenRequest);
+        }
+    }
+
+    #[test]
+    fn a_description_never_shows_the_hash() {
+        let token = parse_new_token(br#"{"name":"n"}"#, [0xab; 32]).expect("valid");
+        let shown = describe(42, &token).to_string();
+        assert!(shown.contains("\"000000000000002a\""), "{shown}");
+        assert!(!shown.contains("ab") && !shown.contains("hash"), "{shown}");
+    }
+}
