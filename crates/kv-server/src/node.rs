@@ -29,6 +29,7 @@ use crate::http::{self, App};
 use crate::proposer::Proposer;
 use crate::raft_network::{self, Network};
 use crate::reads::ReadBarrier;
+use crate::tls::Tls;
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum NodeError {
     },
     #[error("building the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -116,13 +119,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
     let secret = config.cluster_secret()?;
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     if secret.is_none() {
         tracing::warn!(
             raft = %config.raft_addr,
             "no cluster secret: the raft port accepts any connection that reaches it"
         );
     }
-    let network = Network::new(cluster.clone(), secret.clone(), outgoing);
+    let network = Network::new(
+        cluster.clone(),
+        secret.clone(),
+        outgoing,
+        tls.as_ref().map(|t| t.raft_dialer.clone()),
+    );
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -206,13 +215,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         proposer,
         reads,
         clock,
-        client: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            // Half the idle timeout the leader (configured alike) closes connections
-            // after, so a pooled connection is not reused just as the leader closes it.
-            .pool_idle_timeout(Duration::from_millis(config.limits.idle_timeout_ms / 2))
-            .local_address(outgoing)
-            .build()?,
+        client: forwarding_client(&config, tls.as_ref(), outgoing)?,
+        scheme: if tls.is_some() { "https" } else { "http" },
         limits,
         digest_running: Arc::new(tokio::sync::Mutex::new(())),
         // Half the leader's per-address cap at most (alike configured), so its forwards
@@ -226,6 +230,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         raft_listener,
         raft_network::Receiver::new(raft.clone(), cluster.clone(), stores.snapshots),
         secret,
+        tls.as_ref().map(|t| t.raft_listener.clone()),
         tracker.clone(),
         raft_stop.clone(),
     ));
@@ -238,6 +243,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         client_listener,
         http::router(app),
         connection_limits,
+        tls.as_ref().map(|t| t.client_port.clone()),
         client_stop.clone(),
     ));
 
@@ -262,6 +268,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tracker.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The process's one HTTP client, which forwards requests to the leader (over TLS with
+/// `tls`, trusting the cluster CA alone and presenting this node's certificate).
+fn forwarding_client(
+    config: &NodeConfig,
+    tls: Option<&Tls>,
+    outgoing: Option<std::net::IpAddr>,
+) -> Result<reqwest::Client, NodeError> {
+    let builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        // Half the idle timeout the leader (configured alike) closes connections after,
+        // so a pooled connection is not reused just as the leader closes it.
+        .pool_idle_timeout(Duration::from_millis(config.limits.idle_timeout_ms / 2))
+        .local_address(outgoing);
+    let builder = match tls {
+        Some(tls) => tls.forwarding(builder)?,
+        None => builder,
+    };
+    Ok(builder.build()?)
 }
 
 /// A fresh cluster initializes itself once: the lowest-id member creates the cluster id
