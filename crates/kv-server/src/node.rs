@@ -110,6 +110,8 @@ fn raise_open_file_limit(max_connections: usize) {
 /// Runs a node until `shutdown` completes, then stops it in order.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
+    // Before anything is opened, so a missing or wrong file stops the node at once.
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     raise_open_file_limit(config.limits.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
@@ -119,7 +121,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
     let secret = config.cluster_secret()?;
-    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     if secret.is_none() {
         tracing::warn!(
             raft = %config.raft_addr,
