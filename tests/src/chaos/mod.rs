@@ -134,6 +134,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         node_election_ms: skewed.map(|id| (id, (300, 500))).into_iter().collect(),
         own_addresses: true,
         disk_mib: None,
+        tls: false,
     };
     let cluster = TestCluster::start_tuned(config.nodes, tuning).await?;
     let run_id = format!("chaos-{}-{}", config.seed, std::process::id());
