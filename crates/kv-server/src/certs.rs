@@ -417,6 +417,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_port_that_requires_certificates_still_takes_forwards_from_peers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make(dir.path(), &[node("1=127.0.0.1"), node("2=127.0.0.1")], &[]).expect("made");
+        let strict = Tls::load(&TlsConfig {
+            cert_file: dir.path().join("node1.pem"),
+            key_file: dir.path().join("node1-key.pem"),
+            ca_file: dir.path().join("ca.pem"),
+            client_ca_file: None,
+            require_client_cert: true,
+        })
+        .expect("loads");
+        let localhost = IpAddr::from([127, 0, 0, 1]);
+        let peer = load(dir.path(), 2, false);
+        handshake(
+            strict.client_port.clone(),
+            peer.raft_dialer.clone(),
+            localhost,
+        )
+        .await
+        .expect("a peer presents its certificate when it forwards");
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = rustls_pki_types::CertificateDer::from_pem_file(dir.path().join("ca.pem"));
+        roots.add(ca.expect("ca.pem")).expect("a CA");
+        let anonymous =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let refused = handshake(strict.client_port.clone(), Arc::new(anonymous), localhost).await;
+        assert!(
+            refused.expect_err("refused").starts_with("server"),
+            "a client without a certificate"
+        );
+    }
+
+    #[tokio::test]
     async fn client_certificates_open_the_client_port_but_not_the_raft_port() {
         let dir = tempfile::tempdir().expect("tempdir");
         make(dir.path(), &[node("1=127.0.0.1")], &["app".into()]).expect("made");
