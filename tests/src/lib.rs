@@ -43,6 +43,10 @@ pub struct Tuning {
     /// Turn auth on with a bootstrap admin token ([`TestCluster::admin_token`]), which
     /// the cluster's own requests ([`TestCluster::http`]) carry.
     pub auth: bool,
+    /// Run every node with TLS on both ports, from certificates `kv-server certs` makes
+    /// in the cluster's folder ([`TestCluster::tls_dir`]); the cluster's HTTP client
+    /// trusts that CA alone and its URLs are `https://`.
+    pub tls: bool,
 }
 
 /// One node process.
@@ -63,6 +67,8 @@ pub struct TestCluster {
     pub http: reqwest::Client,
     /// The bootstrap admin token, when auth is on.
     pub admin_token: Option<String>,
+    /// `https` when the nodes run with TLS, `http` otherwise.
+    scheme: &'static str,
     dir: Option<tempfile::TempDir>,
     /// The tmpfs holding the data directories, if [`Tuning::disk_mib`] asked for one.
     disk: Option<PathBuf>,
@@ -114,6 +120,23 @@ fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
         "{name} is missing beside {}: build it with `cargo build --workspace --bins` or run `cargo test --workspace`",
         exe.display()
     )
+}
+
+/// Runs `kv-server certs` into `dir`: the CA found there (or a new one) and a
+/// certificate for each node naming its address.
+pub fn make_certs(dir: &Path, nodes: &[(u64, std::net::IpAddr)]) -> Result<()> {
+    let mut certs = Command::new(server_binary()?);
+    certs.arg("certs").arg("--dir").arg(dir);
+    for (id, ip) in nodes {
+        certs.arg("--node").arg(format!("{id}={ip}"));
+    }
+    let out = certs.output().context("running kv-server certs")?;
+    ensure!(
+        out.status.success(),
+        "kv-server certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// The loopback address of node `id` when nodes have their own addresses.
@@ -204,6 +227,21 @@ impl TestCluster {
                 file.display().to_string()
             )?;
         }
+        let tls_dir = dir.path().join("tls");
+        let tls_section = |id: u64| {
+            let file = |name: &str| tls_dir.join(name).display().to_string();
+            format!(
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
+                file(&format!("node{id}.pem")),
+                file(&format!("node{id}-key.pem")),
+                file("ca.pem"),
+            )
+        };
+        if tuning.tls {
+            let certified: Vec<(u64, std::net::IpAddr)> =
+                (0..n).map(|i| (i as u64 + 1, addrs[2 * i].ip())).collect();
+            make_certs(&tls_dir, &certified)?;
+        }
         let mut nodes = vec![];
         for i in 0..n {
             let id = i as u64 + 1;
@@ -216,13 +254,14 @@ impl TestCluster {
                 .map(|(_, l)| l.as_str())
                 .collect();
             let text = format!(
-                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\nlog_segment_mib = 4\n{}\n[limits]\n{}\n{auth}",
+                "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\ncluster_secret = \"test-secret\"\n{}\n{members}\n[raft]\nheartbeat_ms = 100\nelection_min_ms = 500\nelection_max_ms = 1000\nlog_segment_mib = 4\n{}\n[limits]\n{}\n{}{auth}",
                 addrs[2 * i],
                 addrs[2 * i + 1],
                 data.display(),
                 own.join("\n"),
                 tuning.raft.join("\n"),
                 tuning.limits.join("\n"),
+                if tuning.tls { tls_section(id) } else { String::new() },
             );
             std::fs::write(&config, text)?;
             nodes.push(TestNode {
@@ -241,16 +280,22 @@ impl TestCluster {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(Duration::from_secs(15))
             // Below the nodes' idle timeout, as kv-client's.
-            .pool_idle_timeout(Duration::from_secs(10))
-            .build()?;
+            .pool_idle_timeout(Duration::from_secs(10));
+        if tuning.tls {
+            let ca = std::fs::read(tls_dir.join("ca.pem"))?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?);
+        }
         let mut cluster = Self {
             nodes,
-            http,
+            http: http.build()?,
             admin_token,
+            scheme: if tuning.tls { "https" } else { "http" },
             dir: Some(dir),
             disk,
             passed: false,
@@ -485,9 +530,9 @@ impl TestCluster {
         Ok(String::from_utf8_lossy(&std::fs::read(&self.node(id).log)?).into_owned())
     }
 
-    /// `http://client_addr{path}` of node `id`.
+    /// `http://client_addr{path}` of node `id` (`https://` with TLS).
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{}", self.node(id).client_addr, path)
+        format!("{}://{}{}", self.scheme, self.node(id).client_addr, path)
     }
 
     /// GET a JSON document; returns status and body (Null when the body is empty).
@@ -607,6 +652,12 @@ impl TestCluster {
     /// The folder holding node configs, logs and data.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_ref().map(|d| d.path())
+    }
+
+    /// The folder holding the cluster's CA and node certificates when it runs with TLS
+    /// (`ca.pem`, `node{ID}.pem`, `node{ID}-key.pem`).
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        self.dir().map(|d| d.join("tls"))
     }
 
     /// Marks the scenario as passed: its logs and data are removed on drop. A cluster

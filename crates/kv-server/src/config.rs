@@ -135,6 +135,29 @@ impl Default for LimitsConfig {
     }
 }
 
+/// Certificate files for TLS on both ports and for forwarding (PEM; relative paths are
+/// relative to the working directory). Read once at startup, not by `validate`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain, for both ports and as its identity to peers; its
+    /// subject alternative names hold the IP addresses of `client_addr` and `raft_addr`.
+    pub cert_file: PathBuf,
+    /// The private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// The cluster's CA: the only issuer trusted for peers on the raft port and for the
+    /// leader when forwarding.
+    pub ca_file: PathBuf,
+    /// A CA whose client certificates the client port accepts besides the cluster CA's;
+    /// never trusted on the raft port.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse client connections without a certificate from the cluster CA or
+    /// `client_ca_file` (otherwise one is checked only when offered).
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
 /// Everything one node reads from its TOML file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +202,9 @@ pub struct NodeConfig {
     /// Bearer tokens on the client port.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// TLS on the client port, the raft port and forwarding; plain TCP without it.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Where the bootstrap admin token comes from. Auth is on when one is named: every
@@ -384,6 +410,30 @@ impl NodeConfig {
         {
             return invalid("limits must be positive".into());
         }
+        if let Some(tls) = &self.tls {
+            let files = [&tls.cert_file, &tls.key_file, &tls.ca_file];
+            if files.iter().any(|f| f.as_os_str().is_empty())
+                || tls
+                    .client_ca_file
+                    .as_ref()
+                    .is_some_and(|f| f.as_os_str().is_empty())
+            {
+                return invalid("tls: file names must not be empty".into());
+            }
+            if tls.cert_file == tls.key_file {
+                return invalid(
+                    "tls: cert_file and key_file name one file; keep the key in a file of its own"
+                        .into(),
+                );
+            }
+            if tls.client_ca_file.as_ref() == Some(&tls.ca_file) {
+                return invalid(
+                    "tls: client_ca_file is the cluster CA, which the client port trusts anyway; \
+                     give client certificates a CA of their own, so they cannot open the raft port"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -509,6 +559,37 @@ mod tests {
         assert!(missing.validate().is_ok());
         assert!(missing.cluster_secret().is_err(), "an unset variable");
         assert_eq!(on("127.0.0.1", "").cluster_secret().expect("none"), None);
+    }
+
+    #[test]
+    fn tls_needs_a_certificate_its_key_and_the_cluster_ca() {
+        let with = |lines: &str| toml::from_str::<NodeConfig>(&format!("{VALID}\n[tls]\n{lines}"));
+        let full = with("cert_file = \"n.pem\"\nkey_file = \"n-key.pem\"\nca_file = \"ca.pem\"")
+            .expect("parses");
+        full.validate().expect("valid");
+        let tls = full.tls.expect("a tls section");
+        assert!(tls.client_ca_file.is_none() && !tls.require_client_cert);
+        let no_ca = with("cert_file = \"n.pem\"\nkey_file = \"n-key.pem\"");
+        assert!(no_ca.expect_err("refused").to_string().contains("ca_file"));
+        let one_file = with("cert_file = \"n.pem\"\nkey_file = \"n.pem\"\nca_file = \"ca.pem\"")
+            .expect("parses");
+        assert!(
+            one_file.validate().is_err(),
+            "the key beside the certificate"
+        );
+        let clients_are_peers = with(
+            "cert_file = \"n.pem\"\nkey_file = \"k.pem\"\nca_file = \"ca.pem\"\nclient_ca_file = \"ca.pem\"",
+        )
+        .expect("parses");
+        assert!(clients_are_peers.validate().is_err());
+        let missing_files = with(
+            "cert_file = \"/nonexistent/n.pem\"\nkey_file = \"/nonexistent/k.pem\"\nca_file = \"/nonexistent/ca.pem\"",
+        )
+        .expect("parses");
+        assert!(
+            missing_files.validate().is_ok(),
+            "validate reads no files: they are loaded at startup"
+        );
     }
 
     #[test]

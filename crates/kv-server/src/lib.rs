@@ -9,6 +9,7 @@
 //!   ReadIndex confirmation started after the read arrived.
 //! - Every client error is a JSON body with a stable code (see `http::ApiError`).
 
+pub mod certs;
 mod clock;
 mod cluster_id;
 pub mod config;
@@ -20,3 +21,4 @@ mod proposer;
 mod raft_network;
 mod reads;
 mod slots;
+mod tls;

@@ -1,27 +1,67 @@
-//! `kv-server`: runs one quorum-kv node from a TOML configuration.
+//! `kv-server`: runs one quorum-kv node from a TOML configuration, or makes the
+//! certificates for a cluster's TLS (`kv-server certs`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use kv_server::certs::NodeSpec;
 use kv_server::config::NodeConfig;
 use tracing_subscriber::EnvFilter;
 
 /// One node of a quorum-kv cluster.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     /// The node's TOML configuration.
-    #[arg(long, short)]
-    config: PathBuf,
+    #[arg(long, short, required = true)]
+    config: Option<PathBuf>,
     /// Overrides `data_dir` from the configuration.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Makes a cluster CA (or reuses the one in DIR) and certificates for nodes and
+    /// clients: ca.pem, node{ID}.pem, client-{NAME}.pem, each with its -key.pem (0600).
+    Certs {
+        /// Where the files go (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A node's id and the IP addresses (and DNS names) its certificate names:
+        /// ID=IP[,IP|DNS...]; repeat for each node.
+        #[arg(long = "node", value_name = "ID=IP[,IP|DNS...]")]
+        nodes: Vec<NodeSpec>,
+        /// A client certificate to make, from a clients CA of its own (clients-ca.pem);
+        /// repeat for each client.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Certs {
+        dir,
+        nodes,
+        clients,
+    }) = args.command
+    {
+        for file in kv_server::certs::make(&dir, &nodes, &clients)? {
+            println!("wrote {}", file.display());
+        }
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -30,8 +70,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
-    let mut config = NodeConfig::load(&args.config)?;
+    let path = args.config.context("--config is required")?;
+    let mut config = NodeConfig::load(&path)?;
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }

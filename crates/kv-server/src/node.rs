@@ -29,6 +29,7 @@ use crate::http::{self, App};
 use crate::proposer::Proposer;
 use crate::raft_network::{self, Network};
 use crate::reads::ReadBarrier;
+use crate::tls::Tls;
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum NodeError {
     },
     #[error("building the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -107,6 +110,8 @@ fn raise_open_file_limit(max_connections: usize) {
 /// Runs a node until `shutdown` completes, then stops it in order.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     config.validate()?;
+    // Before anything is opened, so a missing or wrong file stops the node at once.
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
     raise_open_file_limit(config.limits.max_connections);
     std::fs::create_dir_all(&config.data_dir)
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
@@ -129,7 +134,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "auth is off: anyone who reaches the client port may read and write every key"
         );
     }
-    let network = Network::new(cluster.clone(), secret.clone(), outgoing);
+    let network = Network::new(
+        cluster.clone(),
+        secret.clone(),
+        outgoing,
+        tls.as_ref().map(|t| t.raft_dialer.clone()),
+    );
     let raft = Raft::new(
         config.id,
         Arc::new(raft_config(&config)?),
@@ -213,13 +223,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         proposer,
         reads,
         clock,
-        client: reqwest::Client::builder()
-            .tcp_nodelay(true)
-            // Half the idle timeout the leader (configured alike) closes connections
-            // after, so a pooled connection is not reused just as the leader closes it.
-            .pool_idle_timeout(Duration::from_millis(config.limits.idle_timeout_ms / 2))
-            .local_address(outgoing)
-            .build()?,
+        client: forwarding_client(&config, tls.as_ref(), outgoing)?,
+        scheme: if tls.is_some() { "https" } else { "http" },
         limits,
         digest_running: Arc::new(tokio::sync::Mutex::new(())),
         // Half the leader's per-address cap at most (alike configured), so its forwards
@@ -234,6 +239,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         raft_listener,
         raft_network::Receiver::new(raft.clone(), cluster.clone(), stores.snapshots),
         secret,
+        tls.as_ref().map(|t| t.raft_listener.clone()),
         tracker.clone(),
         raft_stop.clone(),
     ));
@@ -246,6 +252,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         client_listener,
         http::router(app),
         connection_limits,
+        tls.as_ref().map(|t| t.client_port.clone()),
         client_stop.clone(),
     ));
 
@@ -270,6 +277,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     tracker.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The process's one HTTP client, which forwards requests to the leader (over TLS with
+/// `tls`, trusting the cluster CA alone and presenting this node's certificate).
+fn forwarding_client(
+    config: &NodeConfig,
+    tls: Option<&Tls>,
+    outgoing: Option<std::net::IpAddr>,
+) -> Result<reqwest::Client, NodeError> {
+    let builder = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        // Half the idle timeout the leader (configured alike) closes connections after,
+        // so a pooled connection is not reused just as the leader closes it.
+        .pool_idle_timeout(Duration::from_millis(config.limits.idle_timeout_ms / 2))
+        .local_address(outgoing);
+    let builder = match tls {
+        Some(tls) => tls.forwarding(builder)?,
+        None => builder,
+    };
+    Ok(builder.build()?)
 }
 
 /// A fresh cluster initializes itself once: the lowest-id member creates the cluster id

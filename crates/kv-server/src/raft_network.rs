@@ -1,9 +1,15 @@
-//! Raft RPCs between nodes: postcard frames over one plain TCP connection per peer.
+//! Raft RPCs between nodes: postcard frames over one TCP connection per peer, inside
+//! mutual TLS when the node has a `[tls]` configuration.
 //!
 //! Raft traffic is small, frequent and always between members, so it skips HTTP: one
 //! write and usually one read per RPC, no headers to encode or parse, and no connection
 //! task between openraft's replication task and the socket. The protocol:
 //!
+//! - With TLS, each connection opens with a TLS handshake in which both sides present a
+//!   certificate from the cluster CA (see [`crate::tls`]); the dialer names the listener
+//!   by the IP address it dials. The handshake shares the hello's deadline and slot
+//!   below, a failed one is logged with the peer's address, and everything after it,
+//!   the hello included, travels inside: the cluster secret stays a second factor.
 //! - Every frame is a big-endian `u32` length, then that many bytes (at most
 //!   [`MAX_FRAME`]).
 //! - The connecting node's first frame is [`HELLO`], its cluster id (empty while it has
@@ -58,12 +64,14 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{Snapshot, SnapshotSegmentId, StorageError, StorageIOError};
+use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -174,7 +182,64 @@ struct Chunk {
     done: bool,
 }
 
-type Conn = BufReader<TcpStream>;
+/// One raft connection, plain or inside TLS as the dialing or the accepting side.
+enum Stream {
+    Plain(TcpStream),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Client(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Server(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Client(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Server(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Client(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Server(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Client(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Server(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type Conn = BufReader<Stream>;
 
 #[derive(Debug, thiserror::Error)]
 enum FrameError {
@@ -185,14 +250,18 @@ enum FrameError {
 }
 
 /// Fills in the length of `frame`, whose first 4 bytes were reserved for it, and sends it
-/// in one write.
-async fn write_frame(stream: &mut TcpStream, frame: &mut [u8]) -> Result<(), FrameError> {
+/// in one write, flushed (TLS holds back what it was not told to flush).
+async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    frame: &mut [u8],
+) -> Result<(), FrameError> {
     let len = frame.len() - 4;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     stream.write_all(frame).await?;
+    stream.flush().await?;
     Ok(())
 }
 
@@ -226,7 +295,7 @@ fn split_frame(frame: &[u8]) -> Option<(u8, u64, &[u8])> {
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream before its
 /// first byte.
 async fn read_frame(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut (impl AsyncRead + Unpin),
     max: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
@@ -257,19 +326,26 @@ pub struct Network {
     secret: Arc<str>,
     cluster: ClusterId,
     local_address: Option<IpAddr>,
+    tls: Option<TlsConnector>,
     idle: Arc<Mutex<HashMap<String, Vec<Conn>>>>,
     next_id: Arc<AtomicU64>,
 }
 
 impl Network {
-    /// A network that presents `cluster`'s id and `secret`, if set, and connects from
+    /// A network that presents `cluster`'s id and `secret`, if set, connects from
     /// `local_address`, if set (so address-based firewall rules see which node is
-    /// talking).
-    pub fn new(cluster: ClusterId, secret: Option<String>, local_address: Option<IpAddr>) -> Self {
+    /// talking), and over TLS with `tls`.
+    pub fn new(
+        cluster: ClusterId,
+        secret: Option<String>,
+        local_address: Option<IpAddr>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         Self {
             secret: secret.unwrap_or_default().into(),
             cluster,
             local_address,
+            tls: tls.map(TlsConnector::from),
             idle: Arc::default(),
             // Ids start at 1: 0 marks an answer to a request too short to carry one.
             next_id: Arc::new(AtomicU64::new(1)),
@@ -335,6 +411,11 @@ enum CallError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Frame(#[from] FrameError),
     #[error("the peer closed the connection")]
@@ -374,7 +455,21 @@ impl Peer {
             socket.bind(SocketAddr::new(ip, 0)).map_err(connect_error)?;
         }
         socket.set_nodelay(true).map_err(connect_error)?;
-        let mut stream = socket.connect(addr).await.map_err(connect_error)?;
+        let tcp = socket.connect(addr).await.map_err(connect_error)?;
+        let mut stream = match &self.network.tls {
+            None => Stream::Plain(tcp),
+            Some(connector) => {
+                let name = ServerName::IpAddress(addr.ip().into());
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|source| CallError::Tls {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                Stream::Client(Box::new(tls))
+            }
+        };
         let cluster = self.network.cluster.get();
         let mut hello = Vec::with_capacity(64 + self.network.secret.len());
         hello.extend_from_slice(&[0; 4]);
@@ -462,6 +557,7 @@ impl Peer {
                     // Unreachable makes openraft back off instead of retrying at once: a
                     // peer that is down or refuses us will not change its mind in a moment.
                     CallError::Connect { .. }
+                    | CallError::Tls { .. }
                     | CallError::Rejected(_)
                     | CallError::OtherCluster(_) => RPCError::Unreachable(Unreachable::new(&e)),
                     e => RPCError::Network(NetworkError::new(&e)),
@@ -729,15 +825,17 @@ impl Receiver {
     }
 }
 
-/// Serves raft RPCs on `listener` until `stop` fires; every connection is a task on
-/// `tracker` that also ends when `stop` fires.
+/// Serves raft RPCs on `listener` (over mutual TLS with `tls`) until `stop` fires;
+/// every connection is a task on `tracker` that also ends when `stop` fires.
 pub async fn serve(
     listener: TcpListener,
     receiver: Receiver,
     secret: Option<String>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let secret: Arc<[u8]> = secret.unwrap_or_default().into_bytes().into();
     let handshakes = Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP);
     loop {
@@ -758,10 +856,11 @@ pub async fn serve(
             continue;
         };
         let (receiver, secret, stop) = (receiver.clone(), secret.clone(), stop.clone());
+        let acceptor = acceptor.clone();
         tracker.spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                result = serve_connection(stream, peer, &receiver, &secret, slot) => {
+                result = serve_connection(stream, peer, &receiver, &secret, acceptor, slot) => {
                     if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "raft connection ended");
                     }
@@ -776,14 +875,32 @@ async fn serve_connection(
     peer: SocketAddr,
     receiver: &Receiver,
     secret: &[u8],
+    tls: Option<TlsAcceptor>,
     slot: Slot,
 ) -> Result<(), FrameError> {
     stream.set_nodelay(true)?;
+    // The TLS handshake and the hello share one deadline and the handshake slot: a peer
+    // that stalls in either holds the slot no longer than one that says nothing.
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let stream = match tls {
+        None => Stream::Plain(stream),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Stream::Server(Box::new(stream)),
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, error = %e, "refused a raft connection: TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "no TLS handshake within {HELLO_TIMEOUT:?}: closed");
+                return Ok(());
+            }
+        },
+    };
     let mut conn = BufReader::with_capacity(READ_BUFFER, stream);
     // Nothing but the hello is read before the secret checks out, and a hello is small
     // and comes at once, so a stranger cannot make this node buffer more than a few KiB
     // or hold a connection for long.
-    let Ok(hello) = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut conn, MAX_HELLO)).await
+    let Ok(hello) = tokio::time::timeout_at(deadline, read_frame(&mut conn, MAX_HELLO)).await
     else {
         tracing::debug!(%peer, "no raft hello within {HELLO_TIMEOUT:?}: closed");
         return Ok(());
@@ -977,7 +1094,7 @@ mod tests {
             wrong_id: |_| false,
         })
         .await;
-        let mut network = Network::new(test_cluster(), None, None);
+        let mut network = Network::new(test_cluster(), None, None, None);
         let option = RPCOption::new(Duration::from_secs(5));
 
         // openraft's own deadline fires while the first answer is still on its way.
@@ -1014,7 +1131,7 @@ mod tests {
             wrong_id: |n| n == 1,
         })
         .await;
-        let mut network = Network::new(test_cluster(), None, None);
+        let mut network = Network::new(test_cluster(), None, None, None);
         let option = RPCOption::new(Duration::from_secs(5));
         let mut peer = client(&mut network, addr).await;
         let answer = peer.vote(vote(1), option.clone()).await.expect("an answer");
@@ -1040,7 +1157,7 @@ mod tests {
             wrong_id: |_| false,
         })
         .await;
-        let mut network = Network::new(test_cluster(), None, None);
+        let mut network = Network::new(test_cluster(), None, None, None);
         let hard = Duration::from_millis(200);
         let mut peer = client(&mut network, addr).await;
         let outer = tokio::time::timeout(hard, peer.vote(vote(1), RPCOption::new(hard))).await;

@@ -135,6 +135,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         own_addresses: true,
         auth: false,
         disk_mib: None,
+        tls: false,
     };
     let cluster = TestCluster::start_tuned(config.nodes, tuning).await?;
     let run_id = format!("chaos-{}-{}", config.seed, std::process::id());

@@ -166,7 +166,10 @@ async fn forward(app: &App, node: &NodeInfo, req: Forwardable) -> Result<Respons
             ))
         }
     };
-    let url = format!("http://{}{}", node.client_addr, req.path_and_query);
+    let url = format!(
+        "{}://{}{}",
+        app.scheme, node.client_addr, req.path_and_query
+    );
     let mut out = app
         .client
         .request(req.method, url)

@@ -45,6 +45,8 @@ pub struct App {
     pub clock: Clock,
     /// The process's one HTTP client, for forwarding to the leader.
     pub client: reqwest::Client,
+    /// How the leader's client port is reached: `https` with TLS, `http` without.
+    pub scheme: &'static str,
     /// Input limits and timeouts.
     pub limits: LimitsConfig,
     /// Held while `/v1/admin/digest` scans the state: one scan at a time.

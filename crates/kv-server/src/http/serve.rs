@@ -12,10 +12,15 @@
 //!   (`uri_too_long`, `headers_too_large`); hyper's own, higher limits remain behind them
 //!   with its bodiless answers, as do requests that are not HTTP/1 at all;
 //! - on stop, every connection finishes the request it is serving, then closes; one
-//!   still open after [`STOP_GRACE`] is dropped.
+//!   still open after [`STOP_GRACE`] is dropped;
+//! - with TLS, each connection's handshake runs in its own task within
+//!   `limits.idle_timeout_ms`, so a peer that never finishes it holds neither the accept
+//!   loop nor its slot for longer; refusals over the caps are written over TLS too, and a
+//!   plaintext request is closed unanswered.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,7 +32,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use kv_core::ErrorCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -63,14 +69,16 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
-/// Serves `router` on `listener` until `stop` fires, then lets open connections finish
-/// their requests (for at most [`STOP_GRACE`]).
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop` fires, then lets
+/// open connections finish their requests (for at most [`STOP_GRACE`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
+    let acceptor = tls.map(TlsAcceptor::from);
     let slots = Slots::new(limits.max_connections, limits.max_connections_per_ip);
     let refusing = Slots::new(MAX_REFUSING, MAX_REFUSING_PER_IP);
     let connections = TaskTracker::new();
@@ -87,19 +95,53 @@ pub async fn serve(
                 }
             },
         };
+        let _ = stream.set_nodelay(true);
         match slots.admit(peer.ip()) {
             Ok(slot) => {
-                let (router, stop) = (router.clone(), stop.clone());
+                let (router, stop, acceptor) = (router.clone(), stop.clone(), acceptor.clone());
                 connections.spawn(async move {
-                    serve_connection(stream, router, limits.idle_timeout, stop).await;
+                    let idle = limits.idle_timeout;
+                    match acceptor {
+                        None => serve_connection(stream, router, idle, stop).await,
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(idle, acceptor.accept(stream));
+                            let accepted = tokio::select! {
+                                _ = stop.cancelled() => None,
+                                accepted = handshake => match accepted {
+                                    Ok(Ok(stream)) => Some(stream),
+                                    Ok(Err(e)) => {
+                                        // Plaintext, an untrusted certificate: the peer's doing.
+                                        tracing::debug!(%peer, error = %e, "client TLS handshake failed");
+                                        None
+                                    }
+                                    Err(_) => {
+                                        tracing::debug!(%peer, "no client TLS handshake within {idle:?}");
+                                        None
+                                    }
+                                },
+                            };
+                            if let Some(stream) = accepted {
+                                serve_connection(stream, router, idle, stop).await;
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }
             Err(full) => {
                 tracing::debug!(%peer, ?full, "client connection over the cap: refused");
                 if let Ok(slot) = refusing.admit(peer.ip()) {
+                    let acceptor = acceptor.clone();
                     connections.spawn(async move {
-                        let _ = tokio::time::timeout(REFUSAL_TIME, refuse(stream, full)).await;
+                        let refusal = async move {
+                            match acceptor {
+                                None => refuse(stream, full).await,
+                                Some(acceptor) => {
+                                    refuse(acceptor.accept(stream).await?, full).await
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(REFUSAL_TIME, refusal).await;
                         drop(slot);
                     });
                 }
@@ -117,13 +159,14 @@ pub async fn serve(
 }
 
 /// Serves the requests of one connection until it closes, idles out, or `stop` fires.
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     router: Router,
     idle_timeout: Duration,
     stop: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
@@ -150,8 +193,8 @@ async fn serve_connection(
 /// A client connection whose writes fail once an answer has waited `window` for its
 /// reader to take in [`MIN_DRAIN_BYTES`]: a reader that stops reading (or trickles)
 /// cannot hold a connection and the answer buffered for it.
-struct Drained {
-    stream: TcpStream,
+struct Drained<S> {
+    stream: S,
     window: Duration,
     /// Armed when a write found the socket full; cleared once the reader has taken in
     /// enough or everything was flushed.
@@ -160,8 +203,8 @@ struct Drained {
     progress: usize,
 }
 
-impl Drained {
-    fn new(stream: TcpStream, window: Duration) -> Self {
+impl<S> Drained<S> {
+    fn new(stream: S, window: Duration) -> Self {
         Self {
             stream,
             window,
@@ -186,7 +229,7 @@ impl Drained {
     }
 }
 
-impl AsyncRead for Drained {
+impl<S: AsyncRead + Unpin> AsyncRead for Drained<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -196,7 +239,7 @@ impl AsyncRead for Drained {
     }
 }
 
-impl AsyncWrite for Drained {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Drained<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -240,7 +283,10 @@ impl AsyncWrite for Drained {
 /// Answers a connection over the caps with a JSON 503 and closes it, after reading what
 /// the peer sent meanwhile (closing with unread input would reset the connection and
 /// could discard the answer before the peer reads it).
-async fn refuse(mut stream: TcpStream, full: Full) -> std::io::Result<()> {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    full: Full,
+) -> std::io::Result<()> {
     let message = match full {
         Full::All(n) => format!("this node has its {n} client connections open; retry shortly"),
         Full::Address(n) => {
@@ -293,11 +339,21 @@ pub(crate) async fn bounded_head(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use axum::routing::get;
+    use tokio::net::TcpStream;
 
     use super::*;
 
     /// Serves a router with a quick route and one that takes `slow` on a fresh port.
     async fn start(limits: ConnectionLimits, stop: CancellationToken) -> std::net::SocketAddr {
+        start_with(limits, None, stop).await
+    }
+
+    /// [`start`], over TLS with `tls`.
+    async fn start_with(
+        limits: ConnectionLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        stop: CancellationToken,
+    ) -> std::net::SocketAddr {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/big", get(|| async { "b".repeat(8 << 20) }))
@@ -311,7 +367,7 @@ mod tests {
             .layer(axum::middleware::from_fn(bounded_head));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(serve(listener, router, limits, stop));
+        tokio::spawn(serve(listener, router, limits, tls, stop));
         addr
     }
 
@@ -324,8 +380,9 @@ mod tests {
     }
 
     /// Sends `request` as written and reads until the server closes.
-    async fn exchange(stream: &mut TcpStream, request: &str) -> String {
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &str) -> String {
         stream.write_all(request.as_bytes()).await.expect("write");
+        stream.flush().await.expect("flush");
         let mut answer = Vec::new();
         let read = stream.read_to_end(&mut answer);
         tokio::time::timeout(Duration::from_secs(5), read)
@@ -433,6 +490,111 @@ mod tests {
         let answer = exchange(&mut s, &big).await;
         assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
         assert!(answer.contains(r#""code":"headers_too_large""#), "{answer}");
+    }
+
+    /// A node's TLS configurations from a fresh CA (kept alive by the returned folder),
+    /// and a connector that trusts that CA.
+    fn tls() -> (
+        crate::tls::Tls,
+        tokio_rustls::TlsConnector,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = "1=127.0.0.1".parse().expect("a node");
+        crate::certs::make(dir.path(), &[node], &[]).expect("certificates");
+        let tls = crate::tls::Tls::load(&crate::config::TlsConfig {
+            cert_file: dir.path().join("node1.pem"),
+            key_file: dir.path().join("node1-key.pem"),
+            ca_file: dir.path().join("ca.pem"),
+            client_ca_file: None,
+            require_client_cert: false,
+        })
+        .expect("loads");
+        let connector = tokio_rustls::TlsConnector::from(tls.raft_dialer.clone());
+        (tls, connector, dir)
+    }
+
+    async fn connect_tls(
+        connector: &tokio_rustls::TlsConnector,
+        addr: std::net::SocketAddr,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        connector.connect(name, tcp).await.expect("a TLS handshake")
+    }
+
+    #[tokio::test]
+    async fn over_tls_the_cap_answers_json_and_plaintext_is_closed_unanswered() {
+        let (tls, connector, _dir) = tls();
+        let limits = limits(1, 1, 10_000);
+        let addr = start_with(limits, Some(tls.client_port), CancellationToken::new()).await;
+        let mut first = connect_tls(&connector, addr).await;
+        let mut second = connect_tls(&connector, addr).await;
+        let answer = exchange(&mut second, GET_CLOSE).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            answer.contains(r#"{"error":{"code":"unavailable""#),
+            "{answer}"
+        );
+        let answer = exchange(&mut first, GET_CLOSE).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut plain = TcpStream::connect(addr).await.expect("connect");
+        let answer = exchange(&mut plain, GET_CLOSE).await;
+        assert!(
+            !answer.contains("HTTP/1.1"),
+            "answered in plaintext: {answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_comes_gives_its_slot_back() {
+        let (tls, connector, _dir) = tls();
+        let addr = start_with(
+            limits(1, 1, 300),
+            Some(tls.client_port),
+            CancellationToken::new(),
+        )
+        .await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut buf)).await;
+        assert!(
+            closed.is_ok(),
+            "a connection without a handshake is still open after 3 s"
+        );
+        let mut next = connect_tls(&connector, addr).await;
+        let answer = exchange(&mut next, GET_CLOSE).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "the slot is free again: {answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn over_tls_a_client_that_stops_reading_its_answer_is_dropped() {
+        let (tls, connector, _dir) = tls();
+        let addr = start_with(
+            limits(8, 8, 300),
+            Some(tls.client_port),
+            CancellationToken::new(),
+        )
+        .await;
+        let mut s = connect_tls(&connector, addr).await;
+        s.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("write");
+        s.flush().await.expect("flush");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the connection is still open");
+        assert!(
+            got.len() < 8 << 20,
+            "the whole 8 MiB answer waited for a reader that stopped ({} bytes)",
+            got.len()
+        );
     }
 
     #[tokio::test]
