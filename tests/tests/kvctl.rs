@@ -22,6 +22,7 @@ fn kvctl_as(
     let mut child = Command::new(kvctl_binary()?)
         .env("KV_ENDPOINTS", endpoints)
         .env("KV_TOKEN", token.unwrap_or(""))
+        .env_remove("KV_CACERT")
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -182,6 +183,47 @@ async fn kvctl_manages_tokens_and_uses_the_one_it_is_given() -> Result<()> {
     );
     let (code, out) = as_app(&["get", "app/x"])?;
     ensure!(code == 2, "revoked: {code} {out}");
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn kvctl_speaks_https_to_a_cluster_with_tls_and_tokens_given_its_ca() -> Result<()> {
+    let tuning = Tuning {
+        auth: true,
+        tls: true,
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let eps: Vec<String> = (1..=3).map(|id| c.url(id, "")).collect();
+    let eps = eps.join(",");
+    ensure!(eps.starts_with("https://"), "{eps}");
+    let ca = c.tls_dir().context("tls")?.join("ca.pem");
+    let ca = ca.to_str().context("utf-8 path")?;
+    let admin = c.admin_token.clone().context("auth is on")?;
+    let with_ca = |args: &[&str]| {
+        let mut all = vec!["--cacert", ca];
+        all.extend_from_slice(args);
+        kvctl_as(&eps, Some(&admin), &all, None)
+    };
+    let (code, out) = with_ca(&["put", "tls/k", "[1]"])?;
+    ensure!(code == 0, "{code} {out}");
+    let (code, out) = with_ca(&["get", "tls/k"])?;
+    ensure!(
+        code == 0 && json_of(&out)?["value"] == json!([1]),
+        "{code} {out}"
+    );
+    // The system's roots do not know the cluster's CA: the connection is refused.
+    let (code, out) = kvctl_as(
+        &eps,
+        Some(&admin),
+        &["--timeout", "2", "get", "tls/k"],
+        None,
+    )?;
+    ensure!(
+        code == 3,
+        "without the CA: unavailable, exit 3: {code} {out}"
+    );
     c.pass();
     Ok(())
 }
