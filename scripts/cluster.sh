@@ -1,17 +1,42 @@
 #!/usr/bin/env bash
 # A local three-node cluster: client API on 127.0.0.1:700N, raft on 127.0.0.1:710N.
-# Usage: scripts/cluster.sh up | down | status | logs N [-f] | kill N | restart N | clean
-# Data and logs live in .run/local-3 (kept by `down`, removed by `clean`).
+# Usage: scripts/cluster.sh up [--tls] | down | status | logs N [-f] | kill N | restart N | clean
+# Data and logs live in .run/local-3 (kept by `down`, removed by `clean`). `up --tls` runs
+# TLS on both ports and tokens, with a CA, node certificates and an admin token it makes
+# there; the cluster stays in the mode it was last brought up in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 NODES=(1 2 3)
-CONFIG_DIR=cluster-config/local-3
 RUN_DIR=.run/local-3
 BIN="$CARGO_TARGET_DIR/checked/kv-server"
 
 usage() { sed -n '3,4p' "$0" | sed 's/^# //' >&2; exit 2; }
+
+# The mode the cluster was last brought up in: plain, or tls (TLS and tokens).
+mode() { cat "$RUN_DIR/mode" 2>/dev/null || echo plain; }
+config_dir() { if [ "$(mode)" = tls ]; then echo cluster-config/local-3-tls; else echo cluster-config/local-3; fi; }
+scheme() { if [ "$(mode)" = tls ]; then echo https; else echo http; fi; }
+# curl as a client of this cluster: trusting its CA and sending the admin token in TLS mode.
+kv_curl() {
+    if [ "$(mode)" = tls ]; then
+        curl --cacert "$RUN_DIR/tls/ca.pem" -H "@$RUN_DIR/admin-header" "$@"
+    else
+        curl "$@"
+    fi
+}
+
+ensure_tls() {  # the CA, node certificates and admin token of TLS mode, made once
+    mkdir -p "$RUN_DIR"
+    if [ ! -s "$RUN_DIR/tls/ca.pem" ]; then
+        "$BIN" certs --dir "$RUN_DIR/tls" --node 1=127.0.0.1 --node 2=127.0.0.1 --node 3=127.0.0.1 >&2
+    fi
+    if [ ! -s "$RUN_DIR/admin-token" ]; then
+        (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$RUN_DIR/admin-token")
+    fi
+    (umask 077; printf 'Authorization: Bearer %s\n' "$(cat "$RUN_DIR/admin-token")" > "$RUN_DIR/admin-header")
+}
 
 pid_of() {  # prints the pid of node $1 if it is running kv-server
     local f="$RUN_DIR/node$1.pid" pid
@@ -47,10 +72,13 @@ start_node() {
     [ -x "$BIN" ] || build
     mkdir -p "$RUN_DIR"
     ensure_secret
-    RUST_LOG="${RUST_LOG:-info,openraft=warn}" nohup "$BIN" --config "$CONFIG_DIR/node$n.toml" \
+    RUST_LOG="${RUST_LOG:-info,openraft=warn}" nohup "$BIN" --config "$(config_dir)/node$n.toml" \
         >> "$RUN_DIR/node$n.log" 2>&1 < /dev/null &
-    echo $! > "$RUN_DIR/node$n.pid"
-    echo "node $n started (pid $!)"
+    local pid=$! i
+    # Until the forked shell has become kv-server, pid_of would take it for a stale pid.
+    for i in $(seq 100); do grep -qa kv-server "/proc/$pid/cmdline" 2>/dev/null && break; sleep 0.01; done
+    echo "$pid" > "$RUN_DIR/node$n.pid"
+    echo "node $n started (pid $pid)"
 }
 
 wait_ready() {  # until every running node says ready, at most 60 s
@@ -64,7 +92,7 @@ wait_ready() {  # until every running node says ready, at most 60 s
                 tail -n 5 "$RUN_DIR/node$n.log" >&2
                 return 1
             fi
-            curl -fsS -o /dev/null "http://127.0.0.1:700$n/readyz" 2>/dev/null || ok=0
+            kv_curl -fsS -o /dev/null "$(scheme)://127.0.0.1:700$n/readyz" 2>/dev/null || ok=0
         done
         [ $ok = 1 ] && return 0
         if [ $SECONDS -ge $deadline ]; then
@@ -89,8 +117,8 @@ status() {
     local n pid
     for n in "${NODES[@]}"; do
         if pid=$(pid_of "$n"); then
-            printf 'node %s  pid %-7s http://127.0.0.1:700%s  ' "$n" "$pid" "$n"
-            curl -fsS "http://127.0.0.1:700$n/v1/cluster" 2>/dev/null \
+            printf 'node %s  pid %-7s %s://127.0.0.1:700%s  ' "$n" "$pid" "$(scheme)" "$n"
+            kv_curl -fsS "$(scheme)://127.0.0.1:700$n/v1/cluster" 2>/dev/null \
                 | grep -oE '"(state|leader_id|term|applied_index)":[^,}]*' | tr '\n' ' ' \
                 || printf '(not answering)'
             echo
@@ -104,14 +132,38 @@ node_arg() { [[ "${1:-}" =~ ^[123]$ ]] || usage; echo "$1"; }
 
 case "${1:-}" in
     up)
+        case "${2:-}" in
+            "") want=plain ;;
+            --tls) want=tls ;;
+            *) usage ;;
+        esac
         need_curl
         build
+        if [ "$want" != "$(mode)" ]; then
+            for n in "${NODES[@]}"; do
+                if pid_of "$n" >/dev/null; then
+                    echo "error: the cluster is running in $(mode) mode; scripts/cluster.sh down first" >&2
+                    exit 1
+                fi
+            done
+        fi
+        mkdir -p "$RUN_DIR"
+        [ "$want" = tls ] && ensure_tls
+        echo "$want" > "$RUN_DIR/mode"
         for n in "${NODES[@]}"; do start_node "$n"; done
         wait_ready
         echo
         echo "cluster ready:"
-        for n in "${NODES[@]}"; do echo "  node $n  http://127.0.0.1:700$n"; done
-        echo "try: curl -X PUT 'localhost:7001/v1/kv/users?ttl=3600' -H 'content-type: application/json' -d '[{\"id\":1}]'"
+        for n in "${NODES[@]}"; do echo "  node $n  $(scheme)://127.0.0.1:700$n"; done
+        if [ "$want" = tls ]; then
+            echo "for kvctl and kv-client (the token is the bootstrap admin's: make narrower ones with kvctl token create):"
+            echo "  export KV_ENDPOINTS=https://127.0.0.1:7001,https://127.0.0.1:7002,https://127.0.0.1:7003"
+            echo "  export KV_CACERT=$PWD/$RUN_DIR/tls/ca.pem"
+            echo "  export KV_TOKEN=\$(cat $PWD/$RUN_DIR/admin-token)"
+            echo "try: curl --cacert \$KV_CACERT -H \"Authorization: Bearer \$KV_TOKEN\" -X PUT 'https://127.0.0.1:7001/v1/kv/users?ttl=3600' -H 'content-type: application/json' -d '[{\"id\":1}]'"
+        else
+            echo "try: curl -X PUT 'localhost:7001/v1/kv/users?ttl=3600' -H 'content-type: application/json' -d '[{\"id\":1}]'"
+        fi
         ;;
     down) for n in "${NODES[@]}"; do stop_node "$n"; done ;;
     status) need_curl; status ;;

@@ -108,6 +108,8 @@ async fn each_permission_allows_what_it_grants_and_nothing_else() -> Result<()> 
     )
     .await?;
     ensure!(s == 403, "read-only prefix delete: {s} {b}");
+    let (s, b) = call(&c, &reader, M::POST, follower, "/v1/sessions", None, &[]).await?;
+    ensure!(s == 403, "a read-only token opens no session: {s} {b}");
 
     // A prefix token: nothing outside its prefix, not even by a stale read or a list.
     for path in [
@@ -123,14 +125,17 @@ async fn each_permission_allows_what_it_grants_and_nothing_else() -> Result<()> 
     for prefix in ["", "app", "app2/"] {
         let path = format!("/v1/kv?prefix={prefix}");
         let (s, b) = call(&c, &app1, M::GET, follower, &path, None, &[]).await?;
-        let keys: Vec<&str> = b["items"]
-            .as_array()
-            .context("items")?
-            .iter()
-            .filter_map(|i| i["key"].as_str())
-            .collect();
-        let expected: &[&str] = if prefix == "app2/" { &[] } else { &["app1/a"] };
-        ensure!(s == 200 && keys == expected, "list {prefix:?}: {s} {b}");
+        if prefix == "app2/" {
+            ensure!(s == 403, "nothing readable under {prefix:?}: {s} {b}");
+        } else {
+            let keys: Vec<&str> = b["items"]
+                .as_array()
+                .context("items")?
+                .iter()
+                .filter_map(|i| i["key"].as_str())
+                .collect();
+            ensure!(s == 200 && keys == ["app1/a"], "list {prefix:?}: {s} {b}");
+        }
         let (s, b) = call(&c, &app1, M::DELETE, follower, &path, None, &[]).await?;
         let expected = if prefix.is_empty() { 400 } else { 403 };
         ensure!(s == expected, "prefix delete {prefix:?}: {s} {b}");
@@ -198,15 +203,45 @@ async fn without_a_valid_token_only_health_answers() -> Result<()> {
         let s = plain.get(c.url(2, path)).send().await?.status();
         ensure!(s == 200, "{path}: {s}");
     }
+    for (method, path) in [
+        (M::PUT, "/v1/kv/a"),
+        (M::DELETE, "/v1/kv/a"),
+        (M::DELETE, "/v1/kv?prefix=a"),
+        (M::POST, "/v1/sessions"),
+        (M::GET, "/v1/tokens"),
+        (M::POST, "/v1/tokens"),
+        (M::GET, "/v1/admin/digest"),
+    ] {
+        let r = plain
+            .request(method, c.url(3, path))
+            .body("1")
+            .send()
+            .await?;
+        let (s, b) = TestCluster::json(r).await?;
+        ensure!(s == 401 && code(&b) == "unauthenticated", "{path}: {s} {b}");
+    }
+    let (_, real) = create_token(
+        &c,
+        1,
+        json!({"name": "n", "grants": [{"prefix": "", "access": "write"}]}),
+    )
+    .await?;
+    let last = if real.ends_with('0') { "1" } else { "0" };
+    let wrong_secret = format!("{}{last}", &real[..real.len() - 1]);
     let forged = format!("kvt_{:016x}_{}", 1, "0".repeat(64));
     for token in [
+        wrong_secret.as_str(),
         forged.as_str(),
         "not-a-token",
         "0123456789abcdef0123456789abcdeX",
     ] {
-        let (s, b) = call(&c, token, M::PUT, 2, "/v1/kv/a", Some("1"), &[]).await?;
-        ensure!(s == 401, "{token}: {s} {b}");
+        for node in 1..=3 {
+            let (s, b) = call(&c, token, M::PUT, node, "/v1/kv/a", Some("1"), &[]).await?;
+            ensure!(s == 401, "{token} at node {node}: {s} {b}");
+        }
     }
+    let (s, b) = call(&c, &real, M::PUT, 2, "/v1/kv/a", Some("1"), &[]).await?;
+    ensure!(s == 200, "the real one: {s} {b}");
     c.pass();
     Ok(())
 }
@@ -292,6 +327,24 @@ async fn idempotency_keys_and_sessions_of_two_tokens_never_meet() -> Result<()> 
     );
     let (s, body) = call(&c, &a, M::PUT, 1, "/v1/kv/s", Some("1"), &session).await?;
     ensure!(s == 200, "a in its own session: {s} {body}");
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_without_auth_manages_no_tokens() -> Result<()> {
+    let c = TestCluster::start(3).await?;
+    let r = c
+        .http
+        .post(c.url(1, "/v1/tokens"))
+        .header("content-type", "application/json")
+        .body(r#"{"name":"backdoor","admin":true}"#)
+        .send()
+        .await?;
+    let (s, b) = TestCluster::json(r).await?;
+    ensure!(s == 403 && code(&b) == "forbidden", "{s} {b}");
+    let (s, b) = c.get_json(2, "/v1/tokens").await?;
+    ensure!(s == 403, "{s} {b}");
     c.pass();
     Ok(())
 }

@@ -175,7 +175,7 @@ pub struct SetOptions {
 }
 
 /// How a [`KvClient`] connects and retries.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientOptions {
     /// Deadlines and backoff.
     pub policy: RetryPolicy,
@@ -185,6 +185,16 @@ pub struct ClientOptions {
     /// PEM certificates to trust for `https://` endpoints, instead of the system's:
     /// the cluster's CA.
     pub ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("policy", &self.policy)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl ClientOptions {
@@ -438,13 +448,9 @@ impl KvClient {
     /// the cluster never shows again.
     pub async fn create_token(&self, spec: &NewToken) -> Result<CreatedToken, ClientError> {
         let body = Self::encode(spec)?;
-        // Retried as a read: an attempt whose answer was lost may leave an unused token of
-        // the same name, which `tokens` lists and `revoke_token` removes.
-        decode_ok(
-            self.call
-                .run(Method::POST, "/v1/tokens", Some(body), &[], false)
-                .await?,
-        )
+        // Its secret is shown once, so a retry cannot get it back: retried only while no
+        // attempt may have applied, else `OutcomeUnknown` (list the tokens to see).
+        decode_ok(self.call.run_once(Method::POST, "/v1/tokens", body).await?)
     }
 
     /// Every token, without secrets (an admin's call).

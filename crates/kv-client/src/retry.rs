@@ -64,6 +64,17 @@ pub(crate) struct Call {
 /// How many times one write moves to a new session because the cluster ended its own.
 const SESSION_RESTARTS: u32 = 3;
 
+/// What an attempt that may have applied means for the next one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    /// A read: any attempt may be repeated.
+    No,
+    /// A write numbered in a session or keyed: repeating it applies it at most once.
+    Repeatable,
+    /// A write that must not be repeated once it may have applied.
+    Once,
+}
+
 /// One call as sent: method, path and query, body, extra headers.
 type Request<'a> = (Method, &'a str, Option<&'a [u8]>, &'a [(&'a str, String)]);
 
@@ -143,14 +154,20 @@ impl Call {
             .any(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"));
         if !is_write || own_key {
             let call = (method, path, body.as_deref(), headers);
-            return Ok(self.attempts(call, None, is_write, deadline).await?.0);
+            let writes = if is_write {
+                Writes::Repeatable
+            } else {
+                Writes::No
+            };
+            return Ok(self.attempts(call, None, writes, deadline).await?.0);
         }
         let mut restarts = 0;
         loop {
             let ticket = self.ticket(deadline).await?;
             let call = (method.clone(), path, body.as_deref(), headers);
-            let (attempt, maybe_applied) =
-                self.attempts(call, Some(&ticket), true, deadline).await?;
+            let (attempt, maybe_applied) = self
+                .attempts(call, Some(&ticket), Writes::Repeatable, deadline)
+                .await?;
             let ended = attempt.status == StatusCode::UNPROCESSABLE_ENTITY
                 && serde_json::from_slice::<serde_json::Value>(&attempt.body)
                     .is_ok_and(|v| v["error"]["code"] == "session_expired");
@@ -170,6 +187,19 @@ impl Call {
         }
     }
 
+    /// Sends a write that cannot be repeated safely: retried only while no attempt may
+    /// have applied (connection refused, 503); after that, `OutcomeUnknown`.
+    pub async fn run_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Attempt, ClientError> {
+        let deadline = Instant::now() + self.policy.deadline;
+        let call = (method, path, Some(&body[..]), &[][..]);
+        Ok(self.attempts(call, None, Writes::Once, deadline).await?.0)
+    }
+
     /// The next number of an open session, opening one if none has room.
     async fn ticket(&self, deadline: Instant) -> Result<Ticket, ClientError> {
         if let Some(ticket) = self.sessions.take() {
@@ -181,7 +211,7 @@ impl Call {
         }
         let call = (Method::POST, "/v1/sessions", None, &[][..]);
         // Retrying an open at worst leaves a session unused, which ends when idle.
-        let (attempt, _) = self.attempts(call, None, false, deadline).await?;
+        let (attempt, _) = self.attempts(call, None, Writes::No, deadline).await?;
         let opened: Opened = decode_ok(attempt)?;
         let id = kv_core::session::parse_session_key(&opened.session)
             .ok_or_else(|| ClientError::Codec(format!("session id {:?}", opened.session)))?;
@@ -197,9 +227,10 @@ impl Call {
         &self,
         (method, path, body, headers): Request<'_>,
         ticket: Option<&Ticket>,
-        is_write: bool,
+        writes: Writes,
         deadline: Instant,
     ) -> Result<(Attempt, bool), ClientError> {
+        let is_write = writes != Writes::No;
         let first = self.preferred.load(Ordering::Relaxed);
         let mut jitter_state = self.seed ^ (first as u64).wrapping_add(1);
         let mut backoff = self.policy.initial_backoff;
@@ -259,6 +290,9 @@ impl Call {
                     e.to_string()
                 }
             };
+            if maybe_applied && writes == Writes::Once {
+                return Err(ClientError::OutcomeUnknown { attempts, last });
+            }
             let jitter = 0.5 + (next_random(&mut jitter_state) % 1000) as f64 / 2000.0;
             let pause = backoff.mul_f64(jitter);
             if Instant::now() + pause >= deadline {
@@ -427,6 +461,27 @@ mod tests {
             Ok(a) => panic!("expected OutcomeUnknown, got {}", a.status),
         }
         one_number_on_every_attempt(&keys.lock().expect("lock"));
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_be_repeated_stops_at_its_first_unknown_outcome() {
+        // 503 applied nothing, so it is retried; after the 504 it never is.
+        let (endpoint, keys) = scripted_server(vec![503, 504, 200]).await;
+        let call = Call::new(vec![endpoint], options(short_policy())).expect("client");
+        match call
+            .run_once(Method::POST, "/v1/tokens", b"{}".to_vec())
+            .await
+        {
+            Err(ClientError::OutcomeUnknown { attempts: 2, .. }) => {}
+            Err(e) => panic!("expected OutcomeUnknown after 2 attempts, got {e}"),
+            Ok(a) => panic!("expected OutcomeUnknown, got {}", a.status),
+        }
+        let keys = keys.lock().expect("lock");
+        assert_eq!(keys.len(), 2, "no third attempt");
+        assert!(
+            keys.iter().all(Option::is_none),
+            "not numbered in a session"
+        );
     }
 
     #[tokio::test]

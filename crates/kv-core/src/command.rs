@@ -750,7 +750,7 @@ fn permits(token: &Token, command: &Command) -> bool {
     match command {
         Command::Set { key, .. } | Command::Delete { key, .. } => token.can_write(key),
         Command::DeletePrefix { prefix } => token.can_delete_prefix(prefix),
-        Command::OpenSession { .. } => true,
+        Command::OpenSession { .. } => token.can_write_somewhere(),
         Command::PutToken { .. } | Command::RevokeToken { .. } => token.admin,
         Command::Idempotent { command, .. }
         | Command::Session { command, .. }
@@ -2042,6 +2042,9 @@ mod tests {
             authorized(7, delete_prefix(16, "app")),
             authorized(7, expire(17)),
             authorized(7, put_token(18, 8, true, &[])),
+            put_token(19, 9, false, &[("", Read)]),
+            authorized(9, open(20, 5)),
+            authorized(7, open(21, 6)),
         ]);
         assert_eq!(results[0], OpResult::TokenCreated { revision: 1 });
         assert_eq!(
@@ -2054,6 +2057,12 @@ mod tests {
         }
         assert_eq!(results[5], OpResult::PrefixDeleted { revision: 6 });
         assert!(!mem.data.contains_key("app2/a") && !mem.tokens.contains_key(&8));
+        assert_eq!(
+            results[10],
+            failed(Failure::Forbidden, None),
+            "read-only: no session"
+        );
+        assert!(matches!(results[11], OpResult::SessionOpened { .. }));
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl Token {
             .any(|g| g.access == Access::Write && key.starts_with(&g.prefix))
     }
 
+    /// Whether the token may write any key: what opening a client session needs, so a
+    /// read-only token cannot spend the records every tenant shares.
+    pub fn can_write_somewhere(&self) -> bool {
+        self.grants.iter().any(|g| g.access == Access::Write)
+    }
+
     /// Whether the token may delete every key under `prefix` at once: only within one
     /// of its write grants.
     pub fn can_delete_prefix(&self, prefix: &str) -> bool {
@@ -122,13 +128,14 @@ mod tests {
         assert!(t.can_read("a") && t.can_read("zz/y"));
         assert!(!t.can_write("a"));
         assert!(!t.can_delete_prefix("a"));
+        assert!(!t.can_write_somewhere());
         assert_eq!(t.readable_within("anything"), None);
     }
 
     #[test]
     fn a_prefix_grant_covers_only_keys_under_it() {
         let t = token(&[("app1/", Access::Write)]);
-        assert!(t.can_read("app1/x") && t.can_write("app1/x"));
+        assert!(t.can_read("app1/x") && t.can_write("app1/x") && t.can_write_somewhere());
         assert!(!t.can_read("app2/x") && !t.can_write("app2/x"));
         // "app1" is not under "app1/": a grant is a prefix of bytes, not of words.
         assert!(!t.can_write("app1"));

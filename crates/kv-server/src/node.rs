@@ -133,6 +133,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             client = %config.client_addr,
             "auth is off: anyone who reaches the client port may read and write every key"
         );
+        let tokens = stores.reader.tokens().len();
+        if tokens > 0 {
+            tracing::warn!(
+                tokens,
+                "the cluster has tokens but auth is off on this node: it serves requests \
+                 without checking them; give every node the same [auth] section"
+            );
+        }
     }
     let network = Network::new(
         cluster.clone(),

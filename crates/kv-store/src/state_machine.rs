@@ -453,13 +453,14 @@ fn install_batch(
     crash::point(crash::SNAPSHOT_INSTALLING);
     // Synced: the log the snapshot replaces may be purged right after.
     shared.begin_change();
+    // Before the data, as in apply: a revoked token never reads what followed its revoke.
+    shared.set_tokens(in_memory);
     let written = db.write_opt(batch, &synced());
     if written.is_ok() {
         shared.clock_ms.store(state.clock_ms, Ordering::Release);
         shared.data_bytes.store(data_bytes, Ordering::Release);
         shared.record_count.store(record_count, Ordering::Release);
         shared.set_tombstones(tombstones);
-        shared.set_tokens(in_memory);
     }
     shared.end_change();
     written?;
@@ -570,6 +571,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         put_meta(db, &mut batch, &last_applied, &membership, &books)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
+        // Tokens change before the data: a reader never sees data written after a revoke
+        // with the revoked token still valid. The entries are committed, and a failed
+        // write stops the node.
+        if !overlay.tokens.is_empty() {
+            let mut changed = Tokens::clone(&tokens);
+            for (id, token) in &overlay.tokens {
+                match token {
+                    Some(token) => changed.insert(*id, Arc::new(token.clone())),
+                    None => changed.remove(id),
+                };
+            }
+            self.shared.set_tokens(changed);
+        }
         // Not synced: every entry applied here is already synced in the raft log files.
         // A crash can only lose a suffix of apply batches (last_applied goes back with
         // them, and openraft applies those entries again from the log); and the log is
@@ -593,16 +607,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if adds_tombstones {
             self.shared.end_change();
         }
-        if written.is_ok() && !overlay.tokens.is_empty() {
-            let mut changed = Tokens::clone(&tokens);
-            for (id, token) in overlay.tokens {
-                match token {
-                    Some(token) => changed.insert(id, Arc::new(token)),
-                    None => changed.remove(&id),
-                };
-            }
-            self.shared.set_tokens(changed);
-        }
+
         written
             .map_err(StoreError::from)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;

@@ -75,8 +75,10 @@ pub(crate) enum Need<'a> {
     Read(&'a str),
     Write(&'a str),
     DeletePrefix(&'a str),
-    /// Any valid token (listing, which filters; opening a session).
+    /// Any valid token (listing, which is narrowed to what it may read).
     AnyToken,
+    /// A token that may write somewhere: opening a client session.
+    Session,
     Admin,
 }
 
@@ -121,6 +123,11 @@ fn token_id(token: &str) -> Option<u64> {
         .filter(|id| *id != BOOTSTRAP_TOKEN)
 }
 
+/// Whether `presented` is the hash of `token`'s secret, in constant time.
+fn matches(token: &Token, presented: &[u8; 32]) -> bool {
+    bool::from(token.hash.ct_eq(presented))
+}
+
 fn unauthenticated(message: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthenticated, message)
 }
@@ -133,11 +140,13 @@ fn caller(auth: &Auth, headers: &HeaderMap) -> Result<Caller, ApiError> {
             "send one Authorization: Bearer <token> header",
         ));
     };
+    // The scheme's name is case-insensitive (RFC 9110, 11.1).
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| unauthenticated("the Authorization header is not Bearer <token>"))?;
     let presented = hash(token);
     if let Some(id) = token_id(token) {
@@ -164,6 +173,14 @@ pub(crate) async fn authenticate(
         _ if path == "/healthz" || path == "/readyz" => Caller::Anyone,
         None => Caller::Anyone,
         Some(auth) => match caller(auth, request.headers()) {
+            // A token this node knows is checked at once, before its body is read or its
+            // request forwarded; one it does not know may be new, and is checked where
+            // the request is served.
+            Ok(Caller::Token { id, hash })
+                if app.reader.token(id).is_some_and(|t| !matches(&t, &hash)) =>
+            {
+                return unauthenticated("the token is not valid").into_response();
+            }
             Ok(caller) => caller,
             Err(e) => return e.into_response(),
         },
@@ -173,6 +190,25 @@ pub(crate) async fn authenticate(
 }
 
 impl App {
+    /// [`App::authorize`] on the leader before it proposes a write: a token it does not
+    /// know may have been created by an entry committed but not yet applied here (a
+    /// new leader), so the check waits for this node to apply what is committed first.
+    pub(crate) async fn authorize_write(
+        &self,
+        caller: &Caller,
+        need: Need<'_>,
+    ) -> Result<Option<Arc<Token>>, ApiError> {
+        if let Caller::Token { id, .. } = caller {
+            if self.reader.token(*id).is_none() && self.reads.confirm().await.is_err() {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "leadership could not be confirmed to check the token; retry shortly",
+                ));
+            }
+        }
+        self.authorize(caller, need)
+    }
+
     /// Checks that `caller` holds a live token on this node that grants `need`. Returns
     /// the stored token, to narrow a listing; `None` when the caller may do anything.
     pub(crate) fn authorize(
@@ -187,13 +223,14 @@ impl App {
         let token = self
             .reader
             .token(id)
-            .filter(|t| bool::from(t.hash.ct_eq(presented)))
+            .filter(|t| matches(t, presented))
             .ok_or_else(|| unauthenticated("the token is not valid (unknown or revoked)"))?;
         let granted = match need {
             Need::Read(key) => token.can_read(key),
             Need::Write(key) => token.can_write(key),
             Need::DeletePrefix(prefix) => token.can_delete_prefix(prefix),
             Need::AnyToken => true,
+            Need::Session => token.can_write_somewhere(),
             Need::Admin => token.admin,
         };
         if !granted {
@@ -202,6 +239,7 @@ impl App {
                 Need::Write(key) => format!("writing {key:?}"),
                 Need::DeletePrefix(prefix) => format!("deleting every key under {prefix:?}"),
                 Need::AnyToken => unreachable!("granted to every token"),
+                Need::Session => "opening a session (it grants no writes)".to_owned(),
                 Need::Admin => "administering the cluster".to_owned(),
             };
             return Err(ApiError::new(
@@ -236,6 +274,11 @@ mod tests {
 
     #[test]
     fn a_token_string_round_trips_and_malformed_ones_are_refused() {
+        let lower = caller(&Auth::new(ADMIN), &with(&format!("bearer {ADMIN}")));
+        assert!(
+            matches!(lower, Ok(Caller::Bootstrap)),
+            "the scheme is case-insensitive"
+        );
         let auth = Auth::new(ADMIN);
         let token = token_string(0x2a, &[0xab; 32]);
         assert_eq!(token.len(), 4 + 16 + 1 + 64);

@@ -67,7 +67,7 @@ pub(crate) async fn put_key(
     let value = body.to_vec();
     let req = Forwardable::for_key(Method::PUT, &key, &uri, headers, body, true);
     lead_or_forward(&app, req, || async {
-        app.authorize(&caller, Need::Write(&key))?;
+        app.authorize_write(&caller, Need::Write(&key)).await?;
         let command = Command::Set {
             key: key.clone(),
             value,
@@ -93,7 +93,7 @@ pub(crate) async fn delete_key(
     let idem = idempotency(&headers, "DELETE", &key, &uri, b"")?;
     let req = Forwardable::for_key(Method::DELETE, &key, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || async {
-        app.authorize(&caller, Need::Write(&key))?;
+        app.authorize_write(&caller, Need::Write(&key)).await?;
         let command = Command::Delete {
             key: key.clone(),
             precondition,

@@ -35,6 +35,12 @@ async fn serve_local_list(
     let within = app
         .authorize(caller, Need::AnyToken)?
         .and_then(|token| token.readable_within(&prefix));
+    if within.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("this token may read no key under {prefix:?}"),
+        ));
+    }
     let now = app.read_time_ms();
     let reader = app.reader.clone();
     tokio::task::spawn_blocking(move || {
@@ -95,7 +101,8 @@ pub(crate) async fn delete_prefix(
     let idem = idempotency(&headers, "DELETE", "", &uri, b"")?;
     let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || async {
-        app.authorize(&caller, Need::DeletePrefix(&prefix))?;
+        app.authorize_write(&caller, Need::DeletePrefix(&prefix))
+            .await?;
         let command = Command::DeletePrefix {
             prefix: prefix.clone(),
         };

@@ -28,7 +28,7 @@ pub(crate) async fn open(
     no_precondition(&headers)?;
     let req = Forwardable::new(Method::POST, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || async {
-        app.authorize(&caller, Need::AnyToken)?;
+        app.authorize_write(&caller, Need::Session).await?;
         // Chosen by the leader and carried in the command: apply stays deterministic.
         let id: u128 = rand::random();
         let command = Command::OpenSession {

@@ -38,6 +38,18 @@ struct NewGrant {
     access: String,
 }
 
+/// Tokens are managed only where they are checked: a node with auth off would let anyone
+/// make an admin token that becomes valid when auth is turned on.
+fn auth_on(app: &App) -> Result<(), ApiError> {
+    match app.auth {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "auth is off on this node: tokens are managed only on nodes with an [auth] section",
+        )),
+    }
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidTokenRequest, message)
 }
@@ -150,6 +162,7 @@ pub(crate) async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    auth_on(&app)?;
     let NoQuery {} = parse_query(&uri)?;
     no_precondition(&headers)?;
     check_content_type(&headers)?;
@@ -158,7 +171,7 @@ pub(crate) async fn create(
     parse_new_token(&body, [0; 32])?;
     let req = Forwardable::new(Method::POST, &uri, headers, body.clone(), true);
     lead_or_forward(&app, req, || async {
-        app.authorize(&caller, Need::Admin)?;
+        app.authorize_write(&caller, Need::Admin).await?;
         // Chosen here and carried in the command: apply stays deterministic, and the
         // secret itself never enters the log.
         let id = rand::random::<u64>().max(1);
@@ -188,6 +201,7 @@ pub(crate) async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    auth_on(&app)?;
     let NoQuery {} = parse_query(&uri)?;
     no_precondition(&headers)?;
     let req = || Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
@@ -213,6 +227,7 @@ pub(crate) async fn revoke(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    auth_on(&app)?;
     let NoQuery {} = parse_query(&uri)?;
     no_precondition(&headers)?;
     let id = Some(id.as_str())
@@ -221,7 +236,7 @@ pub(crate) async fn revoke(
         .ok_or_else(|| invalid("a token id is 16 hex digits"))?;
     let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || async {
-        app.authorize(&caller, Need::Admin)?;
+        app.authorize_write(&caller, Need::Admin).await?;
         match propose_token(&app, &caller, Command::RevokeToken { id }).await? {
             Ok(OpResult::TokenRevoked { existed, revision }) => Ok(Local::Done(
                 Json(json!({ "revoked": existed, "revision": revision })).into_response(),
