@@ -15,6 +15,9 @@
 # fills 10,000 keys of 100 bytes in each, then runs every scenario on both systems in
 # turn (A B A B ...): writes at 1, 16, 64 connections to the leader and at 64 to a
 # follower; linearizable reads at 16 and 64; stale (etcd: serializable) reads at 64.
+# Writes at 64 connections also run against a second pair of clusters with TLS on every
+# connection and auth on (quorum-kv on 7211-7213 with a token; etcd on 23794-23796
+# with client and peer TLS and a root user's token), certificates from `kv-server certs`.
 # A run with non-2xx answers or socket errors, or whose writes did not all land (the
 # servers' write counters against wrk's completed requests), is reported and not
 # counted. Prints a table of medians and writes target/bench/results.{json,md}.
@@ -56,7 +59,8 @@ ensure_bench_deps
 # The clusters use fixed ports, so that runs compare like with like: say which is taken
 # rather than start a node that cannot bind (or measure someone else's server).
 PORTS=(7201 7202 7203 7301 7302 7303)
-[ -n "$SCALE" ] || PORTS+=(23791 23792 23793 23801 23802 23803)
+[ -n "$SCALE" ] || PORTS+=(7211 7212 7213 7311 7312 7313 23791 23792 23793 23801 23802 23803
+                           23794 23795 23796 23804 23805 23806)
 for port in "${PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "error: port $port on 127.0.0.1 is in use; bench.sh needs ${PORTS[*]}" >&2
@@ -95,31 +99,52 @@ wait_for() {  # wait_for WHAT COMMAND...: retries for 30 s
 
 # ---- quorum-kv ----
 QKV=(127.0.0.1:7201 127.0.0.1:7202 127.0.0.1:7203)
-start_quorum_kv() {
-    local members="members = [" n
+QKV_TLS=(127.0.0.1:7211 127.0.0.1:7212 127.0.0.1:7213)
+TLS_DIR="$WORK/tls"  # a CA and node certificates for 127.0.0.1, for both clusters with TLS
+start_quorum_kv() {  # start_quorum_kv [tls]: the plain cluster, or the one with TLS and tokens
+    local tls=${1:-} members="members = [" n port=720 raft=730 extra="" dir="$WORK/qkv" scheme=http
+    if [ -n "$tls" ]; then
+        port=721; raft=731; dir="$WORK/qkv-tls"; scheme=https
+        mkdir -p "$dir"
+        (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' > "$dir/admin-token")
+    fi
     for n in 1 2 3; do
-        members+="{ id = $n, client_addr = \"127.0.0.1:720$n\", raft_addr = \"127.0.0.1:730$n\" },"
+        members+="{ id = $n, client_addr = \"127.0.0.1:$port$n\", raft_addr = \"127.0.0.1:$raft$n\" },"
     done
     members+="]"
-    mkdir -p "$WORK/qkv"
+    mkdir -p "$dir"
     for n in 1 2 3; do
-        cat > "$WORK/qkv/node$n.toml" <<EOF
+        if [ -n "$tls" ]; then
+            extra="[tls]
+cert_file = \"$TLS_DIR/node$n.pem\"
+key_file = \"$TLS_DIR/node$n-key.pem\"
+ca_file = \"$TLS_DIR/ca.pem\"
+[auth]
+admin_token_file = \"$dir/admin-token\""
+        fi
+        cat > "$dir/node$n.toml" <<EOF
 id = $n
-client_addr = "127.0.0.1:720$n"
-raft_addr = "127.0.0.1:730$n"
-data_dir = "$WORK/qkv/node$n"
+client_addr = "127.0.0.1:$port$n"
+raft_addr = "127.0.0.1:$raft$n"
+data_dir = "$dir/node$n"
 cluster_secret = "bench"
 $members
+$extra
 EOF
-        start_qkv_node $n
+        start_qkv_node "$n" "$dir" "$tls"
     done
-    for addr in "${QKV[@]}"; do wait_for "quorum-kv $addr" curl -sf "http://$addr/readyz"; done
+    local ca=()
+    [ -z "$tls" ] || ca=(--cacert "$TLS_DIR/ca.pem")
+    for n in 1 2 3; do
+        wait_for "quorum-kv 127.0.0.1:$port$n" curl -sf "${ca[@]}" "$scheme://127.0.0.1:$port$n/readyz"
+    done
 }
 QPID=()
-start_qkv_node() {  # start_qkv_node N: starts node N on its data; its pid in QPID[N]
-    RUST_LOG=warn "$CARGO_TARGET_DIR/release/kv-server" --config "$WORK/qkv/node$1.toml" \
-        >> "$WORK/qkv/node$1.log" 2>&1 &
-    QPID[$1]=$!
+start_qkv_node() {  # start_qkv_node N [DIR [tls]]: starts node N on its data (the plain cluster's pid in QPID[N])
+    local dir=${2:-$WORK/qkv}
+    RUST_LOG=warn "$CARGO_TARGET_DIR/release/kv-server" --config "$dir/node$1.toml" \
+        >> "$dir/node$1.log" 2>&1 &
+    [ -n "${3:-}" ] || QPID[$1]=$!
     PIDS+=($!)
 }
 stop_qkv_node() {  # stop_qkv_node N SIGNAL: stops node N and waits until it has exited
@@ -132,6 +157,17 @@ qkv_leader() { curl -sf "http://${QKV[0]}/v1/cluster" | json 'd["leader"]["clien
 qkv_scan() { python3 scripts/bench/qkv_scan.py "${QKV[0]}"; }
 qkv_keys() { qkv_scan | cut -d' ' -f1; }
 qkv_writes() { qkv_scan | cut -d' ' -f2; }
+# The same on the cluster with TLS and tokens, as its admin.
+qkv_tls() {  # qkv_tls CURL-ARGS...: curl to the cluster with TLS as its admin
+    curl -sf --cacert "$TLS_DIR/ca.pem" -H "Authorization: Bearer $(cat "$WORK/qkv-tls/admin-token")" "$@"
+}
+qkv_tls_leader() { qkv_tls "https://${QKV_TLS[0]}/v1/cluster" | json 'd["leader"]["client_addr"]'; }
+qkv_tls_scan() {
+    QKV_CACERT="$TLS_DIR/ca.pem" QKV_TOKEN=$(cat "$WORK/qkv-tls/admin-token") \
+        python3 scripts/bench/qkv_scan.py "${QKV_TLS[0]}"
+}
+qkv_tls_keys() { qkv_tls_scan | cut -d' ' -f1; }
+qkv_tls_writes() { qkv_tls_scan | cut -d' ' -f2; }
 
 # ---- etcd ----
 ETCD=(127.0.0.1:23791 127.0.0.1:23792 127.0.0.1:23793)
@@ -164,16 +200,66 @@ etcd_keys() {
     curl -sf -X POST "http://${ETCD[0]}/v3/kv/range" \
         -d '{"key":"YmVuY2gv","range_end":"YmVuY2gw","count_only":true}' | json 'd.get("count", 0)'
 }
-
-# ---- runs ----
-wrk_run() {  # wrk_run SYSTEM OP CONNS TARGET SECONDS: prints wrk's JSON line
-    local threads=2
-    [ "$3" -lt 2 ] && threads=1
-    BENCH_OP=$2 wrk -t"$threads" -c"$3" -d"$5"s -s "scripts/bench/$1.lua" "http://$4" | tail -n 1
+# etcd with client and peer TLS (peers check each other's certificates) and auth on.
+ETCD_TLS=(127.0.0.1:23794 127.0.0.1:23795 127.0.0.1:23796)
+ETCD_TOKEN=
+start_etcd_tls() {
+    local cluster="e1=https://127.0.0.1:23804,e2=https://127.0.0.1:23805,e3=https://127.0.0.1:23806" n
+    for n in 1 2 3; do
+        etcd --name "e$n" --data-dir "$WORK/etcd-tls/e$n" \
+            --listen-client-urls "https://127.0.0.1:2379$((n + 3))" \
+            --advertise-client-urls "https://127.0.0.1:2379$((n + 3))" \
+            --cert-file "$TLS_DIR/node$n.pem" --key-file "$TLS_DIR/node$n-key.pem" \
+            --listen-peer-urls "https://127.0.0.1:2380$((n + 3))" \
+            --initial-advertise-peer-urls "https://127.0.0.1:2380$((n + 3))" \
+            --peer-cert-file "$TLS_DIR/node$n.pem" --peer-key-file "$TLS_DIR/node$n-key.pem" \
+            --peer-trusted-ca-file "$TLS_DIR/ca.pem" --peer-client-cert-auth \
+            --auth-token-ttl 3600 \
+            --initial-cluster "$cluster" --initial-cluster-token quorum-kv-bench-tls \
+            --initial-cluster-state new --logger zap --log-level warn \
+            > "$WORK/etcd-tls-e$n.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for addr in "${ETCD_TLS[@]}"; do
+        wait_for "etcd $addr" curl -sf --cacert "$TLS_DIR/ca.pem" "https://$addr/health"
+    done
+    # A root user, auth on, and the user's token for every request after.
+    local api="https://${ETCD_TLS[0]}/v3/auth" ca=(--cacert "$TLS_DIR/ca.pem")
+    curl -sf "${ca[@]}" -X POST "$api/user/add" -d '{"name":"root","password":"bench"}' >/dev/null
+    curl -sf "${ca[@]}" -X POST "$api/user/grant" -d '{"user":"root","role":"root"}' >/dev/null
+    curl -sf "${ca[@]}" -X POST "$api/enable" -d '{}' >/dev/null
+    ETCD_TOKEN=$(curl -sf "${ca[@]}" -X POST "$api/authenticate" \
+        -d '{"name":"root","password":"bench"}' | json 'd["token"]')
+}
+etcd_tls() {  # etcd_tls ADDRESS PATH BODY: a request to the cluster with TLS, as root
+    curl -sf --cacert "$TLS_DIR/ca.pem" -H "Authorization: $ETCD_TOKEN" -X POST "https://$1$2" -d "$3"
+}
+etcd_tls_leader() {
+    local addr
+    for addr in "${ETCD_TLS[@]}"; do
+        if etcd_tls "$addr" /v3/maintenance/status '{}' \
+            | json 'int(d["leader"] == d["header"]["member_id"])' | grep -q 1; then
+            echo "$addr"; return
+        fi
+    done
+}
+etcd_tls_writes() { etcd_tls "${ETCD_TLS[0]}" /v3/maintenance/status '{}' | json 'd["header"]["revision"]'; }
+etcd_tls_keys() {
+    etcd_tls "${ETCD_TLS[0]}" /v3/kv/range '{"key":"YmVuY2gv","range_end":"YmVuY2gw","count_only":true}' \
+        | json 'd.get("count", 0)'
 }
 
-fill() {  # fill SYSTEM TARGET START: writes keys in order from START
-    BENCH_OP=load BENCH_START=$3 wrk -t1 -c16 -d8s -s "scripts/bench/$1.lua" "http://$2" \
+# ---- runs ----
+# wrk_run and fill take their target as a URL; BENCH_AUTH (an Authorization header value)
+# passes through to the wrk scripts.
+wrk_run() {  # wrk_run SYSTEM OP CONNS URL SECONDS: prints wrk's JSON line
+    local threads=2
+    [ "$3" -lt 2 ] && threads=1
+    BENCH_OP=$2 wrk -t"$threads" -c"$3" -d"$5"s -s "scripts/bench/$1.lua" "$4" | tail -n 1
+}
+
+fill() {  # fill SYSTEM URL START: writes keys in order from START
+    BENCH_OP=load BENCH_START=$3 wrk -t1 -c16 -d8s -s "scripts/bench/$1.lua" "$2" \
         | tail -n 1 >/dev/null
 }
 
@@ -269,38 +355,53 @@ if [ -n "$SCALE" ]; then
     exit 0
 fi
 
+mkdir -p "$TLS_DIR"
+"$CARGO_TARGET_DIR/release/kv-server" certs --dir "$TLS_DIR" \
+    --node 1=127.0.0.1 --node 2=127.0.0.1 --node 3=127.0.0.1 >/dev/null
 start_quorum_kv
 start_etcd
-QL=$(qkv_leader); EL=$(etcd_leader)
+start_quorum_kv tls
+start_etcd_tls
+QL=$(qkv_leader); EL=$(etcd_leader); QTL=$(qkv_tls_leader); ETL=$(etcd_tls_leader)
 for addr in "${QKV[@]}"; do [ "$addr" != "$QL" ] && QF=$addr && break; done
 for addr in "${ETCD[@]}"; do [ "$addr" != "$EL" ] && EF=$addr && break; done
-echo "quorum-kv leader $QL (follower $QF); etcd leader $EL (follower $EF)"
+echo "quorum-kv leader $QL (follower $QF); etcd leader $EL (follower $EF); with TLS: quorum-kv $QTL, etcd $ETL"
+# The writer on the cluster with TLS: a token with a write grant on the benchmark's keys.
+QKV_WRITER=$(qkv_tls -X POST "https://$QTL/v1/tokens" -H 'content-type: application/json' \
+    -d '{"name":"bench","grants":[{"prefix":"bench/","access":"write"}]}' | json 'd["token"]')
 # Keys in order: an 8 s run covers the space several times over on this machine; a
 # slower one goes on from the count it reached.
 for _ in 1 2 3 4 5; do
-    n=$(qkv_keys); [ "$n" = 10000 ] || fill quorum-kv "$QL" "$n"
-    n=$(etcd_keys); [ "$n" = 10000 ] || fill etcd "$EL" "$n"
+    n=$(qkv_keys); [ "$n" = 10000 ] || fill quorum-kv "http://$QL" "$n"
+    n=$(etcd_keys); [ "$n" = 10000 ] || fill etcd "http://$EL" "$n"
+    n=$(qkv_tls_keys); [ "$n" = 10000 ] || BENCH_AUTH="Bearer $QKV_WRITER" fill quorum-kv "https://$QTL" "$n"
+    n=$(etcd_tls_keys); [ "$n" = 10000 ] || BENCH_AUTH=$ETCD_TOKEN fill etcd "https://$ETL" "$n"
 done
-echo "keys filled: quorum-kv $(qkv_keys), etcd $(etcd_keys)"
-[ "$(qkv_keys)" = 10000 ] && [ "$(etcd_keys)" = 10000 ] || { echo "error: fill incomplete" >&2; exit 1; }
+echo "keys filled: quorum-kv $(qkv_keys), etcd $(etcd_keys); with TLS: quorum-kv $(qkv_tls_keys), etcd $(etcd_tls_keys)"
+for n in "$(qkv_keys)" "$(etcd_keys)" "$(qkv_tls_keys)" "$(etcd_tls_keys)"; do
+    [ "$n" = 10000 ] || { echo "error: fill incomplete" >&2; exit 1; }
+done
 
 SCENARIOS=("put-c1 put 1 leader" "put-c16 put 16 leader" "put-c64 put 64 leader"
            "put-c64-follower put 64 follower" "get-c16 get 16 leader" "get-c64 get 64 leader"
-           "stale-c64 stale 64 leader")
+           "stale-c64 stale 64 leader" "put-c64-tls put 64 tls")
 for rep in $(seq "$REPS"); do
     for sc in "${SCENARIOS[@]}"; do
         read -r name op conns where <<< "$sc"
         for system in quorum-kv etcd; do
+            auth=
             if [ $system = quorum-kv ]; then
-                target=$QL; [ "$where" = follower ] && target=$QF; count=qkv_writes
+                url=http://$QL; [ "$where" = follower ] && url=http://$QF; count=qkv_writes
+                if [ "$where" = tls ]; then url=https://$QTL; count=qkv_tls_writes; auth="Bearer $QKV_WRITER"; fi
             else
-                target=$EL; [ "$where" = follower ] && target=$EF; count=etcd_writes
+                url=http://$EL; [ "$where" = follower ] && url=http://$EF; count=etcd_writes
+                if [ "$where" = tls ]; then url=https://$ETL; count=etcd_tls_writes; auth=$ETCD_TOKEN; fi
             fi
-            wrk_run $system "$op" "$conns" "$target" "$WARM" >/dev/null
+            BENCH_AUTH=$auth wrk_run $system "$op" "$conns" "$url" "$WARM" >/dev/null
             # Only writes are counted: reads leave the counters alone.
             landed=None
             [ "$op" = put ] && before=$($count)
-            line=$(wrk_run $system "$op" "$conns" "$target" "$SECS")
+            line=$(BENCH_AUTH=$auth wrk_run $system "$op" "$conns" "$url" "$SECS")
             [ "$op" = put ] && landed=$(( $($count) - before ))
             echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(system='$system', scenario='$name', rep=$rep, landed=$landed); print(json.dumps(d))" >> "$RESULTS"
             printf '%-10s %-18s rep %d: %s, landed %s\n' $system "$name" "$rep" "$line" "$landed"

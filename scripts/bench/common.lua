@@ -2,8 +2,9 @@
 -- 100-byte values, and one JSON line of results printed when wrk finishes.
 --
 -- Settings come from the environment: BENCH_OP (put, get, stale, load), BENCH_KEYS
--- (10000), BENCH_START (0). `load` writes keys in order from BENCH_START, wrapping at
--- KEYS (one wrk thread), to fill the space.
+-- (10000), BENCH_START (0), BENCH_AUTH (an Authorization header value, if any). `load`
+-- writes keys in order from BENCH_START, wrapping at KEYS (one wrk thread), to fill the
+-- space.
 
 local M = {}
 
@@ -26,6 +27,15 @@ function M.base64(data)
         for i = 1, 6 do c = c + (x:sub(i, i) == "1" and 2 ^ (6 - i) or 0) end
         return b64chars:sub(c + 1, c + 1)
     end) .. ({ "", "==", "=" })[#data % 3 + 1])
+end
+
+-- `headers` with the Authorization header of BENCH_AUTH, when it is set.
+function M.with_auth(headers)
+    local auth = os.getenv("BENCH_AUTH")
+    if auth and auth ~= "" then
+        headers["Authorization"] = auth
+    end
+    return headers
 end
 
 function M.key_name(i)

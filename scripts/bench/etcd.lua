@@ -16,7 +16,7 @@ function init(args)
     end
 end
 
-local headers = { ["Content-Type"] = "application/json" }
+local headers = c.with_auth({ ["Content-Type"] = "application/json" })
 
 function request()
     local i = c.next_key()

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 
 SCENARIOS = ["put-c1", "put-c16", "put-c64", "put-c64-follower",
-             "get-c16", "get-c64", "stale-c64"]
+             "get-c16", "get-c64", "stale-c64", "put-c64-tls"]
 
 
 def problems(run):

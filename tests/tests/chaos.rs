@@ -1,5 +1,6 @@
 //! The short chaos run CI does on every change: every fault kind at least once on a
-//! three-node cluster, then partitions of a five-node one. The long randomized run is
+//! three-node cluster, then partitions and kills of a five-node one with TLS and tokens
+//! on. The long randomized run is
 //! `scripts/chaos.sh`. Histories are kept (and their path printed) when a check fails.
 
 use std::time::Duration;
@@ -17,8 +18,13 @@ fn seed() -> u64 {
 async fn run_and_check(config: ChaosConfig) -> Result<()> {
     let history = config.history.clone();
     let (nodes, seed) = (config.nodes, config.seed);
+    let secure = if config.secure {
+        " with TLS and tokens"
+    } else {
+        ""
+    };
     // Printed first, so a run that stops with a harness error can still be repeated.
-    println!("chaos run on {nodes} nodes, seed {seed} (KV_CHAOS_SEED={seed} repeats it)");
+    println!("chaos run on {nodes} nodes{secure}, seed {seed} (KV_CHAOS_SEED={seed} repeats it)");
     let report = run(config)
         .await
         .with_context(|| format!("chaos run on {nodes} nodes with seed {seed}"))?;
@@ -45,7 +51,10 @@ async fn short_chaos_runs_stay_linearizable_and_converge() -> Result<()> {
     let three = ChaosConfig::new(3, Duration::from_secs(0), seed, history(3));
     run_and_check(three).await?;
 
+    // With TLS on both ports and tokens: the workers' token over https, mutual TLS
+    // between nodes through the partitions and restarts.
     let mut five = ChaosConfig::new(5, Duration::from_secs(0), seed, history(5));
     five.faults = vec![FaultKind::Partition, FaultKind::Kill];
+    five.secure = true;
     run_and_check(five).await
 }

@@ -43,6 +43,12 @@ fn kvctl_as(
     ))
 }
 
+/// Every node's URL, comma-separated, as `KV_ENDPOINTS` takes them.
+fn endpoints(c: &TestCluster) -> String {
+    let urls: Vec<String> = c.nodes.iter().map(|n| c.url(n.id, "")).collect();
+    urls.join(",")
+}
+
 fn json_of(stdout: &str) -> Result<Value> {
     serde_json::from_str(stdout.trim()).with_context(|| format!("not JSON: {stdout:?}"))
 }
@@ -50,12 +56,7 @@ fn json_of(stdout: &str) -> Result<Value> {
 #[tokio::test]
 async fn kvctl_commands_print_json_or_tables_and_exit_with_usable_codes() -> Result<()> {
     let c = TestCluster::start(3).await?;
-    let eps: Vec<String> = c
-        .nodes
-        .iter()
-        .map(|n| format!("http://{}", n.client_addr))
-        .collect();
-    let eps = eps.join(",");
+    let eps = endpoints(&c);
     let run = |args: &[&str]| kvctl(&eps, args, None);
 
     let (code, out) = run(&["put", "app/cfg", r#"{"replicas":3}"#, "--ttl", "60"])?;
@@ -143,12 +144,7 @@ async fn kvctl_manages_tokens_and_uses_the_one_it_is_given() -> Result<()> {
         ..Tuning::default()
     };
     let c = TestCluster::start_tuned(3, tuning).await?;
-    let eps: Vec<String> = c
-        .nodes
-        .iter()
-        .map(|n| format!("http://{}", n.client_addr))
-        .collect();
-    let eps = eps.join(",");
+    let eps = endpoints(&c);
     let admin = c.admin_token.clone().context("auth is on")?;
     let as_admin = |args: &[&str]| kvctl_as(&eps, Some(&admin), args, None);
 
@@ -195,8 +191,7 @@ async fn kvctl_speaks_https_to_a_cluster_with_tls_and_tokens_given_its_ca() -> R
         ..Tuning::default()
     };
     let c = TestCluster::start_tuned(3, tuning).await?;
-    let eps: Vec<String> = (1..=3).map(|id| c.url(id, "")).collect();
-    let eps = eps.join(",");
+    let eps = endpoints(&c);
     ensure!(eps.starts_with("https://"), "{eps}");
     let ca = c.tls_dir().context("tls")?.join("ca.pem");
     let ca = ca.to_str().context("utf-8 path")?;

@@ -218,6 +218,24 @@ pub struct AuthConfig {
     pub admin_token_env: Option<String>,
 }
 
+/// A secret kept in a file: its text without the line ending.
+fn read_line(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// A secret kept in environment variable `name`, which setting `setting` names.
+fn read_env(name: &str, setting: &str) -> Result<String, ConfigError> {
+    std::env::var(name).map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{setting} names {name}, which is not set (or not UTF-8)"
+        ))
+    })
+}
+
 /// Bounds on the bootstrap token: long enough that guessing it is hopeless.
 const ADMIN_TOKEN_BYTES: std::ops::RangeInclusive<usize> = 32..=256;
 
@@ -231,18 +249,8 @@ impl AuthConfig {
     pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
         let token = match (&self.admin_token_file, &self.admin_token_env) {
             (None, None) => return Ok(None),
-            (Some(path), None) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-            (None, Some(name)) => std::env::var(name).map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "auth.admin_token_env names {name}, which is not set (or not UTF-8)"
-                ))
-            })?,
+            (Some(path), None) => read_line(path)?,
+            (None, Some(name)) => read_env(name, "auth.admin_token_env")?,
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
                     "set one of auth.admin_token_file and auth.admin_token_env".into(),
@@ -286,18 +294,8 @@ impl NodeConfig {
             &self.cluster_secret_env,
         ) {
             (Some(literal), None, None) => literal.clone(),
-            (None, Some(path), None) => std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-            (None, None, Some(name)) => std::env::var(name).map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "cluster_secret_env names {name}, which is not set (or not UTF-8)"
-                ))
-            })?,
+            (None, Some(path), None) => read_line(path)?,
+            (None, None, Some(name)) => read_env(name, "cluster_secret_env")?,
             (None, None, None) => return Ok(None),
             _ => {
                 return Err(ConfigError::Invalid(

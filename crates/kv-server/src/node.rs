@@ -128,6 +128,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     }
     let admin_token = config.auth.admin_token()?;
+    if admin_token.is_some() && config.tls.is_none() && !config.client_addr.ip().is_loopback() {
+        tracing::warn!(
+            client = %config.client_addr,
+            "auth is on without TLS: tokens cross the network in clear text; add a [tls] section"
+        );
+    }
     if admin_token.is_none() {
         tracing::warn!(
             client = %config.client_addr,

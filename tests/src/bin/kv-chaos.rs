@@ -39,6 +39,9 @@ struct Args {
     /// History file (default target/chaos/history-SEED.jsonl under the current folder).
     #[arg(long)]
     history: Option<PathBuf>,
+    /// TLS on both ports and tokens (the workers use a token of their own over https).
+    #[arg(long)]
+    secure: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration> {
@@ -65,9 +68,15 @@ async fn main() -> Result<ExitCode> {
     config.faults = FaultKind::parse_list(&args.faults)?;
     config.workers = args.workers;
     config.skew_ms = args.skew_ms;
+    config.secure = args.secure;
     eprintln!(
-        "chaos: {} nodes, seed {seed}, {:?} of faults, history {}",
+        "chaos: {} nodes{}, seed {seed}, {:?} of faults, history {}",
         config.nodes,
+        if config.secure {
+            " with TLS and tokens"
+        } else {
+            ""
+        },
         config.duration,
         config.history.display()
     );

@@ -67,6 +67,9 @@ pub struct ChaosConfig {
     pub history: PathBuf,
     /// The skewed node's clock offset, when `Skew` is enabled.
     pub skew_ms: u64,
+    /// Run the cluster with TLS on both ports and tokens; the workers use a token of
+    /// their own over https.
+    pub secure: bool,
 }
 
 impl ChaosConfig {
@@ -80,6 +83,7 @@ impl ChaosConfig {
             workers: 6,
             history,
             skew_ms: 1000,
+            secure: false,
         }
     }
 
@@ -133,17 +137,23 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         // is current, which the fault waits for.
         node_election_ms: skewed.map(|id| (id, (300, 500))).into_iter().collect(),
         own_addresses: true,
-        auth: false,
+        auth: config.secure,
         disk_mib: None,
-        tls: false,
+        tls: config.secure,
     };
     let cluster = TestCluster::start_tuned(config.nodes, tuning).await?;
     let run_id = format!("chaos-{}-{}", config.seed, std::process::id());
+    let access = if config.secure {
+        workload::Access::secure(&cluster).await?
+    } else {
+        workload::Access::default()
+    };
     let shared = Arc::new(Shared::new(
         Recorder::create(&config.history)?,
         cluster.nodes.iter().map(|n| n.client_addr).collect(),
         run_id,
         config.ttl_slack_ms(),
+        access,
     )?);
     let watch = Arc::new(Mutex::new(ClusterWatch::default()));
     let watcher = tokio::spawn(watch_cluster(shared.clone(), watch.clone(), started));

@@ -342,7 +342,7 @@ pub(super) async fn watch_cluster(
         for (i, addr) in shared.nodes.iter().enumerate() {
             let ask = shared
                 .http
-                .get(format!("http://{addr}/v1/cluster"))
+                .get(format!("{}://{addr}/v1/cluster", shared.scheme))
                 .timeout(Duration::from_millis(300))
                 .send()
                 .await;

@@ -133,10 +133,55 @@ impl Recorder {
     }
 }
 
+/// How the workers reach the cluster: plain HTTP without a token, or https trusting the
+/// cluster's CA with a token of their own.
+#[derive(Default)]
+pub struct Access {
+    /// The cluster's CA certificate (PEM), when it runs TLS.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The workers' token, when auth is on.
+    pub token: Option<String>,
+}
+
+impl Access {
+    /// A token for the workers, made by the cluster's admin: write access to every key,
+    /// and admin to read `/v1/cluster`; and the cluster's CA.
+    pub async fn secure(cluster: &crate::TestCluster) -> Result<Self> {
+        let spec = serde_json::json!({
+            "name": "chaos-workers",
+            "admin": true,
+            "grants": [{"prefix": "", "access": "write"}],
+        });
+        let r = cluster
+            .http
+            .post(cluster.url(1, "/v1/tokens"))
+            .header("content-type", "application/json")
+            .body(spec.to_string())
+            .send()
+            .await?;
+        let (status, body) = crate::TestCluster::json(r).await?;
+        anyhow::ensure!(
+            status == 201,
+            "creating the workers' token: {status} {body}"
+        );
+        let token = body["token"].as_str().map(str::to_owned);
+        let ca = cluster
+            .tls_dir()
+            .ok_or_else(|| anyhow::anyhow!("the cluster has no folder"))?
+            .join("ca.pem");
+        Ok(Self {
+            ca_pem: Some(std::fs::read(ca)?),
+            token,
+        })
+    }
+}
+
 /// What the workers share.
 pub struct Shared {
     pub recorder: Recorder,
     pub nodes: Vec<SocketAddr>,
+    /// `https` with TLS, `http` without.
+    pub scheme: &'static str,
     pub http: reqwest::Client,
     /// Prefix of every key and idempotency key of this run.
     pub run_id: String,
@@ -167,17 +212,34 @@ impl Shared {
         nodes: Vec<SocketAddr>,
         run_id: String,
         ttl_slack_ms: u64,
+        access: Access,
     ) -> Result<Self> {
         let ttl_s = 1 + ttl_slack_ms.div_ceil(1000);
-        let http = reqwest::Client::builder()
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &access.token {
+            let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let mut http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_millis(300))
             .pool_idle_timeout(Duration::from_secs(5))
-            .build()?;
+            .default_headers(headers);
+        if let Some(pem) = &access.ca_pem {
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(pem)?);
+        }
+        let scheme = if access.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Self {
             recorder,
             nodes,
-            http,
+            scheme,
+            http: http.build()?,
             run_id,
             stop: AtomicBool::new(false),
             violations: Mutex::new(vec![]),
@@ -209,7 +271,7 @@ impl Shared {
     }
 
     fn url(&self, node: usize, key: &str) -> String {
-        format!("http://{}/v1/kv/{key}", self.nodes[node])
+        format!("{}://{}/v1/kv/{key}", self.scheme, self.nodes[node])
     }
 
     /// A linearizable read of `key` recorded as client `client` (used for the final
@@ -410,7 +472,7 @@ impl Worker {
     async fn open_session(&mut self, shared: &Shared, deadline: Instant) -> Option<String> {
         let mut node = self.rng.gen_range(0..shared.nodes.len());
         while Instant::now() < deadline {
-            let url = format!("http://{}/v1/sessions", shared.nodes[node]);
+            let url = format!("{}://{}/v1/sessions", shared.scheme, shared.nodes[node]);
             if let Reply::Answer {
                 status: 201, body, ..
             } = send(shared.http.post(url)).await

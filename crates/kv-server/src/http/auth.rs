@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kv_core::{ErrorCode, Token, BOOTSTRAP_TOKEN};
+use kv_core::{Command, ErrorCode, Token, BOOTSTRAP_TOKEN};
 use ring::digest::{digest, SHA256};
 use subtle::ConstantTimeEq;
 
@@ -35,6 +35,18 @@ pub(crate) enum Caller {
 }
 
 impl Caller {
+    /// `command` as this caller proposes it: inside `Authorized` when auth is on, so
+    /// apply checks the token again at its place in the log.
+    pub(crate) fn authorized(&self, command: Command) -> Command {
+        match self.token_id() {
+            None => command,
+            Some(token) => Command::Authorized {
+                token,
+                command: Box::new(command),
+            },
+        }
+    }
+
     /// The token an `Authorized` command carries; `None` when auth is off.
     pub(crate) fn token_id(&self) -> Option<u64> {
         match self {

@@ -285,14 +285,7 @@ pub(crate) async fn propose(
             command: Box::new(command),
         },
     };
-    let command = match caller.token_id() {
-        None => command,
-        Some(token) => Command::Authorized {
-            token,
-            command: Box::new(command),
-        },
-    };
-    match app.proposer.write(command).await {
+    match app.proposer.write(caller.authorized(command)).await {
         Ok(OpResult::Replayed(original)) => {
             let mut local = answer::written(app, key, *original, created)?;
             if let Local::Done(response) = &mut local {

@@ -126,14 +126,7 @@ async fn propose_token(
     caller: &Caller,
     command: Command,
 ) -> Result<Result<OpResult, Local>, ApiError> {
-    let command = match caller.token_id() {
-        None => command,
-        Some(token) => Command::Authorized {
-            token,
-            command: Box::new(command),
-        },
-    };
-    match app.proposer.write(command).await {
+    match app.proposer.write(caller.authorized(command)).await {
         Ok(OpResult::Failed { failure, .. }) => {
             Err(ApiError::new(failure.code(), refused_message(failure)))
         }
