@@ -15,9 +15,10 @@
 # fills 10,000 keys of 100 bytes in each, then runs every scenario on both systems in
 # turn (A B A B ...): writes at 1, 16, 64 connections to the leader and at 64 to a
 # follower; linearizable reads at 16 and 64; stale (etcd: serializable) reads at 64.
-# Writes at 64 connections also run against a second pair of clusters with TLS on every
-# connection and auth on (quorum-kv on 7211-7213 with a token; etcd on 23794-23796
-# with client and peer TLS and a root user's token), certificates from `kv-server certs`.
+# Then, with those stopped, writes at 64 connections against a second pair of clusters
+# with TLS on every connection and auth on (quorum-kv on 7211-7213 with a token; etcd on
+# 23794-23796 with client and peer TLS and a root user's token), certificates from
+# `kv-server certs`.
 # A run with non-2xx answers or socket errors, or whose writes did not all land (the
 # servers' write counters against wrk's completed requests), is reported and not
 # counted. Prints a table of medians and writes target/bench/results.{json,md}.
@@ -355,58 +356,73 @@ if [ -n "$SCALE" ]; then
     exit 0
 fi
 
-mkdir -p "$TLS_DIR"
-"$CARGO_TARGET_DIR/release/kv-server" certs --dir "$TLS_DIR" \
-    --node 1=127.0.0.1 --node 2=127.0.0.1 --node 3=127.0.0.1 >/dev/null
+# measure SCENARIO...: every scenario on both systems in turn, REPS times. The targets:
+# QL/QF/EL/EF for the plain clusters, QTL/ETL and their writers' tokens for "tls".
+measure() {
+    local rep sc name op conns where system auth url count landed before line
+    for rep in $(seq "$REPS"); do
+        for sc in "$@"; do
+            read -r name op conns where <<< "$sc"
+            for system in quorum-kv etcd; do
+                auth=
+                if [ $system = quorum-kv ]; then
+                    url=http://$QL; [ "$where" = follower ] && url=http://$QF; count=qkv_writes
+                    if [ "$where" = tls ]; then url=https://$QTL; count=qkv_tls_writes; auth="Bearer $QKV_WRITER"; fi
+                else
+                    url=http://$EL; [ "$where" = follower ] && url=http://$EF; count=etcd_writes
+                    if [ "$where" = tls ]; then url=https://$ETL; count=etcd_tls_writes; auth=$ETCD_TOKEN; fi
+                fi
+                BENCH_AUTH=$auth wrk_run $system "$op" "$conns" "$url" "$WARM" >/dev/null
+                # Only writes are counted: reads leave the counters alone.
+                landed=None
+                [ "$op" = put ] && before=$($count)
+                line=$(BENCH_AUTH=$auth wrk_run $system "$op" "$conns" "$url" "$SECS")
+                [ "$op" = put ] && landed=$(( $($count) - before ))
+                echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(system='$system', scenario='$name', rep=$rep, landed=$landed); print(json.dumps(d))" >> "$RESULTS"
+                printf '%-10s %-18s rep %d: %s, landed %s\n' $system "$name" "$rep" "$line" "$landed"
+            done
+        done
+    done
+}
+
+# Plain clusters first, alone on the machine.
 start_quorum_kv
 start_etcd
-start_quorum_kv tls
-start_etcd_tls
-QL=$(qkv_leader); EL=$(etcd_leader); QTL=$(qkv_tls_leader); ETL=$(etcd_tls_leader)
+PLAIN_PIDS=("${PIDS[@]}")
+QL=$(qkv_leader); EL=$(etcd_leader)
 for addr in "${QKV[@]}"; do [ "$addr" != "$QL" ] && QF=$addr && break; done
 for addr in "${ETCD[@]}"; do [ "$addr" != "$EL" ] && EF=$addr && break; done
-echo "quorum-kv leader $QL (follower $QF); etcd leader $EL (follower $EF); with TLS: quorum-kv $QTL, etcd $ETL"
-# The writer on the cluster with TLS: a token with a write grant on the benchmark's keys.
-QKV_WRITER=$(qkv_tls -X POST "https://$QTL/v1/tokens" -H 'content-type: application/json' \
-    -d '{"name":"bench","grants":[{"prefix":"bench/","access":"write"}]}' | json 'd["token"]')
+echo "quorum-kv leader $QL (follower $QF); etcd leader $EL (follower $EF)"
 # Keys in order: an 8 s run covers the space several times over on this machine; a
 # slower one goes on from the count it reached.
 for _ in 1 2 3 4 5; do
     n=$(qkv_keys); [ "$n" = 10000 ] || fill quorum-kv "http://$QL" "$n"
     n=$(etcd_keys); [ "$n" = 10000 ] || fill etcd "http://$EL" "$n"
+done
+echo "keys filled: quorum-kv $(qkv_keys), etcd $(etcd_keys)"
+[ "$(qkv_keys)" = 10000 ] && [ "$(etcd_keys)" = 10000 ] || { echo "error: fill incomplete" >&2; exit 1; }
+measure "put-c1 put 1 leader" "put-c16 put 16 leader" "put-c64 put 64 leader" \
+    "put-c64-follower put 64 follower" "get-c16 get 16 leader" "get-c64 get 64 leader" \
+    "stale-c64 stale 64 leader"
+for pid in "${PLAIN_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+
+# Then the clusters with TLS and auth, alone in their turn.
+mkdir -p "$TLS_DIR"
+"$CARGO_TARGET_DIR/release/kv-server" certs --dir "$TLS_DIR" \
+    --node 1=127.0.0.1 --node 2=127.0.0.1 --node 3=127.0.0.1 >/dev/null
+start_quorum_kv tls
+start_etcd_tls
+QTL=$(qkv_tls_leader); ETL=$(etcd_tls_leader)
+echo "with TLS and auth: quorum-kv leader $QTL, etcd leader $ETL"
+# The writer: a token with a write grant on the benchmark's keys.
+QKV_WRITER=$(qkv_tls -X POST "https://$QTL/v1/tokens" -H 'content-type: application/json' \
+    -d '{"name":"bench","grants":[{"prefix":"bench/","access":"write"}]}' | json 'd["token"]')
+for _ in 1 2 3 4 5; do
     n=$(qkv_tls_keys); [ "$n" = 10000 ] || BENCH_AUTH="Bearer $QKV_WRITER" fill quorum-kv "https://$QTL" "$n"
     n=$(etcd_tls_keys); [ "$n" = 10000 ] || BENCH_AUTH=$ETCD_TOKEN fill etcd "https://$ETL" "$n"
 done
-echo "keys filled: quorum-kv $(qkv_keys), etcd $(etcd_keys); with TLS: quorum-kv $(qkv_tls_keys), etcd $(etcd_tls_keys)"
-for n in "$(qkv_keys)" "$(etcd_keys)" "$(qkv_tls_keys)" "$(etcd_tls_keys)"; do
-    [ "$n" = 10000 ] || { echo "error: fill incomplete" >&2; exit 1; }
-done
-
-SCENARIOS=("put-c1 put 1 leader" "put-c16 put 16 leader" "put-c64 put 64 leader"
-           "put-c64-follower put 64 follower" "get-c16 get 16 leader" "get-c64 get 64 leader"
-           "stale-c64 stale 64 leader" "put-c64-tls put 64 tls")
-for rep in $(seq "$REPS"); do
-    for sc in "${SCENARIOS[@]}"; do
-        read -r name op conns where <<< "$sc"
-        for system in quorum-kv etcd; do
-            auth=
-            if [ $system = quorum-kv ]; then
-                url=http://$QL; [ "$where" = follower ] && url=http://$QF; count=qkv_writes
-                if [ "$where" = tls ]; then url=https://$QTL; count=qkv_tls_writes; auth="Bearer $QKV_WRITER"; fi
-            else
-                url=http://$EL; [ "$where" = follower ] && url=http://$EF; count=etcd_writes
-                if [ "$where" = tls ]; then url=https://$ETL; count=etcd_tls_writes; auth=$ETCD_TOKEN; fi
-            fi
-            BENCH_AUTH=$auth wrk_run $system "$op" "$conns" "$url" "$WARM" >/dev/null
-            # Only writes are counted: reads leave the counters alone.
-            landed=None
-            [ "$op" = put ] && before=$($count)
-            line=$(BENCH_AUTH=$auth wrk_run $system "$op" "$conns" "$url" "$SECS")
-            [ "$op" = put ] && landed=$(( $($count) - before ))
-            echo "$line" | python3 -c "import json,sys; d=json.load(sys.stdin); d.update(system='$system', scenario='$name', rep=$rep, landed=$landed); print(json.dumps(d))" >> "$RESULTS"
-            printf '%-10s %-18s rep %d: %s, landed %s\n' $system "$name" "$rep" "$line" "$landed"
-        done
-    done
-done
+echo "keys filled with TLS: quorum-kv $(qkv_tls_keys), etcd $(etcd_tls_keys)"
+[ "$(qkv_tls_keys)" = 10000 ] && [ "$(etcd_tls_keys)" = 10000 ] || { echo "error: fill incomplete" >&2; exit 1; }
+measure "put-c64-tls put 64 tls"
 python3 scripts/bench/report.py "$RESULTS" "$OUT"
 echo "written: $OUT/results.json $OUT/results.md ($RESULTS has every run)"
