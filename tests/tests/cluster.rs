@@ -373,11 +373,26 @@ async fn a_snapshot_transfer_longer_than_the_election_timeout_unseats_no_leader(
     // election timeout (500-1000 ms); no writes meanwhile, so nothing else reaches it.
     c.restart_with_env(lagging, &[("KV_SLOW_SNAPSHOT_CHUNKS_MS", "300")])?;
     c.wait_serving(lagging).await?;
+    // Meanwhile the node says it is not ready, and why.
+    let reasons = std::sync::Mutex::new(std::collections::BTreeSet::new());
     c.poll("the lagging node to install the snapshot", || async {
+        let (status, ready) = c.get_json(lagging, "/readyz").await?;
+        if status == 503 {
+            let message = ready["error"]["message"].as_str().unwrap_or("").to_owned();
+            let reason: String = message.chars().take_while(|c| *c != '(').collect();
+            reasons.lock().expect("lock").insert(reason);
+        }
         let (_, m) = c.get_json(lagging, "/v1/cluster").await?;
         Ok(m["applied_index"].as_u64() >= last)
     })
     .await?;
+    let reasons = reasons.into_inner().expect("lock");
+    ensure!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("not ready: installing a snapshot from the leader")),
+        "readiness never said it was installing a snapshot: {reasons:?}"
+    );
     let (_, now) = c.get_json(leader, "/v1/cluster").await?;
     ensure!(
         now["term"].as_u64() == term && now["leader_id"].as_u64() == Some(leader),

@@ -202,9 +202,21 @@ pub struct NodeConfig {
     /// Bearer tokens on the client port.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// How the node logs: `text` for people, `json` (one object a line) for shippers.
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// TLS on the client port, the raft port and forwarding; plain TCP without it.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Where the bootstrap admin token comes from. Auth is on when one is named: every

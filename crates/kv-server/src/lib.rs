@@ -16,6 +16,7 @@ pub mod config;
 mod disk;
 mod expiry;
 mod http;
+mod metrics;
 pub mod node;
 mod proposer;
 mod raft_network;

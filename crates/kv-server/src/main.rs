@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kv_server::certs::NodeSpec;
-use kv_server::config::NodeConfig;
+use kv_server::config::{LogFormat, NodeConfig};
 use tracing_subscriber::EnvFilter;
 
 /// One node of a quorum-kv cluster.
@@ -62,16 +62,17 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let path = args.config.context("--config is required")?;
     let mut config = NodeConfig::load(&path)?;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
     }

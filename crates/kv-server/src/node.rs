@@ -230,6 +230,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tasks_stop.clone(),
     ));
 
+    crate::metrics::handle();
+    tracker.spawn(crate::metrics::upkeep(tasks_stop.clone()));
+    let snapshot_progress = Arc::new(raft_network::SnapshotProgress::default());
     let app = Arc::new(App {
         id: config.id,
         raft: raft.clone(),
@@ -247,11 +250,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             (config.limits.max_connections_per_ip / 2).clamp(1, http::MAX_FORWARDS),
         ),
         auth: admin_token.as_deref().map(http::Auth::new),
+        snapshot_progress: snapshot_progress.clone(),
     });
 
     let raft_server = tokio::spawn(raft_network::serve(
         raft_listener,
-        raft_network::Receiver::new(raft.clone(), cluster.clone(), stores.snapshots),
+        raft_network::Receiver::new(
+            raft.clone(),
+            cluster.clone(),
+            stores.snapshots,
+            snapshot_progress,
+        ),
         secret,
         tls.as_ref().map(|t| t.raft_listener.clone()),
         tracker.clone(),

@@ -260,6 +260,8 @@ async fn propose(raft: &Raft, clock: Clock, timeout: Duration, batch: Vec<Pendin
     let (commands, replies): (Vec<Command>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let writes = replies.len();
+    metrics::histogram!("quorumkv_proposer_batch_writes").record(writes as f64);
+    let started = std::time::Instant::now();
     let request = Request {
         stamp_ms: clock.now_ms(),
         command: Command::Batch(commands),
@@ -280,6 +282,7 @@ async fn propose(raft: &Raft, clock: Clock, timeout: Duration, batch: Vec<Pendin
     })
     .await
     .unwrap_or(Proposal::TimedOut);
+    metrics::histogram!("quorumkv_proposer_commit_duration_seconds").record(started.elapsed());
     match outcome(proposal, writes) {
         Ok(results) => {
             for (reply, result) in replies.into_iter().zip(results) {

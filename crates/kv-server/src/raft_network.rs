@@ -648,6 +648,28 @@ fn other_cluster(peer: impl std::fmt::Display, ours: &str, theirs: &str) -> Stri
     )
 }
 
+/// How far a snapshot being received has come, for readiness and metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotProgress(std::sync::Mutex<Option<(u64, std::time::Instant)>>);
+
+/// A transfer that sent nothing for this long is no longer in progress.
+const SNAPSHOT_STALLED: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl SnapshotProgress {
+    fn set(&self, bytes: Option<u64>) {
+        let now = std::time::Instant::now();
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = bytes.map(|b| (b, now));
+    }
+
+    /// Bytes received of a snapshot being received or installed, if one is.
+    pub fn receiving(&self) -> Option<u64> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .filter(|(_, at)| at.elapsed() < SNAPSHOT_STALLED)
+            .map(|(bytes, _)| bytes)
+    }
+}
+
 /// What the listener serves with: the raft, this node's cluster id, and where received
 /// snapshots are stored.
 #[derive(Clone)]
@@ -655,6 +677,8 @@ pub struct Receiver {
     raft: Raft,
     cluster: ClusterId,
     snapshots: SnapshotStore,
+    /// The transfer in progress, shared with the HTTP layer.
+    progress: Arc<SnapshotProgress>,
     /// The snapshot being received, chunk by chunk; one at a time per node, as the leader
     /// sends one at a time. Also the id and size of the last one received whole, so a
     /// resent last chunk (its answer lost to a timeout) is not taken for a new transfer.
@@ -676,11 +700,17 @@ struct Receiving {
 impl Receiver {
     /// A receiver for `raft` in cluster `cluster`, storing received snapshots in
     /// `snapshots`.
-    pub fn new(raft: Raft, cluster: ClusterId, snapshots: SnapshotStore) -> Self {
+    pub fn new(
+        raft: Raft,
+        cluster: ClusterId,
+        snapshots: SnapshotStore,
+        progress: Arc<SnapshotProgress>,
+    ) -> Self {
         Self {
             raft,
             cluster,
             snapshots,
+            progress,
             receiving: Arc::default(),
         }
     }
@@ -789,6 +819,7 @@ impl Receiver {
         }
         current.data.truncate(at);
         current.data.extend_from_slice(&req.data);
+        self.progress.set(Some(current.data.len() as u64));
         if !req.done {
             drop(guard);
             if let Some(delay) = test_chunk_delay() {
@@ -816,12 +847,9 @@ impl Receiver {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         };
-        let answer = self
-            .raft
-            .install_full_snapshot(req.vote, snapshot)
-            .await
-            .map_err(fatal)?;
-        Ok(answer.into())
+        let answer = self.raft.install_full_snapshot(req.vote, snapshot).await;
+        self.progress.set(None);
+        Ok(answer.map_err(fatal)?.into())
     }
 }
 

@@ -492,6 +492,20 @@ impl StateReader {
         self.shared.tombstones().len()
     }
 
+    /// RocksDB's estimate of the stored entries (live, expired or deleted by prefix and
+    /// not yet purged): cheap, unlike counting them.
+    pub fn estimated_keys(&self) -> Result<u64, StoreError> {
+        let estimate = self
+            .db
+            .property_int_value_cf(cf(&self.db, CF_DATA), "rocksdb.estimate-num-keys")?;
+        Ok(estimate.unwrap_or(0))
+    }
+
+    /// How many expiry-index entries are due at `now_ms`, counting at most `cap`.
+    pub fn due_count(&self, now_ms: u64, cap: usize) -> Result<usize, StoreError> {
+        Ok(DbView(&self.db).due(now_ms, cap, &mut |_| false)?.len())
+    }
+
     /// Whether any key's expiry is at or before `now_ms`, i.e. an Expire command would
     /// remove something.
     pub fn has_due(&self, now_ms: u64) -> Result<bool, StoreError> {

@@ -721,6 +721,8 @@ impl LogFiles {
         let started = std::time::Instant::now();
         active.file.sync_data().map_err(&io_error)?;
         let took = started.elapsed();
+        metrics::histogram!("quorumkv_log_fsync_duration_seconds").record(took);
+        metrics::counter!("quorumkv_log_appended_bytes_total").increment(buf.len() as u64);
         if took >= SLOW_SYNC {
             tracing::warn!(?took, bytes = buf.len(), "slow raft log sync");
         }

@@ -151,7 +151,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         // One write and one fdatasync for all of them: the callback tells openraft the
         // entries are durable, and a leader counts itself toward the quorum on that word.
+        let started = std::time::Instant::now();
         let result = self.files.append(entries.into_iter().collect());
+        metrics::histogram!("quorumkv_log_append_duration_seconds").record(started.elapsed());
         let io_result = result
             .as_ref()
             .map(|_| ())

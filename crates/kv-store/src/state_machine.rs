@@ -347,6 +347,7 @@ impl StateMachine {
     /// Replaces the state with a snapshot's. The snapshot file is durable before the
     /// state changes, so a crash at any point leaves a snapshot `open` can install.
     async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         // The cached entries describe the state being replaced.
         self.cache.clear();
         let (files, db, m) = (self.snapshots.clone(), self.db.clone(), meta.clone());
@@ -358,6 +359,8 @@ impl StateMachine {
         .await?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        metrics::counter!("quorumkv_snapshot_installs_total").increment(1);
+        metrics::histogram!("quorumkv_snapshot_install_duration_seconds").record(started.elapsed());
         Ok(())
     }
 }
@@ -483,6 +486,8 @@ fn take_or_default<'a, T: serde::Deserialize<'a> + Default>(
 pub struct SnapshotBuilder {
     captured: Option<Result<(SnapshotMeta, Vec<u8>), StoreError>>,
     snapshots: SnapshotFiles,
+    /// When the capture began.
+    started: std::time::Instant,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -500,6 +505,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Write,
             )?;
+        metrics::counter!("quorumkv_snapshot_builds_total").increment(1);
+        metrics::histogram!("quorumkv_snapshot_build_duration_seconds")
+            .record(self.started.elapsed());
+        metrics::gauge!("quorumkv_snapshot_size_bytes").set(data.len() as f64);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -519,6 +528,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut overlay = Overlay::new(self.clock());
         overlay.data_bytes = self.shared.data_bytes.load(Ordering::Acquire);
         overlay.record_count = self.shared.record_count.load(Ordering::Acquire);
@@ -626,13 +636,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .record_count
             .store(overlay.record_count, Ordering::Release);
+        metrics::histogram!("quorumkv_apply_duration_seconds").record(started.elapsed());
+        metrics::counter!("quorumkv_applied_entries_total").increment(responses.len() as u64);
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let started = std::time::Instant::now();
         SnapshotBuilder {
             captured: Some(self.capture()),
             snapshots: self.snapshots.clone(),
+            started,
         }
     }
 

@@ -115,26 +115,64 @@ pub(crate) async fn digest(
     })))
 }
 
+/// `GET /metrics`: Prometheus' text format (see `crate::metrics`).
+pub(crate) async fn metrics(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    app.authorize(&caller, Need::Admin)?;
+    let raft = app.raft.metrics().borrow().clone();
+    let commit_index = committed_index(&app).await?;
+    let reader = app.reader.clone();
+    let now_ms = app.read_time_ms();
+    let snapshot_receiving = app.snapshot_progress.receiving();
+    // Counting what is due reads RocksDB: off the async workers.
+    let text = tokio::task::spawn_blocking(move || {
+        crate::metrics::render(&crate::metrics::Levels {
+            raft: &raft,
+            commit_index,
+            reader: &reader,
+            now_ms,
+            snapshot_receiving,
+        })
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("metrics task: {e}")))?;
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
 /// `GET /healthz`: the process is up and serving HTTP.
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: a leader is known and this node has applied all it knows committed.
+/// `GET /readyz`: a leader is known and this node has applied all it knows committed;
+/// otherwise `503` saying which is not so.
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let m = app.raft.metrics().borrow().clone();
     let committed = committed_index(&app).await?;
     let applied = m.last_applied.map(|l| l.index);
-    if m.current_leader.is_none() {
-        return Err(ApiError::new(
+    let not_ready = |why: String| {
+        Err(ApiError::new(
             ErrorCode::Unavailable,
-            "not ready: no leader is known",
+            format!("not ready: {why}"),
+        ))
+    };
+    if let Some(bytes) = app.snapshot_progress.receiving() {
+        return not_ready(format!(
+            "installing a snapshot from the leader ({bytes} bytes received)"
         ));
     }
+    if m.current_leader.is_none() {
+        return not_ready("no leader is known".into());
+    }
     if applied < committed {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            format!("not ready: applied {applied:?} of committed {committed:?}"),
+        let behind = committed.unwrap_or(0) - applied.unwrap_or(0);
+        return not_ready(format!(
+            "catching up: {behind} committed entries not applied yet (applied {}, committed {})",
+            applied.unwrap_or(0),
+            committed.unwrap_or(0)
         ));
     }
     let body = json!({ "ready": true, "leader_id": m.current_leader, "applied_index": applied });

@@ -181,10 +181,18 @@ async fn forward(app: &App, node: &NodeInfo, req: Forwardable) -> Result<Respons
             out = out.header(*name, value);
         }
     }
-    let response = out
-        .send()
-        .await
-        .map_err(|e| unreachable_or_unknown(e, req.is_write))?;
+    let response = out.send().await.map_err(|e| {
+        let outcome = if e.is_connect() {
+            "unreachable"
+        } else {
+            "failed"
+        };
+        metrics::counter!("quorumkv_http_forwarded_requests_total", "outcome" => outcome)
+            .increment(1);
+        unreachable_or_unknown(e, req.is_write)
+    })?;
+    metrics::counter!("quorumkv_http_forwarded_requests_total", "outcome" => "answered")
+        .increment(1);
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = HeaderMap::new();
@@ -200,6 +208,7 @@ async fn forward(app: &App, node: &NodeInfo, req: Forwardable) -> Result<Respons
     let mut relayed = Response::new(Body::from(body));
     *relayed.status_mut() = status;
     *relayed.headers_mut() = headers;
+    relayed.extensions_mut().insert(super::observe::Forwarded);
     Ok(relayed)
 }
 

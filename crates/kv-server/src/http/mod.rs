@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod key;
 mod leader;
+mod observe;
 mod prefix;
 mod request;
 mod serve;
@@ -55,6 +56,8 @@ pub struct App {
     pub forwards: tokio::sync::Semaphore,
     /// Bearer tokens, when on.
     pub auth: Option<Auth>,
+    /// A snapshot this node is receiving from the leader, if any.
+    pub snapshot_progress: Arc<crate::raft_network::SnapshotProgress>,
 }
 
 /// Who leads, as far as this node knows.
@@ -103,6 +106,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/admin/digest", get(admin::digest))
+        .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
         .fallback(error::route_not_found)
@@ -111,6 +115,7 @@ pub fn router(app: Arc<App>) -> Router {
             app.clone(),
             auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn(observe::observe))
         .layer(axum::middleware::from_fn(serve::bounded_head))
         .with_state(app)
 }
