@@ -269,6 +269,9 @@ now() { date +%s.%N; }
 since() { python3 -c "print(round($(now) - $1, 2))"; }
 node_status() { curl -sf "http://127.0.0.1:720$1/v1/cluster"; }
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/${QPID[$1]}/status"; }
+# The peak resident memory since the process started or since reset_peak.
+peak_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/${QPID[$1]}/status"; }
+reset_peak() { echo 5 > "/proc/${QPID[$1]}/clear_refs"; }
 applied_at_least() { [ "$(node_status "$1" | json 'd["applied_index"] or 0')" -ge "$2" ]; }
 stored_keys() { curl -sf "http://127.0.0.1:720$1/v1/admin/digest" | json 'd["keys"]'; }
 
@@ -295,7 +298,9 @@ scale() {
     load_secs=$(since "$t0")
     [ "$keys" -ge "$SCALE_KEYS" ] || { echo "error: only $keys keys after loading" >&2; exit 1; }
     # The catch-up must be by snapshot: overwrite keys until the leader's log is purged
-    # past the down node's last entry.
+    # past the down node's last entry. The leader's peak memory from here covers the
+    # snapshots it builds and the one it sends.
+    reset_peak "$leader"
     for _ in $(seq 60); do
         purged=$(node_status "$leader" | json 'd["purged_index"] or 0')
         [ "$purged" -gt "$down_last" ] && break
@@ -327,8 +332,9 @@ scale() {
     snap=$(node_status "$down" | json 'd["snapshot_index"] or 0')
     [ "$snap" -gt "$down_last" ] || { echo "error: node $down caught up without a snapshot" >&2; exit 1; }
     [ "$(stored_keys "$down")" = "$keys" ] || { echo "error: node $down holds the wrong key count" >&2; exit 1; }
-    local rss_caught
+    local rss_caught peak_leader peak_installer
     rss_caught=$(rss_mib "$down")
+    peak_leader=$(peak_mib "$leader"); peak_installer=$(peak_mib "$down")
     echo "node $down caught up by snapshot (index $snap) in ${catch_secs} s"
 
     # Restart: a clean stop, then from start until it is ready and serves a read.
@@ -348,7 +354,7 @@ scale() {
 
     python3 scripts/bench/scale_report.py "$OUT" "$keys" "$load_secs" "$rss_leader" \
         "$rss_follower" "$rss_caught" "$rss_restarted" "$du" "$ready_secs" "$read_secs" \
-        "$catch_secs" "$down_last" "$purged" "$snap"
+        "$catch_secs" "$down_last" "$purged" "$snap" "$peak_leader" "$peak_installer"
     echo "written: $OUT/scale.json $OUT/scale.md"
 }
 if [ -n "$SCALE" ]; then

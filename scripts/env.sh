@@ -49,6 +49,31 @@ ensure_rust_components() {
 
 # What the chaos suite needs: root and iptables for partitions, kill(1) for pauses.
 # Without root it says so and fails: partition tests must never pass by not running.
+# promtool, to check /metrics against Prometheus' own parser: on the PATH, or taken
+# from Debian's prometheus package without installing it (no service, just the binary).
+# Prints its path.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then command -v promtool; return; fi
+    local cached="$HOME/.cache/quorum-kv/tools/promtool"
+    if [ ! -x "$cached" ]; then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "error: please install promtool (Debian and Ubuntu: the prometheus package)" >&2
+            return 1
+        fi
+        local tmp
+        tmp=$(mktemp -d /tmp/quorum-kv-promtool.XXXXXX)
+        echo "fetching promtool from Debian's prometheus package ..." >&2
+        ( cd "$tmp" && { apt-get download -q prometheus >/dev/null 2>&1 \
+            || { as_root apt-get update -q >/dev/null && apt-get download -q prometheus >/dev/null; }; } ) \
+            || { rm -rf "$tmp"; echo "error: could not fetch the prometheus package; install promtool by hand" >&2; return 1; }
+        dpkg -x "$tmp"/prometheus_*.deb "$tmp/x"
+        mkdir -p "$(dirname "$cached")"
+        cp "$tmp/x/usr/bin/promtool" "$cached"
+        rm -rf "$tmp"
+    fi
+    echo "$cached"
+}
+
 ensure_chaos_deps() {
     if [ "$(id -u)" != 0 ]; then
         echo "error: the chaos suite needs root (iptables rules for network partitions); run as root" >&2

@@ -31,6 +31,9 @@ bins=$(mktemp -d /tmp/quorum-kv-bins.XXXXXX)
 trap 'rm -rf "$bins"' EXIT
 cp "$CARGO_TARGET_DIR/checked/kv-server" "$CARGO_TARGET_DIR/checked/kvctl" "$bins/"
 export KV_SERVER_BIN="$bins/kv-server" KVCTL_BIN="$bins/kvctl"
+# The metrics test checks /metrics with Prometheus' own parser too.
+KV_PROMTOOL=$(ensure_promtool)
+export KV_PROMTOOL
 # Cluster tests start three kv-server processes each; two at a time suit two cores.
 log="$CARGO_TARGET_DIR/test-output.log"
 cargo test --profile checked --workspace --locked -- --test-threads="${KV_TEST_THREADS:-2}" \

@@ -49,7 +49,38 @@ async fn metrics_of(c: &TestCluster, id: u64) -> Result<BTreeMap<String, f64>> {
     let status = r.status().as_u16();
     let text = r.text().await?;
     ensure!(status == 200, "{status} {text}");
+    promtool_check(&text)?;
     samples(&text)
+}
+
+/// `promtool check metrics` on `text`, when `KV_PROMTOOL` names it (scripts/test.sh
+/// does); otherwise only this file's own parser checks the format.
+fn promtool_check(text: &str) -> Result<()> {
+    use std::io::Write;
+    let Ok(promtool) = std::env::var("KV_PROMTOOL") else {
+        println!("KV_PROMTOOL is not set: /metrics checked by this test's parser alone");
+        return Ok(());
+    };
+    let mut child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {promtool}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 #[tokio::test]

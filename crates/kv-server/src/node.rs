@@ -128,6 +128,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
     }
     let admin_token = config.auth.admin_token()?;
+    if config.tls.is_none() && !config.raft_addr.ip().is_loopback() {
+        tracing::warn!(
+            raft = %config.raft_addr,
+            "the raft port is not loopback and TLS is off: raft traffic and the cluster \
+             secret cross the network in clear text; add a [tls] section"
+        );
+    }
     if admin_token.is_some() && config.tls.is_none() && !config.client_addr.ip().is_loopback() {
         tracing::warn!(
             client = %config.client_addr,
@@ -314,6 +321,8 @@ fn forwarding_client(
         // Half the idle timeout the leader (configured alike) closes connections after,
         // so a pooled connection is not reused just as the leader closes it.
         .pool_idle_timeout(Duration::from_millis(config.limits.idle_timeout_ms / 2))
+        // A forwarded request goes to the leader's client address and nowhere else.
+        .redirect(reqwest::redirect::Policy::none())
         .local_address(outgoing);
     let builder = match tls {
         Some(tls) => tls.forwarding(builder)?,

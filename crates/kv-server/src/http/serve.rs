@@ -57,6 +57,9 @@ pub(crate) const MIN_DRAIN_BYTES: usize = 64 * 1024;
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 /// How long stopping waits for connections to finish the requests they are serving.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The most a client's TLS handshake may take (less if `idle_timeout` is shorter): a
+/// connection still handshaking holds a slot.
+const TLS_HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
 /// The caps and timeouts of the client port.
 #[derive(Debug, Clone, Copy)]
@@ -102,9 +105,14 @@ pub async fn serve(
                 connections.spawn(async move {
                     let idle = limits.idle_timeout;
                     match acceptor {
-                        None => serve_connection(stream, router, idle, stop).await,
+                        None => {
+                            serve_connection(Drained::new(stream, idle), router, idle, stop).await
+                        }
                         Some(acceptor) => {
-                            let handshake = tokio::time::timeout(idle, acceptor.accept(stream));
+                            let handshake = tokio::time::timeout(
+                                idle.min(TLS_HANDSHAKE_TIME),
+                                accept(&acceptor, stream, idle),
+                            );
                             let accepted = tokio::select! {
                                 _ = stop.cancelled() => None,
                                 accepted = handshake => match accepted {
@@ -115,7 +123,7 @@ pub async fn serve(
                                         None
                                     }
                                     Err(_) => {
-                                        tracing::debug!(%peer, "no client TLS handshake within {idle:?}");
+                                        tracing::debug!(%peer, "no client TLS handshake in time");
                                         None
                                     }
                                 },
@@ -158,7 +166,19 @@ pub async fn serve(
     }
 }
 
-/// Serves the requests of one connection until it closes, idles out, or `stop` fires.
+/// A TLS connection over `io` whose socket writes are guarded as [`Drained`] says:
+/// under TLS, because rustls takes a small answer whole while the socket is full and
+/// waits in the flush and in close_notify, where a guard above it would not look.
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: &TlsAcceptor,
+    io: S,
+    window: Duration,
+) -> std::io::Result<tokio_rustls::server::TlsStream<Drained<S>>> {
+    acceptor.accept(Drained::new(io, window)).await
+}
+
+/// Serves the requests of one connection (its writes guarded by [`Drained`]) until it
+/// closes, idles out, or `stop` fires.
 async fn serve_connection<S>(
     stream: S,
     router: Router,
@@ -171,7 +191,6 @@ async fn serve_connection<S>(
     http.timer(TokioTimer::new())
         .header_read_timeout(idle_timeout)
         .max_header_size(HYPER_MAX_HEAD_BYTES);
-    let stream = Drained::new(stream, idle_timeout);
     let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -267,16 +286,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Drained<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
-        if let Poll::Ready(Ok(())) = flushed {
-            self.deadline = None;
-            self.progress = 0;
+        match Pin::new(&mut self.stream).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.deadline = None;
+                self.progress = 0;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => self.stalled(cx).map_ok(|_| ()),
+            other => other,
         }
-        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        match Pin::new(&mut self.stream).poll_shutdown(cx) {
+            Poll::Pending => self.stalled(cx).map_ok(|_| ()),
+            other => other,
+        }
     }
 }
 
@@ -569,6 +594,33 @@ mod tests {
         assert!(
             answer.starts_with("HTTP/1.1 200"),
             "the slot is free again: {answer}"
+        );
+    }
+
+    /// An answer small enough for rustls to take whole while the socket is full waits in
+    /// the flush and in close_notify, below hyper's timers: the guard must see those too.
+    #[tokio::test]
+    async fn over_tls_an_answer_stuck_in_flush_or_close_is_dropped() {
+        let (tls, connector, _dir) = tls();
+        let (server_io, client_io) = tokio::io::duplex(4096);
+        let acceptor = TlsAcceptor::from(tls.client_port);
+        let window = Duration::from_millis(300);
+        let name =
+            rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+        let (server, client) = tokio::join!(
+            accept(&acceptor, server_io, window),
+            connector.connect(name, client_io)
+        );
+        let (mut server, _client) = (server.expect("handshake"), client.expect("handshake"));
+        // The client never reads: 16 KiB fit in rustls' buffer, not in the pipe.
+        server
+            .write_all(&[b'x'; 16 * 1024])
+            .await
+            .expect("buffered");
+        let closed = tokio::time::timeout(Duration::from_secs(3), server.shutdown()).await;
+        assert!(
+            matches!(closed, Ok(Err(_))),
+            "the flush and close_notify waited on a reader that stopped: {closed:?}"
         );
     }
 
