@@ -47,6 +47,9 @@ pub struct Tuning {
     /// in the cluster's folder ([`TestCluster::tls_dir`]); the cluster's HTTP client
     /// trusts that CA alone and its URLs are `https://`.
     pub tls: bool,
+    /// With `tls`: the client port requires a client certificate from a clients CA;
+    /// the cluster's HTTP client presents `client-harness.pem`.
+    pub require_client_cert: bool,
 }
 
 /// One node process.
@@ -124,11 +127,14 @@ fn workspace_binary(name: &str, env_var: &str) -> Result<PathBuf> {
 
 /// Runs `kv-server certs` into `dir`: the CA found there (or a new one) and a
 /// certificate for each node naming its address.
-pub fn make_certs(dir: &Path, nodes: &[(u64, std::net::IpAddr)]) -> Result<()> {
+pub fn make_certs(dir: &Path, nodes: &[(u64, std::net::IpAddr)], clients: &[&str]) -> Result<()> {
     let mut certs = Command::new(server_binary()?);
     certs.arg("certs").arg("--dir").arg(dir);
     for (id, ip) in nodes {
         certs.arg("--node").arg(format!("{id}={ip}"));
+    }
+    for name in clients {
+        certs.arg("--client").arg(name);
     }
     let out = certs.output().context("running kv-server certs")?;
     ensure!(
@@ -230,17 +236,29 @@ impl TestCluster {
         let tls_dir = dir.path().join("tls");
         let tls_section = |id: u64| {
             let file = |name: &str| tls_dir.join(name).display().to_string();
-            format!(
+            let mut section = format!(
                 "[tls]\ncert_file = {:?}\nkey_file = {:?}\nca_file = {:?}\n",
                 file(&format!("node{id}.pem")),
                 file(&format!("node{id}-key.pem")),
                 file("ca.pem"),
-            )
+            );
+            if tuning.require_client_cert {
+                section += &format!(
+                    "client_ca_file = {:?}\nrequire_client_cert = true\n",
+                    file("clients-ca.pem")
+                );
+            }
+            section
         };
         if tuning.tls {
             let certified: Vec<(u64, std::net::IpAddr)> =
                 (0..n).map(|i| (i as u64 + 1, addrs[2 * i].ip())).collect();
-            make_certs(&tls_dir, &certified)?;
+            let clients: &[&str] = if tuning.require_client_cert {
+                &["harness"]
+            } else {
+                &[]
+            };
+            make_certs(&tls_dir, &certified, clients)?;
         }
         let mut nodes = vec![];
         for i in 0..n {
@@ -290,6 +308,11 @@ impl TestCluster {
             http = http
                 .tls_built_in_root_certs(false)
                 .add_root_certificate(reqwest::Certificate::from_pem(&ca)?);
+        }
+        if tuning.require_client_cert {
+            let mut identity = std::fs::read(tls_dir.join("client-harness.pem"))?;
+            identity.extend(std::fs::read(tls_dir.join("client-harness-key.pem"))?);
+            http = http.identity(reqwest::Identity::from_pem(&identity)?);
         }
         let mut cluster = Self {
             nodes,

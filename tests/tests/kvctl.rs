@@ -222,3 +222,55 @@ async fn kvctl_speaks_https_to_a_cluster_with_tls_and_tokens_given_its_ca() -> R
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn kvctl_presents_a_client_certificate_where_nodes_require_one() -> Result<()> {
+    let tuning = Tuning {
+        tls: true,
+        require_client_cert: true,
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_tuned(3, tuning).await?;
+    let eps = endpoints(&c);
+    let dir = c.tls_dir().context("tls")?;
+    let path = |name: &str| {
+        dir.join(name)
+            .to_str()
+            .map(str::to_owned)
+            .context("utf-8 path")
+    };
+    let (ca, cert, key) = (
+        path("ca.pem")?,
+        path("client-harness.pem")?,
+        path("client-harness-key.pem")?,
+    );
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--cacert", ca.as_str(), "--timeout", "2"];
+        args.extend_from_slice(extra);
+        kvctl_as(&eps, None, &args, None)
+    };
+    // Through every node, so followers forward to the leader with their own certificate.
+    for (i, url) in eps.split(',').enumerate() {
+        let key_name = format!("cert/{i}");
+        let args = [
+            "--endpoints",
+            url,
+            "--cert",
+            cert.as_str(),
+            "--key",
+            key.as_str(),
+            "put",
+            key_name.as_str(),
+            "1",
+        ];
+        let (code, out) = with(&args)?;
+        ensure!(code == 0, "through {url}: {code} {out}");
+    }
+    let (code, out) = with(&["get", "cert/0"])?;
+    ensure!(
+        code == 3,
+        "without a client certificate: refused, exit 3: {code} {out}"
+    );
+    c.pass();
+    Ok(())
+}

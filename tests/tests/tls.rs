@@ -137,7 +137,7 @@ async fn the_client_port_refuses_plaintext_and_clients_trusting_another_ca() -> 
     ensure!(plain.is_err(), "answered in plaintext: {plain:?}");
 
     let other = tempfile::tempdir()?;
-    make_certs(other.path(), &[(1, node.client_addr.ip())])?;
+    make_certs(other.path(), &[(1, node.client_addr.ip())], &[])?;
     let ca = std::fs::read(other.path().join("ca.pem"))?;
     let stranger = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -165,7 +165,7 @@ async fn the_raft_port_refuses_another_cas_peers_and_plaintext_and_logs_them() -
     // A peer whose certificate comes from another CA (it trusts the cluster's, so the
     // refusal is the node's): refused, and logged with its address.
     let other = tempfile::tempdir()?;
-    make_certs(other.path(), &[(2, c.nodes[1].raft_addr.ip())])?;
+    make_certs(other.path(), &[(2, c.nodes[1].raft_addr.ip())], &[])?;
     let stranger = peer_config(&tls_dir, other.path(), "node2")?;
     let (from, answer) = hello_over_tls(node.raft_addr, stranger, b"test-secret").await?;
     ensure!(

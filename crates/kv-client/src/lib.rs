@@ -185,6 +185,9 @@ pub struct ClientOptions {
     /// PEM certificates to trust for `https://` endpoints, instead of the system's:
     /// the cluster's CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate and its private key (PEM, one after the other), for nodes
+    /// with `require_client_cert = true`.
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -193,23 +196,43 @@ impl std::fmt::Debug for ClientOptions {
             .field("policy", &self.policy)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field(
+                "identity_pem",
+                &self.identity_pem.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
 
 impl ClientOptions {
-    /// Options from the environment: `KV_TOKEN` and `KV_CACERT` (a PEM file's path).
+    /// Options from the environment: `KV_TOKEN`, and the paths of PEM files in
+    /// `KV_CACERT`, `KV_CERT` and `KV_KEY` (the client certificate and its key).
     pub fn from_env() -> Result<Self, ClientError> {
-        let ca_pem = match std::env::var_os("KV_CACERT") {
-            Some(path) => Some(std::fs::read(&path).map_err(|e| {
-                ClientError::Setup(format!("reading KV_CACERT {}: {e}", path.to_string_lossy()))
-            })?),
-            None => None,
+        let read = |name: &str| -> Result<Option<Vec<u8>>, ClientError> {
+            match std::env::var_os(name).filter(|p| !p.is_empty()) {
+                Some(path) => std::fs::read(&path).map(Some).map_err(|e| {
+                    ClientError::Setup(format!("reading {name} {}: {e}", path.to_string_lossy()))
+                }),
+                None => Ok(None),
+            }
+        };
+        let identity_pem = match (read("KV_CERT")?, read("KV_KEY")?) {
+            (Some(mut cert), Some(key)) => {
+                cert.extend(key);
+                Some(cert)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::Setup(
+                    "set both KV_CERT and KV_KEY, or neither".into(),
+                ))
+            }
         };
         Ok(Self {
             policy: RetryPolicy::default(),
             token: std::env::var("KV_TOKEN").ok().filter(|t| !t.is_empty()),
-            ca_pem,
+            ca_pem: read("KV_CACERT")?,
+            identity_pem,
         })
     }
 }

@@ -120,6 +120,10 @@ impl Call {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if let Some(pem) = &options.identity_pem {
+            let identity = reqwest::Identity::from_pem(pem).map_err(|e| setup(&e))?;
+            builder = builder.identity(identity);
+        }
         let http = builder.build().map_err(|e| setup(&e))?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -140,6 +140,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         auth: config.secure,
         disk_mib: None,
         tls: config.secure,
+        require_client_cert: false,
     };
     let cluster = TestCluster::start_tuned(config.nodes, tuning).await?;
     let run_id = format!("chaos-{}-{}", config.seed, std::process::id());

@@ -29,6 +29,12 @@ struct Cli {
     /// PEM file of the CA to trust for https endpoints (instead of the system's roots).
     #[arg(long, env = "KV_CACERT", global = true)]
     cacert: Option<std::path::PathBuf>,
+    /// PEM file of a client certificate, for nodes that require one (with --key).
+    #[arg(long = "cert", env = "KV_CERT", global = true, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long = "key", env = "KV_KEY", global = true, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
     /// How to print results.
     #[arg(long, value_enum, default_value_t = Output::Json, global = true)]
     output: Output,
@@ -328,10 +334,30 @@ async fn main() -> ExitCode {
         .split(',')
         .map(str::trim)
         .filter(|e| !e.is_empty());
-    let ca_pem = match cli.cacert.as_deref().map(std::fs::read).transpose() {
-        Ok(pem) => pem,
+    let read = |path: &Option<std::path::PathBuf>, what: &str| {
+        path.as_deref()
+            .map(std::fs::read)
+            .transpose()
+            .map_err(|e| format!("reading {what}: {e}"))
+    };
+    let files = (|| {
+        let ca_pem = read(&cli.cacert, "--cacert")?;
+        let identity_pem = match (
+            read(&cli.client_cert, "--cert")?,
+            read(&cli.client_key, "--key")?,
+        ) {
+            (Some(mut cert), Some(key)) => {
+                cert.extend(key);
+                Some(cert)
+            }
+            _ => None,
+        };
+        Ok::<_, String>((ca_pem, identity_pem))
+    })();
+    let (ca_pem, identity_pem) = match files {
+        Ok(files) => files,
         Err(e) => {
-            eprintln!("kvctl: reading --cacert: {e}");
+            eprintln!("kvctl: {e}");
             return ExitCode::from(2);
         }
     };
@@ -339,6 +365,7 @@ async fn main() -> ExitCode {
         policy,
         token: cli.token.clone().filter(|t| !t.is_empty()),
         ca_pem,
+        identity_pem,
     };
     let client = match KvClient::with_options(endpoints, options) {
         Ok(c) => c,
