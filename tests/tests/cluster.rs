@@ -999,6 +999,17 @@ async fn raft_listener_rejects_requests_without_the_cluster_secret() -> Result<(
             .any(|l| l.contains("wrong cluster secret") && l.contains(&stranger.to_string()));
         ensure!(logged, "node {}: no log line names {stranger}", node.id);
 
+        // No secret at all: refused alike.
+        let mut s = TcpStream::connect(node.raft_addr).await?;
+        send_frame(&mut s, &[HELLO, b"\n"].concat()).await?;
+        let answer = recv_frame(&mut s).await?.unwrap_or_default();
+        ensure!(
+            answer.first() == Some(&2) && answer.ends_with(b"wrong cluster secret"),
+            "node {}: no secret answered {:?}",
+            node.id,
+            String::from_utf8_lossy(&answer)
+        );
+
         // Not our protocol at all (an HTTP request): closed without an answer.
         let mut s = TcpStream::connect(node.raft_addr).await?;
         s.write_all(b"POST /raft/vote HTTP/1.1\r\nhost: x\r\n\r\n")
