@@ -478,8 +478,11 @@ async fn bad_json(c: &TestCluster, client: &KvClient, scale: Scale) -> Result<Ou
         for result in tasks.join_all().await {
             sent += result?;
         }
-        let (status, _) = c.get_json(1, "/v1/kv/bad").await?;
-        ensure!(status == 404, "a bad value was stored");
+        let (status, body) = c.get_json(1, "/v1/kv/bad").await?;
+        ensure!(
+            status == 404,
+            "reading back the key the bad bodies went to answered {status} {body}, not 404"
+        );
         Ok((
             "UTF-8, no lone surrogates, nesting 64, 1 MiB".into(),
             format!("{sent} bad bodies, every one refused with 400 or 413, none stored"),
