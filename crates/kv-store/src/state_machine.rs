@@ -149,44 +149,6 @@ fn count_records(db: &DB) -> Result<u64, StoreError> {
     Ok(count)
 }
 
-/// Adds an overlay's pending session changes.
-fn put_sessions(
-    db: &DB,
-    batch: &mut WriteBatch,
-    pending: &std::collections::BTreeMap<u128, Option<Session>>,
-) -> Result<(), StoreError> {
-    for (id, session) in pending {
-        match session {
-            Some(session) => batch.put_cf(
-                cf(db, CF_SESSIONS),
-                id.to_be_bytes(),
-                postcard::to_stdvec(session)?,
-            ),
-            None => batch.delete_cf(cf(db, CF_SESSIONS), id.to_be_bytes()),
-        }
-    }
-    Ok(())
-}
-
-/// Adds an overlay's pending token changes.
-fn put_tokens(
-    db: &DB,
-    batch: &mut WriteBatch,
-    pending: &std::collections::BTreeMap<u64, Option<Token>>,
-) -> Result<(), StoreError> {
-    for (id, token) in pending {
-        match token {
-            Some(token) => batch.put_cf(
-                cf(db, CF_TOKENS),
-                id.to_be_bytes(),
-                postcard::to_stdvec(token)?,
-            ),
-            None => batch.delete_cf(cf(db, CF_TOKENS), id.to_be_bytes()),
-        }
-    }
-    Ok(())
-}
-
 /// Key and value bytes of every stored entry, counted by reading them all: for a
 /// database written before the count was kept.
 fn count_data_bytes(db: &DB) -> Result<u64, StoreError> {
@@ -199,17 +161,19 @@ fn count_data_bytes(db: &DB) -> Result<u64, StoreError> {
     Ok(bytes)
 }
 
-/// Adds an overlay's pending changes to one column family: `Some` puts, `None` deletes.
-fn put_pending<T: serde::Serialize>(
+/// Adds an overlay's pending changes to one column family, each key encoded by `key`:
+/// `Some` puts, `None` deletes.
+fn put_pending<K, T: serde::Serialize, B: AsRef<[u8]>>(
     db: &DB,
     batch: &mut WriteBatch,
     name: &str,
-    pending: &std::collections::BTreeMap<String, Option<T>>,
+    pending: &std::collections::BTreeMap<K, Option<T>>,
+    key: impl Fn(&K) -> B,
 ) -> Result<(), StoreError> {
-    for (key, value) in pending {
+    for (k, value) in pending {
         match value {
-            Some(value) => batch.put_cf(cf(db, name), key.as_bytes(), postcard::to_stdvec(value)?),
-            None => batch.delete_cf(cf(db, name), key.as_bytes()),
+            Some(value) => batch.put_cf(cf(db, name), key(k), postcard::to_stdvec(value)?),
+            None => batch.delete_cf(cf(db, name), key(k)),
         }
     }
     Ok(())
@@ -561,10 +525,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         let db = &self.db;
         let mut batch = WriteBatch::default();
-        put_pending(db, &mut batch, CF_DATA, &overlay.data)
-            .and_then(|()| put_pending(db, &mut batch, CF_RECORDS, &overlay.records))
-            .and_then(|()| put_sessions(db, &mut batch, &overlay.sessions))
-            .and_then(|()| put_tokens(db, &mut batch, &overlay.tokens))
+        let text = |k: &String| k.clone().into_bytes();
+        put_pending(db, &mut batch, CF_DATA, &overlay.data, text)
+            .and_then(|()| put_pending(db, &mut batch, CF_RECORDS, &overlay.records, text))
+            .and_then(|()| {
+                let id = |id: &u128| id.to_be_bytes();
+                put_pending(db, &mut batch, CF_SESSIONS, &overlay.sessions, id)
+            })
+            .and_then(|()| {
+                let id = |id: &u64| id.to_be_bytes();
+                put_pending(db, &mut batch, CF_TOKENS, &overlay.tokens, id)
+            })
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
         for (due, added) in overlay.index {
             if added {

@@ -150,7 +150,7 @@ fn deleted(deleted: serde_json::Value, revision: u64) -> Response {
 }
 
 /// Why a write was refused without a precondition failing, as a plain error.
-fn refused(failure: Failure) -> ApiError {
+pub(crate) fn refused(failure: Failure) -> ApiError {
     let message = match failure {
         Failure::QuotaExceeded => {
             "storing this would take the keys and values stored past limits.max_data_bytes; \
@@ -171,7 +171,9 @@ fn refused(failure: Failure) -> ApiError {
         Failure::Unauthenticated => {
             "the token was revoked before this write applied; it was not applied"
         }
-        Failure::Forbidden => "the token does not grant this write; it was not applied",
+        Failure::Forbidden => {
+            "the token does not grant this write (or token management); it was not applied"
+        }
         Failure::TokensFull => {
             "the cluster keeps as many tokens as it can; revoke one before creating another"
         }

@@ -12,6 +12,7 @@ use kv_core::{Access, Command, ErrorCode, Grant, OpResult, Token, MAX_GRANTS};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::answer;
 use super::auth::{hash, token_string, Caller, Need};
 use super::leader::{lead_or_forward, not_written, read, Forwardable, Local};
 use super::request::{check_content_type, no_precondition, parse_query, read_body, NoQuery};
@@ -127,22 +128,9 @@ async fn propose_token(
     command: Command,
 ) -> Result<Result<OpResult, Local>, ApiError> {
     match app.proposer.write(caller.authorized(command)).await {
-        Ok(OpResult::Failed { failure, .. }) => {
-            Err(ApiError::new(failure.code(), refused_message(failure)))
-        }
+        Ok(OpResult::Failed { failure, .. }) => Err(answer::refused(failure)),
         Ok(result) => Ok(Ok(result)),
         Err(e) => not_written(e).map(Err),
-    }
-}
-
-fn refused_message(failure: kv_core::Failure) -> &'static str {
-    match failure {
-        kv_core::Failure::Unauthenticated => "the token was revoked before this applied",
-        kv_core::Failure::Forbidden => "this token may not manage tokens",
-        kv_core::Failure::TokensFull => {
-            "the cluster keeps as many tokens as it can; revoke one before creating another"
-        }
-        _ => "the token change was refused",
     }
 }
 
