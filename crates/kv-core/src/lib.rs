@@ -18,6 +18,7 @@ pub mod key_path;
 pub mod overlay;
 pub mod record;
 pub mod session;
+pub mod snapshot_file;
 pub mod token;
 pub mod validate;
 

@@ -38,19 +38,18 @@
 //! idle connections go back to a small pool per peer address when a client is dropped,
 //! and the next client takes one from there instead of connecting.
 //!
-//! Snapshot chunks are reassembled here rather than by openraft: the whole snapshot is
-//! made durable before raft learns of it, because raft purges the log it covers at once
-//! (see [`kv_store::SnapshotStore`]).
+//! Snapshot chunks are received here into a file rather than by openraft: the whole
+//! snapshot is made durable before raft learns of it, because raft purges the log it
+//! covers at once (see [`kv_store::SnapshotStore`]).
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kv_store::typ::{NodeId, NodeInfo, Raft, SnapshotMeta, TypeConfig};
-use kv_store::{crash, SnapshotStore};
+use kv_store::{crash, Incoming, SnapshotStore};
 
 use crate::cluster_id::{ClusterId, Verdict};
 use crate::slots::{Slot, Slots};
@@ -687,14 +686,8 @@ pub struct Receiver {
 
 #[derive(Default)]
 struct Reassembly {
-    current: Option<Receiving>,
-    completed: Option<(String, usize)>,
-}
-
-/// A snapshot received up to `data.len()`.
-struct Receiving {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
+    current: Option<Incoming>,
+    completed: Option<(String, u64)>,
 }
 
 impl Receiver {
@@ -769,88 +762,93 @@ impl Receiver {
             return Ok(InstallSnapshotResponse { vote });
         }
         let mut guard = self.receiving.lock().await;
-        let end = usize::try_from(req.offset)
-            .unwrap_or(usize::MAX)
-            .saturating_add(req.data.len());
+        let end = req.offset.saturating_add(req.data.len() as u64);
         if guard.completed == Some((req.meta.snapshot_id.clone(), end)) && req.done {
             return Ok(InstallSnapshotResponse { vote });
         }
-        let receiving = &mut guard.current;
-        let same = receiving
-            .as_ref()
-            .is_some_and(|r| r.meta.snapshot_id == req.meta.snapshot_id);
-        if !same && req.offset != 0 {
-            return Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
-                SnapshotMismatch {
-                    expect: SnapshotSegmentId {
-                        id: req.meta.snapshot_id.clone(),
-                        offset: 0,
-                    },
-                    got: SnapshotSegmentId {
-                        id: req.meta.snapshot_id.clone(),
-                        offset: req.offset,
-                    },
+        let mismatch = |expect: u64| {
+            RaftError::APIError(InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
+                expect: SnapshotSegmentId {
+                    id: req.meta.snapshot_id.clone(),
+                    offset: expect,
                 },
-            )));
+                got: SnapshotSegmentId {
+                    id: req.meta.snapshot_id.clone(),
+                    offset: req.offset,
+                },
+            }))
+        };
+        let storage = |e: kv_store::StoreError| {
+            let io = StorageIOError::write_snapshot(Some(req.meta.signature()), &e);
+            fatal(openraft::error::Fatal::StorageError(StorageError::from(io)))
+        };
+        let same = guard
+            .current
+            .as_ref()
+            .is_some_and(|r| r.meta().snapshot_id == req.meta.snapshot_id);
+        if !same && req.offset != 0 {
+            return Err(mismatch(0));
         }
-        let current = match receiving.as_mut() {
+        // Received into a file on the blocking pool. Taken out of the guard meanwhile: a
+        // cancelled exchange loses it, and the leader starts over from offset 0.
+        let incoming = match guard.current.take() {
             Some(r) if same => r,
-            _ => receiving.insert(Receiving {
-                meta: req.meta.clone(),
-                data: Vec::new(),
-            }),
+            _ => {
+                let (snapshots, meta) = (self.snapshots.clone(), req.meta.clone());
+                blocking(move || snapshots.begin(&meta))
+                    .await
+                    .map_err(storage)?
+            }
         };
         // A resent chunk overwrites what it covers, as a seek and write would.
-        let at = usize::try_from(req.offset).unwrap_or(usize::MAX);
-        if at > current.data.len() {
-            let have = current.data.len() as u64;
-            return Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(
-                SnapshotMismatch {
-                    expect: SnapshotSegmentId {
-                        id: req.meta.snapshot_id.clone(),
-                        offset: have,
-                    },
-                    got: SnapshotSegmentId {
-                        id: req.meta.snapshot_id.clone(),
-                        offset: req.offset,
-                    },
-                },
-            )));
+        if req.offset > incoming.len() {
+            let have = incoming.len();
+            guard.current = Some(incoming);
+            return Err(mismatch(have));
         }
-        current.data.truncate(at);
-        current.data.extend_from_slice(&req.data);
-        self.progress.set(Some(current.data.len() as u64));
+        let (offset, data) = (req.offset, req.data);
+        let incoming = blocking(move || {
+            let mut incoming = incoming;
+            incoming.write_at(offset, &data)?;
+            Ok(incoming)
+        })
+        .await
+        .map_err(storage)?;
+        self.progress.set(Some(incoming.len()));
         if !req.done {
+            guard.current = Some(incoming);
             drop(guard);
             if let Some(delay) = test_chunk_delay() {
                 tokio::time::sleep(delay).await;
             }
             return Ok(InstallSnapshotResponse { vote });
         }
-        let Some(Receiving { meta, data }) = receiving.take() else {
-            return Ok(InstallSnapshotResponse { vote });
-        };
-        // Saved under the lock, so a resent last chunk waits and then finds it complete.
-        let (snapshots, m) = (self.snapshots.clone(), meta.clone());
-        let data = tokio::task::spawn_blocking(move || snapshots.save(&m, &data).map(|()| data))
+        // Stored under the lock, so a resent last chunk waits and then finds it complete.
+        let (meta, len) = (incoming.meta().clone(), incoming.len());
+        let snapshots = self.snapshots.clone();
+        let data = blocking(move || snapshots.finish(incoming))
             .await
-            .map_err(|e| kv_store::StoreError::Task(e.to_string()))
-            .and_then(|saved| saved)
-            .map_err(|e| {
-                let io = StorageIOError::write_snapshot(Some(meta.signature()), &e);
-                fatal(openraft::error::Fatal::StorageError(StorageError::from(io)))
-            })?;
-        guard.completed = Some((meta.snapshot_id.clone(), data.len()));
+            .map_err(storage)?;
+        guard.completed = Some((meta.snapshot_id.clone(), len));
         drop(guard);
         crash::point(crash::SNAPSHOT_RECEIVED);
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         };
         let answer = self.raft.install_full_snapshot(req.vote, snapshot).await;
         self.progress.set(None);
         Ok(answer.map_err(fatal)?.into())
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, kv_store::StoreError> + Send + 'static,
+) -> Result<T, kv_store::StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| kv_store::StoreError::Task(e.to_string()))?
 }
 
 /// Serves raft RPCs on `listener` (over mutual TLS with `tls`) until `stop` fires;

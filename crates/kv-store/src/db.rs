@@ -1,8 +1,8 @@
 //! Opening the database, its column families and key layouts, and the read-only view
 //! the HTTP layer serves reads from.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use kv_core::{
@@ -44,6 +44,8 @@ pub(crate) const META_CLOCK: &[u8] = b"clock";
 pub(crate) const META_DATA_BYTES: &[u8] = b"data_bytes";
 pub(crate) const META_TOMBSTONES: &[u8] = b"tombstones";
 pub(crate) const META_RECORD_COUNT: &[u8] = b"record_count";
+/// Present while a snapshot install is under way: the log id of the snapshot.
+pub(crate) const META_INSTALLING: &[u8] = b"installing";
 
 /// An exclusive upper bound above every data key: 0xFF never occurs in UTF-8.
 pub(crate) const DATA_END: &[u8] = &[0xFF];
@@ -164,9 +166,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
     }
     let last_purged: Option<LogId> = read_value(&db, CF_RAFT_META, META_LAST_PURGED)?;
     let files = LogFiles::open(&dir.join("log"), log_segment_bytes, last_purged)?;
-    let snapshot_dir: PathBuf = dir.join("snapshot");
-    std::fs::create_dir_all(&snapshot_dir)?;
-    let snapshots = SnapshotFiles::new(snapshot_dir);
+    let snapshots = SnapshotFiles::open(dir.join("snapshot"))?;
     let state_machine = StateMachine::load(db.clone(), snapshots.clone())?;
     reconcile_log(&files, last_purged, state_machine.last_applied())?;
     let reader = StateReader {
@@ -275,8 +275,10 @@ pub(crate) struct Shared {
     pub tombstones: RwLock<Arc<Vec<Tombstone>>>,
     /// Every stored token, by id.
     pub tokens: RwLock<Arc<Tokens>>,
-    /// Bumped before and after each write that adds tombstones.
+    /// Bumped before and after each write that adds tombstones, and around an install.
     generation: AtomicU64,
+    /// Set while a snapshot install replaces the state, batch by batch.
+    installing: AtomicBool,
 }
 
 impl Shared {
@@ -290,6 +292,22 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Marks the start of a snapshot install: readers are refused until one completes
+    /// (after a failed one, the state is not whole until `open` installs it again).
+    pub(crate) fn begin_install(&self) {
+        if !self.installing.swap(true, Ordering::AcqRel) {
+            self.begin_change();
+        }
+    }
+
+    /// Marks the end of a completed install.
+    pub(crate) fn end_install(&self) {
+        if self.installing.load(Ordering::Acquire) {
+            self.end_change();
+            self.installing.store(false, Ordering::Release);
+        }
+    }
+
     /// Runs `read` with the tombstones that describe the data it reads: again if a
     /// write adding tombstones ran meanwhile.
     fn consistent<T>(
@@ -299,6 +317,9 @@ impl Shared {
         loop {
             let before = self.generation.load(Ordering::Acquire);
             if before % 2 == 1 {
+                if self.installing.load(Ordering::Acquire) {
+                    return Err(StoreError::Installing);
+                }
                 std::thread::yield_now();
                 continue;
             }
@@ -538,6 +559,12 @@ impl StateReader {
     /// splits an apply. Blocking: reads the whole state.
     pub fn digest(&self) -> Result<Digest, StoreError> {
         let snap = self.db.snapshot();
+        if snap
+            .get_cf(cf(&self.db, CF_SM_META), META_INSTALLING)?
+            .is_some()
+        {
+            return Err(StoreError::Installing);
+        }
         let mut hash = Fingerprinter::new();
         let mut counts = [0u64; 6];
         let names = [

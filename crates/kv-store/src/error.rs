@@ -36,6 +36,9 @@ pub enum StoreError {
     /// A blocking storage task panicked or was cancelled before it finished.
     #[error("a blocking storage task failed: {0}")]
     Task(String),
+    /// A snapshot install is replacing the state; reads wait for its end.
+    #[error("this node is installing a snapshot")]
+    Installing,
     /// The store was used in a way its own code rules out (a bug, or a thread that
     /// panicked while holding a lock).
     #[error("storage invariant broken: {0}")]

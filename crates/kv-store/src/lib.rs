@@ -12,8 +12,12 @@
 //!   the synced log, and the log is purged only after a synced RocksDB write.
 //! - A snapshot is durable in its file before the state machine or the log changes
 //!   for it: a received one before raft learns of it (raft purges the log it covers at
-//!   once), an installed one before its batch. `open` installs a stored snapshot that is
-//!   ahead of the state, and refuses a log purged past the state.
+//!   once), an installed one before its first batch. `open` installs a stored snapshot
+//!   that is ahead of the state or whose install was cut short (its marker is in
+//!   `sm_meta`), and refuses a log purged past the state.
+//! - Snapshots are files, never whole in memory: built on the blocking pool from a
+//!   RocksDB snapshot taken while apply waits, sent and received in chunks, installed
+//!   in batches of bounded size while readers are refused.
 //! - The state machine's in-memory entry cache holds only what RocksDB holds.
 //! - Command semantics live in kv-core; this crate only persists their effects.
 
@@ -31,5 +35,5 @@ pub mod typ;
 pub use db::{open, open_with, Digest, Page, StateReader, Stores, DEFAULT_LOG_SEGMENT_BYTES};
 pub use error::StoreError;
 pub use log_store::LogStore;
-pub use snapshot::SnapshotStore;
+pub use snapshot::{Incoming, SnapshotData, SnapshotStore};
 pub use state_machine::StateMachine;

@@ -1,6 +1,7 @@
 //! The replicated state machine in RocksDB.
 
-use std::io::Cursor;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,11 +19,12 @@ use crate::crash;
 use crate::db::{
     blocking, cf, expiry_key, load_tokens, read_value, synced, DbView, Shared, Tokens, CF_DATA,
     CF_EXPIRY, CF_RECORDS, CF_SESSIONS, CF_SM_META, CF_TOKENS, DATA_END, EXPIRY_END, META_CLOCK,
-    META_DATA_BYTES, META_LAST_APPLIED, META_MEMBERSHIP, META_RECORD_COUNT, META_TOMBSTONES,
+    META_DATA_BYTES, META_INSTALLING, META_LAST_APPLIED, META_MEMBERSHIP, META_RECORD_COUNT,
+    META_TOMBSTONES,
 };
 use crate::entry_cache::EntryCache;
 use crate::error::OrRaft;
-use crate::snapshot::{SnapshotFiles, SnapshotState};
+use crate::snapshot::{Decoder, FileWriter, Opened, SnapshotData, SnapshotFiles, Window};
 use crate::typ::{
     LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -184,17 +186,28 @@ impl StateMachine {
     /// the applied state (a crash cut short the install of a received snapshot).
     pub(crate) fn load(db: Arc<DB>, snapshots: SnapshotFiles) -> Result<Self, StoreError> {
         let applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
-        if let Some(meta) = snapshots.load_meta()? {
-            if meta.last_log_id > applied {
-                let (meta, data) = snapshots.load()?.ok_or_else(|| {
-                    StoreError::Corrupt("the current snapshot vanished while opening".into())
-                })?;
+        // An install a crash cut short left its marker; the stored snapshot is at least
+        // the one it was installing (a later one may have been received meanwhile).
+        let marker = read_meta::<Option<LogId>>(&db, META_INSTALLING)?;
+        let current = snapshots.open_current()?;
+        if let Some(marker) = marker {
+            if current.as_ref().is_none_or(|c| c.meta.last_log_id < marker) {
+                return Err(StoreError::Corrupt(format!(
+                    "an install of the snapshot at {} was cut short and the stored snapshot \
+                     is not that one or a later one",
+                    marker.map_or("nothing".into(), |m| m.to_string())
+                )));
+            }
+        }
+        if let Some(current) = current {
+            if current.meta.last_log_id > applied || marker.is_some() {
                 tracing::info!(
-                    snapshot = ?meta.last_log_id,
+                    snapshot = ?current.meta.last_log_id,
                     applied = ?applied,
                     "installing the stored snapshot, which is ahead of the state"
                 );
-                install_batch(&db, &meta, &data, &Shared::default())?;
+                current.verify()?;
+                install_from(&db, &current.meta, current.data(), &Shared::default())?;
             }
         }
         let last_applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
@@ -251,74 +264,20 @@ impl StateMachine {
         self.shared.clock_ms.load(Ordering::Acquire)
     }
 
-    /// Encodes the applied state as of now. Called where openraft serializes it with
-    /// apply, so data and metadata describe the same instant.
-    ///
-    /// Writes the encoding of [`SnapshotState`] straight from RocksDB: a stored value is
-    /// already the postcard encoding of its `Entry` or `Record`, so each pair is the key
-    /// with its length and the stored bytes, and nothing is decoded or held twice.
-    fn capture(&self) -> Result<(SnapshotMeta, Vec<u8>), StoreError> {
-        let snap = self.db.snapshot();
-        let mut data = postcard::to_stdvec(&self.clock())?;
-        for name in [CF_DATA, CF_RECORDS] {
-            let cf = cf(&self.db, name);
-            let count = snap.iterator_cf(cf, IteratorMode::Start).count();
-            data = postcard::to_extend(&count, data)?;
-            for item in snap.iterator_cf(cf, IteratorMode::Start) {
-                let (key, value) = item?;
-                let key = std::str::from_utf8(&key)
-                    .map_err(|_| StoreError::Corrupt(format!("a key in {name} is not UTF-8")))?;
-                data = postcard::to_extend(key, data)?;
-                data.extend_from_slice(&value);
-            }
-        }
-        data = postcard::to_extend(&*self.shared.tombstones(), data)?;
-        let sessions = cf(&self.db, CF_SESSIONS);
-        let count = snap.iterator_cf(sessions, IteratorMode::Start).count();
-        data = postcard::to_extend(&count, data)?;
-        for item in snap.iterator_cf(sessions, IteratorMode::Start) {
-            let (key, value) = item?;
-            let id = <[u8; 16]>::try_from(&*key)
-                .map_err(|_| StoreError::Corrupt("a session id is not 16 bytes".into()))?;
-            data = postcard::to_extend(&u128::from_be_bytes(id), data)?;
-            data.extend_from_slice(&value);
-        }
-        let tokens = cf(&self.db, CF_TOKENS);
-        let count = snap.iterator_cf(tokens, IteratorMode::Start).count();
-        data = postcard::to_extend(&count, data)?;
-        for item in snap.iterator_cf(tokens, IteratorMode::Start) {
-            let (key, value) = item?;
-            let id = <[u8; 8]>::try_from(&*key)
-                .map_err(|_| StoreError::Corrupt("a token id is not 8 bytes".into()))?;
-            data = postcard::to_extend(&u64::from_be_bytes(id), data)?;
-            data.extend_from_slice(&value);
-        }
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
-        let snapshot_id = match self.last_applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, micros),
-            None => format!("0-0-{micros}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
-        Ok((meta, data))
-    }
-
     /// Replaces the state with a snapshot's. The snapshot file is durable before the
     /// state changes, so a crash at any point leaves a snapshot `open` can install.
-    async fn install(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
+    async fn install(&mut self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
         // The cached entries describe the state being replaced.
         self.cache.clear();
+        let (file, start, len) = data.into_parts().await?;
         let (files, db, m) = (self.snapshots.clone(), self.db.clone(), meta.clone());
         let shared = self.shared.clone();
         blocking(move || {
-            files.store(&m, &data)?;
-            install_batch(&db, &m, &data, &shared)
+            files.keep(&m, &file, start, len)?;
+            let data =
+                std::io::BufReader::with_capacity(1024 * 1024, Window::new(&file, start, len));
+            install_from(&db, &m, data, &shared)
         })
         .await?;
         self.last_applied = meta.last_log_id;
@@ -329,58 +288,61 @@ impl StateMachine {
     }
 }
 
-/// Writes a snapshot's state into RocksDB as one synced batch that replaces everything,
-/// so a reader never sees half old, half new; then sets `shared` to the snapshot's.
-fn install_batch(
+/// Batches of an install's puts: written (WAL, not synced) when they reach this size.
+const INSTALL_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// Writes `batch` once it is large enough, leaving an empty one.
+fn write_if_full(db: &DB, batch: &mut WriteBatch) -> Result<(), StoreError> {
+    if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+        db.write(std::mem::take(batch))?;
+    }
+    Ok(())
+}
+
+/// Replaces the state with a snapshot's, decoding `data` as it streams, in batches of
+/// bounded size: a synced one that clears the state and marks the install, unsynced
+/// ones with the data, and a synced last one with the metadata that ends the mark.
+/// A crash in between leaves the mark, and `load` installs the stored snapshot again.
+/// Readers get [`StoreError::Installing`] meanwhile rather than half a state.
+fn install_from(
     db: &DB,
     meta: &SnapshotMeta,
-    data: &[u8],
+    data: impl Read,
     shared: &Shared,
 ) -> Result<(), StoreError> {
-    // Tombstones, sessions, then tokens follow the state; a snapshot written before
-    // they existed ends before them.
-    let (state, rest): (SnapshotState, &[u8]) = postcard::take_from_bytes(data)?;
-    let (tombstones, rest): (Vec<Tombstone>, &[u8]) = take_or_default(rest)?;
-    let (sessions, rest): (Vec<(u128, Session)>, &[u8]) = take_or_default(rest)?;
-    let (tokens, rest): (Vec<(u64, Token)>, &[u8]) = take_or_default(rest)?;
-    if !rest.is_empty() {
-        return Err(StoreError::Corrupt(format!(
-            "{} bytes follow the snapshot's state",
-            rest.len()
-        )));
-    }
-    let mut record_count = state.records.len() as u64;
-    let mut data_bytes = 0;
+    shared.begin_install();
+    write_install(db, meta, data, shared)?;
+    shared.end_install();
+    crash::point(crash::SNAPSHOT_INSTALLED);
+    Ok(())
+}
+
+fn write_install(
+    db: &DB,
+    meta: &SnapshotMeta,
+    data: impl Read,
+    shared: &Shared,
+) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     batch.delete_range_cf(cf(db, CF_DATA), &[][..], DATA_END);
     batch.delete_range_cf(cf(db, CF_EXPIRY), &[][..], EXPIRY_END);
     batch.delete_range_cf(cf(db, CF_RECORDS), &[][..], DATA_END);
     batch.delete_range_cf(cf(db, CF_SESSIONS), &[][..], &[0xFF; 17][..]);
     batch.delete_range_cf(cf(db, CF_TOKENS), &[][..], &[0xFF; 9][..]);
-    let mut in_memory = Tokens::new();
-    for (id, token) in tokens {
-        batch.put_cf(
-            cf(db, CF_TOKENS),
-            id.to_be_bytes(),
-            postcard::to_stdvec(&token)?,
-        );
-        in_memory.insert(id, Arc::new(token));
-    }
-    for (id, session) in sessions {
-        record_count += session.records();
-        let due = (
-            session.expires_at_ms,
-            Slot::Session,
-            kv_core::session::session_key(id),
-        );
-        batch.put_cf(
-            cf(db, CF_SESSIONS),
-            id.to_be_bytes(),
-            postcard::to_stdvec(&session)?,
-        );
-        batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
-    }
-    for (key, entry) in state.entries {
+    batch.put_cf(
+        cf(db, CF_SM_META),
+        META_INSTALLING,
+        postcard::to_stdvec(&meta.last_log_id)?,
+    );
+    db.write_opt(std::mem::take(&mut batch), &synced())?;
+
+    // Clock, entries and records, then tombstones, sessions and tokens, each of the
+    // last three absent from snapshots written before it existed.
+    let mut input = Decoder::new(data);
+    let clock_ms: u64 = input.next()?;
+    let mut data_bytes = 0;
+    for _ in 0..input.next::<usize>()? {
+        let (key, entry): (String, Entry) = input.next()?;
         data_bytes += entry.meta(&key).bytes;
         if let Some(at) = entry.expires_at_ms {
             batch.put_cf(
@@ -394,8 +356,12 @@ fn install_batch(
             key.as_bytes(),
             postcard::to_stdvec(&entry)?,
         );
+        write_if_full(db, &mut batch)?;
     }
-    for (id, record) in state.records {
+    let mut record_count = 0;
+    for _ in 0..input.next::<usize>()? {
+        let (id, record): (String, Record) = input.next()?;
+        record_count += 1;
         let due = (record.expires_at_ms, Slot::Record, id);
         batch.put_cf(
             cf(db, CF_RECORDS),
@@ -403,9 +369,58 @@ fn install_batch(
             postcard::to_stdvec(&record)?,
         );
         batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+        write_if_full(db, &mut batch)?;
+    }
+    let tombstones: Vec<Tombstone> = if input.at_end()? {
+        Vec::new()
+    } else {
+        input.next()?
+    };
+    let sessions = if input.at_end()? {
+        0
+    } else {
+        input.next::<usize>()?
+    };
+    for _ in 0..sessions {
+        let (id, session): (u128, Session) = input.next()?;
+        record_count += session.records();
+        let due = (
+            session.expires_at_ms,
+            Slot::Session,
+            kv_core::session::session_key(id),
+        );
+        batch.put_cf(
+            cf(db, CF_SESSIONS),
+            id.to_be_bytes(),
+            postcard::to_stdvec(&session)?,
+        );
+        batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+        write_if_full(db, &mut batch)?;
+    }
+    let tokens = if input.at_end()? {
+        0
+    } else {
+        input.next::<usize>()?
+    };
+    let mut in_memory = Tokens::new();
+    for _ in 0..tokens {
+        let (id, token): (u64, Token) = input.next()?;
+        batch.put_cf(
+            cf(db, CF_TOKENS),
+            id.to_be_bytes(),
+            postcard::to_stdvec(&token)?,
+        );
+        in_memory.insert(id, Arc::new(token));
+        write_if_full(db, &mut batch)?;
+    }
+    if !input.at_end()? {
+        return Err(StoreError::Corrupt(format!(
+            "{} bytes follow the snapshot's state",
+            input.rest_len()?
+        )));
     }
     let books = Books {
-        clock_ms: state.clock_ms,
+        clock_ms,
         data_bytes,
         record_count,
         tombstones: &tombstones,
@@ -417,66 +432,172 @@ fn install_batch(
         &meta.last_membership,
         &books,
     )?;
+    batch.delete_cf(cf(db, CF_SM_META), META_INSTALLING);
     crash::point(crash::SNAPSHOT_INSTALLING);
-    // Synced: the log the snapshot replaces may be purged right after.
-    shared.begin_change();
-    // Before the data, as in apply: a revoked token never reads what followed its revoke.
+    // Before the data is readable again, as in apply: a revoked token never reads what
+    // followed its revoke.
     shared.set_tokens(in_memory);
-    let written = db.write_opt(batch, &synced());
-    if written.is_ok() {
-        shared.clock_ms.store(state.clock_ms, Ordering::Release);
-        shared.data_bytes.store(data_bytes, Ordering::Release);
-        shared.record_count.store(record_count, Ordering::Release);
-        shared.set_tombstones(tombstones);
-    }
-    shared.end_change();
-    written?;
-    crash::point(crash::SNAPSHOT_INSTALLED);
+    // Synced: the log the snapshot replaces may be purged right after.
+    db.write_opt(batch, &synced())?;
+    shared.clock_ms.store(clock_ms, Ordering::Release);
+    shared.data_bytes.store(data_bytes, Ordering::Release);
+    shared.record_count.store(record_count, Ordering::Release);
+    shared.set_tombstones(tombstones);
     Ok(())
 }
 
-/// The next part of a snapshot's data, or the default if the data ends before it.
-fn take_or_default<'a, T: serde::Deserialize<'a> + Default>(
-    rest: &'a [u8],
-) -> Result<(T, &'a [u8]), StoreError> {
-    if rest.is_empty() {
-        Ok((T::default(), rest))
-    } else {
-        Ok(postcard::take_from_bytes(rest)?)
+/// Writes the state as of the RocksDB snapshot `snap` into a new snapshot file at
+/// `path`, metadata included, and returns that metadata.
+///
+/// The data is the postcard encoding of the clock, the entries, the records, the
+/// tombstones, the sessions and the tokens, written straight from RocksDB: a stored value is already the postcard
+/// encoding of its `Entry`, `Record`, `Session` or `Token`, so each pair is the key
+/// with its length and the stored bytes. Sequences are counted in a first pass, since
+/// their encoding starts with their length.
+fn write_snapshot(
+    db: &DB,
+    snap: &rocksdb::Snapshot<'_>,
+    path: &Path,
+) -> Result<SnapshotMeta, StoreError> {
+    let decode = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(snap.get_cf(cf(db, CF_SM_META), key)?)
+    };
+    let last_applied: Option<LogId> = match decode(META_LAST_APPLIED)? {
+        Some(raw) => postcard::from_bytes(&raw)?,
+        None => None,
+    };
+    let membership: StoredMembership = match decode(META_MEMBERSHIP)? {
+        Some(raw) => postcard::from_bytes(&raw)?,
+        None => StoredMembership::default(),
+    };
+    let clock_ms: u64 = match decode(META_CLOCK)? {
+        Some(raw) => postcard::from_bytes(&raw)?,
+        None => 0,
+    };
+    let tombstones: Vec<Tombstone> = match decode(META_TOMBSTONES)? {
+        Some(raw) => postcard::from_bytes(&raw)?,
+        None => Vec::new(),
+    };
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let snapshot_id = match last_applied {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, micros),
+        None => format!("0-0-{micros}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let scan = |name: &str| {
+        let mut opts = rocksdb::ReadOptions::default();
+        // A scan of everything once: keep the block cache for the reads that serve.
+        opts.fill_cache(false);
+        snap.iterator_cf_opt(cf(db, name), opts, IteratorMode::Start)
+    };
+    let mut out = FileWriter::create(path, &meta)?;
+    postcard::to_io(&clock_ms, &mut out)?;
+    for name in [CF_DATA, CF_RECORDS] {
+        postcard::to_io(&scan(name).count(), &mut out)?;
+        for item in scan(name) {
+            let (key, value) = item?;
+            let key = std::str::from_utf8(&key)
+                .map_err(|_| StoreError::Corrupt(format!("a key in {name} is not UTF-8")))?;
+            postcard::to_io(key, &mut out)?;
+            out.write_all(&value)?;
+        }
     }
+    postcard::to_io(&tombstones, &mut out)?;
+    postcard::to_io(&scan(CF_SESSIONS).count(), &mut out)?;
+    for item in scan(CF_SESSIONS) {
+        let (key, value) = item?;
+        let id = <[u8; 16]>::try_from(&*key)
+            .map_err(|_| StoreError::Corrupt("a session id is not 16 bytes".into()))?;
+        postcard::to_io(&u128::from_be_bytes(id), &mut out)?;
+        out.write_all(&value)?;
+    }
+    postcard::to_io(&scan(CF_TOKENS).count(), &mut out)?;
+    for item in scan(CF_TOKENS) {
+        let (key, value) = item?;
+        let id = <[u8; 8]>::try_from(&*key)
+            .map_err(|_| StoreError::Corrupt("a token id is not 8 bytes".into()))?;
+        postcard::to_io(&u64::from_be_bytes(id), &mut out)?;
+        out.write_all(&value)?;
+    }
+    out.finish()?;
+    Ok(meta)
 }
 
-/// Builds a snapshot from the state captured when it was asked for.
+/// A snapshot being written into a file on the blocking pool, from a RocksDB snapshot
+/// taken while apply waited.
 pub struct SnapshotBuilder {
-    captured: Option<Result<(SnapshotMeta, Vec<u8>), StoreError>>,
+    build: Option<tokio::task::JoinHandle<(PathBuf, Result<SnapshotMeta, StoreError>)>>,
     snapshots: SnapshotFiles,
-    /// When the capture began.
+    /// When the build began.
     started: std::time::Instant,
+}
+
+impl SnapshotBuilder {
+    async fn finish(&mut self) -> Result<(SnapshotMeta, SnapshotData, u64), (PathBuf, StoreError)> {
+        let build = self.build.take().ok_or_else(|| {
+            let e = StoreError::Invariant("snapshot builder used twice");
+            (PathBuf::new(), e)
+        })?;
+        let (path, written) = build
+            .await
+            .map_err(|e| (PathBuf::new(), StoreError::Task(e.to_string())))?;
+        let files = self.snapshots.clone();
+        let fail = |e: StoreError| (path.clone(), e);
+        let meta = written.map_err(fail)?;
+        let p = path.clone();
+        let m = meta.clone();
+        let (data, size) = blocking(move || {
+            // Opened before it is renamed (or removed, when a newer one is there).
+            let opened = Opened::read(std::fs::File::open(&p)?)?;
+            let size = opened.len;
+            files.promote(&p, &m)?;
+            Ok((SnapshotData::of(opened)?, size))
+        })
+        .await
+        .map_err(fail)?;
+        Ok((meta, data, size))
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let subject = || ErrorSubject::Snapshot(None);
-        let (meta, data) = self
-            .captured
-            .take()
-            .unwrap_or(Err(StoreError::Invariant("snapshot builder used twice")))
-            .or_raft(subject(), ErrorVerb::Read)?;
-        let (files, m) = (self.snapshots.clone(), meta.clone());
-        let data = blocking(move || files.store(&m, &data).map(|_| data))
-            .await
-            .or_raft(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-            )?;
-        metrics::counter!("quorumkv_snapshot_builds_total").increment(1);
-        metrics::histogram!("quorumkv_snapshot_build_duration_seconds")
-            .record(self.started.elapsed());
-        metrics::gauge!("quorumkv_snapshot_size_bytes").set(data.len() as f64);
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        match self.finish().await {
+            Ok((meta, data, size)) => {
+                metrics::counter!("quorumkv_snapshot_builds_total").increment(1);
+                metrics::histogram!("quorumkv_snapshot_build_duration_seconds")
+                    .record(self.started.elapsed());
+                metrics::gauge!("quorumkv_snapshot_size_bytes").set(size as f64);
+                Ok(Snapshot {
+                    meta,
+                    snapshot: Box::new(data),
+                })
+            }
+            Err((path, e)) => {
+                // An error here would stop raft (openraft treats it as fatal). The log
+                // is kept instead, and raft builds again when more entries arrive.
+                tracing::error!(error = %e, "building a snapshot failed; the log is kept");
+                metrics::counter!("quorumkv_snapshot_build_failures_total").increment(1);
+                let files = self.snapshots.clone();
+                let meta = blocking(move || {
+                    if !path.as_os_str().is_empty() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    files.load_meta()
+                })
+                .await;
+                // openraft keeps the snapshot it knows unless the meta it gets is newer.
+                Ok(Snapshot {
+                    meta: meta.ok().flatten().unwrap_or_default(),
+                    snapshot: Box::new(SnapshotData::empty()),
+                })
+            }
+        }
     }
 }
 
@@ -614,23 +735,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let started = std::time::Instant::now();
+        let (taken, was_taken) = tokio::sync::oneshot::channel();
+        let (db, files) = (self.db.clone(), self.snapshots.clone());
+        let build = tokio::task::spawn_blocking(move || {
+            let snap = db.snapshot();
+            let _ = taken.send(());
+            let path = files.tmp("build");
+            let written = write_snapshot(&db, &snap, &path);
+            (path, written)
+        });
+        // openraft serializes this call with apply: apply waits for the RocksDB snapshot
+        // only, not for the scan.
+        let _ = was_taken.await;
         SnapshotBuilder {
-            captured: Some(self.capture()),
+            build: Some(build),
             snapshots: self.snapshots.clone(),
             started,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let files = self.snapshots.clone();
+        let file = blocking(move || {
+            Ok(std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(files.tmp("openraft-receive"))?)
+        })
+        .await
+        .or_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write)?;
+        Ok(Box::new(SnapshotData::writable(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        self.install(meta, snapshot.into_inner()).await.or_raft(
+        self.install(meta, *snapshot).await.or_raft(
             ErrorSubject::Snapshot(Some(meta.signature())),
             ErrorVerb::Write,
         )
@@ -638,12 +782,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let files = self.snapshots.clone();
-        let current = blocking(move || files.load())
+        let current = blocking(move || files.open_current())
             .await
             .or_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read)?;
-        Ok(current.map(|(meta, data)| Snapshot {
+        let Some(opened) = current else {
+            return Ok(None);
+        };
+        let meta = opened.meta.clone();
+        let data =
+            SnapshotData::of(opened).or_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read)?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(data),
         }))
     }
 }

@@ -1,9 +1,7 @@
 //! The openraft type configuration and short aliases for its long generic types.
 
-use std::fmt;
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// A node's identity in the cluster.
 pub type NodeId = u64;
@@ -32,7 +30,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

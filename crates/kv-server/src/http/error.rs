@@ -38,6 +38,12 @@ impl From<InputError> for ApiError {
 
 impl From<kv_store::StoreError> for ApiError {
     fn from(e: kv_store::StoreError) -> Self {
+        if matches!(e, kv_store::StoreError::Installing) {
+            return Self::new(
+                ErrorCode::Unavailable,
+                "this node is installing a snapshot; ask another node or again shortly",
+            );
+        }
         tracing::error!(error = %e, "storage read failed");
         Self::new(ErrorCode::Internal, format!("storage: {e}"))
     }
