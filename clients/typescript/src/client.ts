@@ -278,7 +278,8 @@ export class KvClient {
     const body = encode({ name: spec.name, admin: spec.admin ?? false, grants: spec.grants });
     const answer = await this.caller.runOnce({ method: "POST", path: "/v1/tokens", body }, options?.deadlineMs);
     const created = success(answer, 201);
-    return { ...decodeToken(created), token: text(created, "token"), revision: whole(created, "revision") };
+    const { createdMs: _zero, ...token } = decodeToken(created);
+    return { ...token, token: text(created, "token"), revision: whole(created, "revision") };
   }
 
   /** Every token, without secrets (an admin's call). */

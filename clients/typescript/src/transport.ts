@@ -41,6 +41,8 @@ export function parseEndpoint(text: string): Endpoint {
 export interface Answer {
   status: number;
   body: Buffer;
+  /** The node answered with what it recorded for an earlier attempt (`Idempotency-Replayed`). */
+  replayed: boolean;
 }
 
 /** An exchange that failed without an answer. */
@@ -148,7 +150,10 @@ export class Transport {
           }
           chunks.push(chunk);
         });
-        response.once("end", () => finish(() => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks) })));
+        response.once("end", () => {
+          const replayed = response.headers["idempotency-replayed"] === "true";
+          finish(() => resolve({ status: response.statusCode ?? 0, body: Buffer.concat(chunks), replayed }));
+        });
         response.once("error", (e) => fail(`the answer from ${endpoint.url} broke off: ${describe(e)}`, e, true));
         response.once("close", () => {
           if (!response.complete) fail(`the answer from ${endpoint.url} broke off`, undefined, true);

@@ -129,8 +129,9 @@ export interface TokenInfo {
   createdMs: number;
 }
 
-/** A token just created, with its secret, which the cluster never shows again. */
-export interface CreatedToken extends TokenInfo {
+/** A token just created, with its secret, which the cluster never shows again. (No
+ * `createdMs`: the creation answer reports 0 there; `tokens()` has the time.) */
+export interface CreatedToken extends Omit<TokenInfo, "createdMs"> {
   /** What clients send as `token`. */
   token: string;
   revision: number;
