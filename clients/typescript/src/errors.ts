@@ -56,7 +56,7 @@ export type ServerErrorCode = keyof typeof SERVER_ERROR_CODES;
  */
 export type ClientErrorCode = "unavailable" | "outcome_unknown" | "invalid_answer" | "invalid_endpoint" | "invalid_option" | "invalid_token";
 
-/** The code of a [`KvError`]; any other string is a code a newer server added. */
+/** The code of a {@link KvError}; any other string is a code a newer server added. */
 export type KvErrorCode = ServerErrorCode | ClientErrorCode | (string & {});
 
 /** Base of every error this client throws. */

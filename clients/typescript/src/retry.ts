@@ -144,10 +144,17 @@ export class Caller {
     for (;;) {
       const ticket = this.sessions.take();
       if (ticket) return ticket;
-      this.opening ??= this.openSession(deadline).finally(() => {
+      const own = this.opening === undefined;
+      const opening = (this.opening ??= this.openSession(deadline).finally(() => {
         this.opening = undefined;
-      });
-      await this.opening;
+      }));
+      try {
+        await opening;
+      } catch (e) {
+        // Another writer's open gave up at its own deadline, which may come before ours:
+        // try again. A refusal (a read-only token, say) is every writer's answer.
+        if (own || !(e instanceof UnavailableError) || performance.now() >= deadline) throw e;
+      }
     }
   }
 

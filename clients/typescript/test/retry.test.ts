@@ -111,6 +111,20 @@ test("a session the cluster ended is replaced, and the write applied in the new 
   });
 });
 
+test("a writer waiting for another's session open is not failed by that one's shorter deadline", async () => {
+  await withNode([200], async (node, kv) => {
+    node.sessionsRefusedUntil = performance.now() + 300;
+    const [short, long] = await Promise.allSettled([kv.set("a", 1, { deadlineMs: 100 }), kv.set("b", 1, { deadlineMs: 3000 })]);
+    assert.ok(short.status === "rejected" && short.reason instanceof UnavailableError, String(short.status));
+    assert.equal(long.status, "fulfilled");
+    assert.equal(node.sessionsOpened, 1);
+    assert.deepEqual(
+      node.seen.map((s) => s.path),
+      ["/v1/kv/b"],
+    );
+  });
+});
+
 test("a session that ended after an attempt that may have applied is OutcomeUnknownError", async () => {
   await withNode([504, 422], async (node, kv) => {
     const error = await rejection(kv.set("k", 1));

@@ -3,6 +3,7 @@
 
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
 
 /** One request the fake node received (sessions opened are not listed). */
 export interface Seen {
@@ -28,6 +29,8 @@ const bodies: Record<number, unknown> = {
 export class ScriptedNode {
   readonly seen: Seen[] = [];
   sessionsOpened = 0;
+  /** Until then (a `performance.now()` time), session opens are answered 503. */
+  sessionsRefusedUntil = 0;
   private readonly server: http.Server;
 
   private constructor(private readonly script: Step[]) {
@@ -53,6 +56,10 @@ export class ScriptedNode {
       response.end(JSON.stringify(body));
     };
     if (request.method === "POST" && request.url === "/v1/sessions") {
+      if (performance.now() < this.sessionsRefusedUntil) {
+        reply(503, bodies[503]);
+        return;
+      }
       this.sessionsOpened += 1;
       reply(201, { session: this.sessionsOpened.toString(16).padStart(32, "0"), expires_at_ms: 1 });
       return;
