@@ -64,6 +64,7 @@ export class Listing<E> implements AsyncIterable<E> {
     } while (after !== undefined);
   }
 
+  /** The items, page after page. */
   async *[Symbol.asyncIterator](): AsyncGenerator<E, void, undefined> {
     for await (const page of this.pages()) yield* page;
   }
@@ -129,6 +130,8 @@ export class KvClient {
   private readonly caller: Caller;
   private readonly transport: Transport;
 
+  /** A client of the nodes at `options.endpoints`; it connects on its first call. Throws
+   * InvalidRequestError for an endpoint that is not an http(s) URL or a bad option. */
   constructor(options: ClientOptions) {
     const list = typeof options.endpoints === "string" ? options.endpoints.split(",") : [...options.endpoints];
     const endpoints = list.map((e) => e.trim()).filter((e) => e.length > 0).map(parseEndpoint);
