@@ -210,6 +210,30 @@ test("the next call starts with the endpoint that answered last", async () => {
   });
 });
 
+test("fromEnv reads the endpoints and token as kvctl does, and a certificate only with its key", async () => {
+  await withNode([200], async (node) => {
+    const kv = KvClient.fromEnv({ deadlineMs: 500 }, { KV_ENDPOINTS: ` ${node.url} ,`, KV_TOKEN: "kvt_secret" });
+    await kv.set("k", 1);
+    kv.close();
+    assert.deepEqual(
+      node.seen.map((s) => s.authorization),
+      ["Bearer kvt_secret"],
+    );
+  });
+  const lonely = (() => {
+    try {
+      KvClient.fromEnv({}, { KV_CERT: new URL(import.meta.url).pathname });
+    } catch (e) {
+      return e;
+    }
+    return undefined;
+  })();
+  assert.ok(lonely instanceof InvalidRequestError && /KV_CERT and KV_KEY/.test(lonely.message), String(lonely));
+  assert.throws(() => new KvClient({ endpoints: "ftp://127.0.0.1:1" }), InvalidRequestError);
+  assert.throws(() => new KvClient({ endpoints: [] }), InvalidRequestError);
+  assert.throws(() => new KvClient({ endpoints: "http://127.0.0.1:1", token: "two\nlines" }), (e: unknown) => e instanceof InvalidRequestError && !e.message.includes("two"));
+});
+
 test("a key arrives as it left: every character but unreserved ones and / is escaped", () => {
   for (const key of ["users/1:profile", "a\\b", "sp ace/q?x#y&z=1+2", "caf\u00e9/\u{1f600}", "a//b/", "%2e%2e", "a/%2e%2e/b", "a\\..\\b", "a/...", "%", "[x]|^", "!'()*"]) {
     const path = keyPath(key);

@@ -11,6 +11,7 @@ export interface Seen {
   path: string;
   session: string | undefined;
   idempotencyKey: string | undefined;
+  authorization: string | undefined;
 }
 
 /** A scripted answer: a status (its body follows from it), or "hang" for no answer. */
@@ -68,7 +69,7 @@ export class ScriptedNode {
       const v = request.headers[name];
       return Array.isArray(v) ? v.join(",") : v;
     };
-    this.seen.push({ method: request.method ?? "", path: request.url ?? "", session: header("kv-session"), idempotencyKey: header("idempotency-key") });
+    this.seen.push({ method: request.method ?? "", path: request.url ?? "", session: header("kv-session"), idempotencyKey: header("idempotency-key"), authorization: header("authorization") });
     const step = this.script[Math.min(this.seen.length, this.script.length) - 1] ?? 200;
     if (step === "hang") return;
     reply(step, bodies[step] ?? { error: { code: "unknown", message: String(step) } });
