@@ -84,3 +84,33 @@ ensure_chaos_deps() {
     type -P kill >/dev/null 2>&1 || missing+=(procps)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
+
+# Node.js 20 or later with npm, for the TypeScript client's tests (clients/typescript).
+# Installed with apt-get when the distribution's nodejs is 20 or later (Debian 13, Ubuntu
+# 24.10 and later, whose npm is a package of its own); otherwise this says what to install.
+node_major() {
+    node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
+}
+
+# The major version of the nodejs package apt-get would install; empty if none.
+nodejs_candidate_major() {
+    apt-cache policy nodejs 2>/dev/null | sed -n 's/^ *Candidate: *\([0-9]*:\)\{0,1\}\([0-9]*\).*/\2/p'
+}
+
+ensure_node() {
+    if [ "$(node_major)" -ge 20 ] && command -v npm >/dev/null 2>&1; then return; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        # A fresh machine may have no package index yet.
+        if [ -z "$(nodejs_candidate_major)" ]; then as_root apt-get update -q >/dev/null || true; fi
+        if [ "$(nodejs_candidate_major)" -ge 20 ] 2>/dev/null; then
+            local packages=(nodejs)
+            apt-cache show npm >/dev/null 2>&1 && packages+=(npm)
+            apt_install "${packages[@]}" || true
+        fi
+    fi
+    if [ "$(node_major)" -ge 20 ] && command -v npm >/dev/null 2>&1; then return; fi
+    echo "error: the TypeScript client's tests need Node.js 20 or later and npm (found node $(node --version 2>/dev/null || echo none), npm $(npm --version 2>/dev/null || echo none))." >&2
+    echo "  Debian 13, Ubuntu 24.10 and later: apt-get install nodejs npm" >&2
+    echo "  older releases (Debian 12 ships Node 18): nodejs 20 or later from https://deb.nodesource.com (npm included), or nvm" >&2
+    return 1
+}

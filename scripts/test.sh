@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, clippy with warnings as errors, all tests, the short
-# hostile-traffic run and the short chaos run (needs root for iptables; installs iptables
-# when missing).
+# hostile-traffic run, the short chaos run (needs root for iptables; installs iptables
+# when missing) and the TypeScript client's tests (installs Node.js 20 when apt-get can).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,7 @@ source scripts/env.sh
 ensure_build_deps
 ensure_rust_components
 ensure_chaos_deps
+ensure_node
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -42,6 +43,11 @@ echo "== short hostile-traffic run (scripts/abuse.sh runs the full sizes)"
 cargo test --profile checked --workspace --test abuse --locked -- --nocapture 2>&1 | tee -a "$log"
 echo "== short chaos run (every fault kind; scripts/chaos.sh runs long ones)"
 cargo test --profile checked --workspace --test chaos --locked -- --nocapture 2>&1 | tee -a "$log"
-# One closing line for the whole run (cargo prints one per test binary).
+echo "== TypeScript client (clients/typescript: its lockfile, then tsc and node --test against clusters of KV_SERVER_BIN)"
+( cd clients/typescript && npm ci --no-audit --no-fund && npm test ) 2>&1 | tee -a "$log"
+# One closing line for the whole run (cargo prints one per test binary, node --test one
+# "pass" and one "fail" line).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     $1 == "ℹ" && NF == 3 && $2 == "pass" { p += $3 }
+     $1 == "ℹ" && NF == 3 && $2 == "fail" { f += $3 }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
