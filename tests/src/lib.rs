@@ -366,6 +366,74 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Starts a new node that joins this cluster (`join` with the cluster's id, no
+    /// `members`) on free loopback addresses, with the first node's other settings. The
+    /// leader must still add it (`POST /v1/admin/members`). Returns its id; ids follow
+    /// the nodes started before, so none is ever reused. Plain-TCP clusters only.
+    pub async fn add_node(&mut self) -> Result<u64> {
+        ensure!(
+            self.scheme == "http",
+            "a node added to a TLS test cluster would need a certificate"
+        );
+        let id = self.nodes.len() as u64 + 1;
+        let asked = *self.live().first().context("no live node to ask")?;
+        let (_, status) = self.get_json(asked, "/v1/cluster").await?;
+        let cluster_id = status["cluster_id"]
+            .as_str()
+            .context("the cluster has no id yet")?
+            .to_owned();
+        let addrs = free_addrs(&[std::net::Ipv4Addr::LOCALHOST.into(); 2])?;
+        let first = &self.nodes[0];
+        let template = std::fs::read_to_string(&first.config)?;
+        let data_root = template
+            .lines()
+            .find_map(|l| l.strip_prefix("data_dir = \""))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .map(|d| Path::new(d).parent().map(Path::to_owned))
+            .context("the first node's configuration has no data_dir")?
+            .context("data_dir has no parent")?;
+        let mut text = format!(
+            "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\njoin = \"{cluster_id}\"\n",
+            addrs[0],
+            addrs[1],
+            data_root.join(format!("node{id}")).display(),
+        );
+        let mut in_members = false;
+        for line in template.lines() {
+            if line.starts_with("members = [") {
+                in_members = true;
+            } else if in_members {
+                in_members = line.trim() != "]";
+            } else if !["id =", "client_addr =", "raft_addr =", "data_dir ="]
+                .iter()
+                .any(|p| line.starts_with(p))
+            {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        let dir = first.config.parent().context("config folder")?.to_owned();
+        let config = dir.join(format!("node{id}.toml"));
+        std::fs::write(&config, text)?;
+        self.nodes.push(TestNode {
+            id,
+            client_addr: addrs[0],
+            raft_addr: addrs[1],
+            config,
+            log: dir.join(format!("node{id}.log")),
+            child: None,
+            paused: false,
+        });
+        self.spawn(id)?;
+        self.wait_serving(id).await?;
+        Ok(id)
+    }
+
+    /// Node `id`'s client address.
+    pub fn client_addr(&self, id: u64) -> SocketAddr {
+        self.node(id).client_addr
+    }
+
     /// The process id of node `id`, if it runs.
     pub fn pid(&self, id: u64) -> Option<u32> {
         self.node(id).child.as_ref().map(Child::id)

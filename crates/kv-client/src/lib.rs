@@ -505,6 +505,54 @@ impl KvClient {
         )
     }
 
+    /// The members with their roles and replication lag, as the leader sees them (an
+    /// admin's call).
+    pub async fn members(&self) -> Result<Value, ClientError> {
+        decode_ok(
+            self.call
+                .run(Method::GET, "/v1/admin/members", None, &[], false)
+                .await?,
+        )
+    }
+
+    /// Adds a node as a learner (an admin's call); the answer holds its id and the
+    /// cluster id it joins. At most once: after an attempt that may have applied, the
+    /// outcome is `OutcomeUnknown` (list the members to see).
+    pub async fn add_member(
+        &self,
+        client_addr: &str,
+        raft_addr: &str,
+        id: Option<u64>,
+    ) -> Result<Value, ClientError> {
+        let mut body = serde_json::json!({ "client_addr": client_addr, "raft_addr": raft_addr });
+        if let Some(id) = id {
+            body["id"] = id.into();
+        }
+        let body = Self::encode(&body)?;
+        decode_ok(
+            self.call
+                .run_once(Method::POST, "/v1/admin/members", body)
+                .await?,
+        )
+    }
+
+    /// Makes learner `id` a voter once it has caught up (an admin's call); refused with
+    /// `not_caught_up` before.
+    pub async fn promote_member(&self, id: u64) -> Result<Value, ClientError> {
+        let path = format!("/v1/admin/members/{id}/promote");
+        decode_ok(self.call.run_once(Method::POST, &path, Vec::new()).await?)
+    }
+
+    /// Removes node `id`, voter or learner, the leader included (an admin's call).
+    pub async fn remove_member(&self, id: u64) -> Result<Value, ClientError> {
+        let path = format!("/v1/admin/members/{id}");
+        decode_ok(
+            self.call
+                .run_once(Method::DELETE, &path, Vec::new())
+                .await?,
+        )
+    }
+
     /// The cluster status as the answering node sees it.
     pub async fn cluster(&self) -> Result<Value, ClientError> {
         decode_ok(

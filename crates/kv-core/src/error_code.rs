@@ -64,6 +64,8 @@ error_codes! {
     InvalidSession = "invalid_session", 400;
     /// A token request with a bad name, too many grants or a bad grant.
     InvalidTokenRequest = "invalid_token_request", 400;
+    /// A membership request with a bad address or node id.
+    InvalidMemberRequest = "invalid_member_request", 400;
     /// No valid bearer token: none sent, malformed, unknown, or revoked.
     Unauthenticated = "unauthenticated", 401;
     /// The token does not grant this on this key, prefix or route.
@@ -72,10 +74,22 @@ error_codes! {
     KeyNotFound = "key_not_found", 404;
     /// No such route.
     RouteNotFound = "route_not_found", 404;
+    /// The node is not a member of the cluster.
+    NodeNotFound = "node_not_found", 404;
     /// The route does not take this method.
     MethodNotAllowed = "method_not_allowed", 405;
     /// The body did not arrive within `limits.body_timeout_ms`.
     RequestTimeout = "request_timeout", 408;
+    /// Another membership change has not completed; nothing changed.
+    MembershipChangeInProgress = "membership_change_in_progress", 409;
+    /// The node id belongs to a current member.
+    NodeIdUsed = "node_id_used", 409;
+    /// A current member uses the address.
+    AddressInUse = "address_in_use", 409;
+    /// The learner is too far behind the leader to become a voter yet.
+    NotCaughtUp = "not_caught_up", 409;
+    /// The change would leave the cluster unable to work (or is no change).
+    MembershipRefused = "membership_refused", 409;
     /// Create-if-absent found the key.
     KeyExists = "key_exists", 412;
     /// The key is not at the expected revision.

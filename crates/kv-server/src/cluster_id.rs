@@ -96,6 +96,32 @@ impl ClusterId {
         Ok(id)
     }
 
+    /// Makes `id` this node's cluster id for a node that joins an existing cluster: kept
+    /// if it has none, refused if it has another; no peer's id is adopted after this.
+    pub fn join(&self, id: &str) -> std::io::Result<()> {
+        if !valid(id) {
+            return Err(std::io::Error::other(format!(
+                "join = {:?} is not a cluster id (up to {MAX_LEN} hex digits, as GET \
+                 /v1/cluster shows it)",
+                id.escape_default().to_string()
+            )));
+        }
+        self.stop_adopting();
+        let mut current = self.lock();
+        match current.as_deref() {
+            Some(ours) if ours == id => Ok(()),
+            Some(ours) => Err(std::io::Error::other(format!(
+                "this data directory belongs to cluster {ours}, not to cluster {id} named by \
+                 join: use an empty data directory to join another cluster"
+            ))),
+            None => {
+                self.store(id)?;
+                *current = Some(id.to_owned());
+                Ok(())
+            }
+        }
+    }
+
     /// Compares a peer's id with ours, adopting it (durably) if we have none.
     pub fn meet(&self, theirs: &str) -> std::io::Result<Verdict> {
         if theirs.is_empty() {
@@ -171,6 +197,28 @@ mod tests {
         assert_eq!(again.get(), "abc123");
         assert_eq!(again.create_if_missing().expect("create"), "abc123");
         assert!(!again.adopted());
+    }
+
+    #[test]
+    fn a_joining_node_keeps_the_named_id_and_refuses_another_clusters_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = ClusterId::load(dir.path()).expect("load");
+        id.join("abc123").expect("join");
+        assert_eq!(id.get(), "abc123");
+        assert!(matches!(
+            id.meet("def456").expect("meet"),
+            Verdict::OtherCluster { .. }
+        ));
+        let again = ClusterId::load(dir.path()).expect("load");
+        again.join("abc123").expect("the same cluster again");
+        let e = again.join("def456").expect_err("another cluster");
+        assert!(e.to_string().contains("belongs to cluster abc123"), "{e}");
+        assert!(again.join("not hex!").is_err());
+        // No id is adopted from a peer once joining named one.
+        let fresh = tempfile::tempdir().expect("tempdir");
+        let joiner = ClusterId::load(fresh.path()).expect("load");
+        joiner.join("abc123").expect("join");
+        assert!(!joiner.adopted());
     }
 
     #[test]

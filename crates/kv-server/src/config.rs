@@ -162,7 +162,7 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// This node's id; must be one of `members`.
+    /// This node's id; one of `members` for a node that bootstraps the cluster.
     pub id: u64,
     /// Where the client HTTP API listens.
     pub client_addr: SocketAddr,
@@ -170,8 +170,15 @@ pub struct NodeConfig {
     pub raft_addr: SocketAddr,
     /// RocksDB and snapshot files; relative paths are relative to the working directory.
     pub data_dir: PathBuf,
-    /// The initial members, each with both addresses.
+    /// The members that bootstrap a new cluster, each with both addresses; once the
+    /// cluster exists, membership changes through the membership API, not here.
+    #[serde(default)]
     pub members: Vec<MemberConfig>,
+    /// The id of an existing cluster this node joins (as `GET /v1/cluster` shows it)
+    /// instead of bootstrapping one: it waits, as a node with no state, until the
+    /// leader adds it (`kvctl member add`). Excludes `members`.
+    #[serde(default)]
+    pub join: Option<String>,
     /// Shared secret the raft listener requires in the hello of every connection,
     /// written here: accepted only with a loopback `raft_addr` (local clusters, tests).
     #[serde(default)]
@@ -366,15 +373,27 @@ impl NodeConfig {
                 self.client_addr
             ));
         }
-        let me = self.members.iter().find(|m| m.id == self.id);
-        let Some(me) = me else {
-            return invalid(format!("node id {} is not among the members", self.id));
-        };
-        if me.client_addr != self.client_addr || me.raft_addr != self.raft_addr {
-            return invalid(format!(
-                "node {}'s addresses differ from its entry in members",
-                self.id
-            ));
+        if self.join.is_some() {
+            if !self.members.is_empty() {
+                return invalid(
+                    "set members to bootstrap a new cluster or join to join one, not both".into(),
+                );
+            }
+        } else {
+            let me = self.members.iter().find(|m| m.id == self.id);
+            let Some(me) = me else {
+                return invalid(format!(
+                    "node id {} is not among the members (a node joining an existing \
+                     cluster sets join instead)",
+                    self.id
+                ));
+            };
+            if me.client_addr != self.client_addr || me.raft_addr != self.raft_addr {
+                return invalid(format!(
+                    "node {}'s addresses differ from its entry in members",
+                    self.id
+                ));
+            }
         }
         let mut ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
         ids.sort_unstable();

@@ -117,6 +117,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .map_err(io(format!("creating {}", config.data_dir.display())))?;
     let stores = kv_store::open_with(&config.data_dir, config.raft.log_segment_mib << 20)?;
     let cluster = ClusterId::load(&config.data_dir).map_err(io("reading the cluster id"))?;
+    if let Some(join) = &config.join {
+        // Before raft runs, so this node never adopts the id of a peer of another cluster.
+        cluster.join(join).map_err(io("joining"))?;
+    }
     // Connections to peers leave from this node's own address, so address-based
     // firewall rules (the chaos suite's partitions) see which node is talking.
     let outgoing = Some(config.raft_addr.ip()).filter(|ip| !ip.is_unspecified());
@@ -258,6 +262,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ),
         auth: admin_token.as_deref().map(http::Auth::new),
         snapshot_progress: snapshot_progress.clone(),
+        cluster_id: cluster.clone(),
+        membership: Arc::default(),
     });
 
     let raft_server = tokio::spawn(raft_network::serve(
@@ -334,7 +340,7 @@ fn forwarding_client(
 /// A fresh cluster initializes itself once: the lowest-id member creates the cluster id
 /// and proposes the initial membership. On an initialized node this does nothing.
 async fn bootstrap(raft: &Raft, cluster: &ClusterId, config: &NodeConfig) -> Result<(), NodeError> {
-    if config.id != config.bootstrapper() {
+    if config.join.is_some() || config.id != config.bootstrapper() {
         return Ok(());
     }
     if raft

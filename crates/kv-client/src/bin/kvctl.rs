@@ -92,6 +92,34 @@ enum Cmd {
         #[command(subcommand)]
         what: TokenCmd,
     },
+    /// Cluster membership (needs an admin token).
+    Member {
+        #[command(subcommand)]
+        what: MemberCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Members with their roles and how far each has replicated.
+    List,
+    /// Add a node as a learner and print its id and the `join` line for its
+    /// configuration; start it, then `member promote ID`.
+    Add {
+        /// The new node's client address (ip:port).
+        #[arg(long)]
+        client_addr: String,
+        /// The new node's raft address (ip:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// Its id (default: one above the highest member's).
+        #[arg(long)]
+        id: Option<u64>,
+    },
+    /// Make a learner a voter, waiting (up to --timeout) until it has caught up.
+    Promote { id: u64 },
+    /// Remove a node, voter or learner (the leader too: the others elect another).
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -194,7 +222,7 @@ fn read_value(raw: &str) -> Result<Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("the value is not valid JSON: {e}"))
 }
 
-async fn run(client: &KvClient, command: Cmd) -> Result<Done, ClientError> {
+async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, ClientError> {
     Ok(match command {
         Cmd::Get { key } => match client.get::<Value>(&key).await? {
             Some(e) => ok(to_json(&e)),
@@ -316,6 +344,37 @@ async fn run(client: &KvClient, command: Cmd) -> Result<Done, ClientError> {
         Cmd::Token {
             what: TokenCmd::List,
         } => ok(to_json(&client.tokens().await?)),
+        Cmd::Member {
+            what: MemberCmd::List,
+        } => ok(client.members().await?),
+        Cmd::Member {
+            what:
+                MemberCmd::Add {
+                    client_addr,
+                    raft_addr,
+                    id,
+                },
+        } => ok(client.add_member(&client_addr, &raft_addr, id).await?),
+        Cmd::Member {
+            what: MemberCmd::Promote { id },
+        } => {
+            // A learner catches up in the background; asking again is harmless.
+            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+            loop {
+                match client.promote_member(id).await {
+                    Err(ClientError::Rejected { error, .. })
+                        if error.known_code() == Some(kv_core::ErrorCode::NotCaughtUp)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    other => break ok(other?),
+                }
+            }
+        }
+        Cmd::Member {
+            what: MemberCmd::Remove { id },
+        } => ok(client.remove_member(id).await?),
         Cmd::Token {
             what: TokenCmd::Revoke { id },
         } => ok(to_json(&client.revoke_token(&id).await?)),
@@ -374,7 +433,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&client, cli.command).await {
+    match run(&client, cli.command, cli.timeout).await {
         Ok(done) => {
             print(&done, cli.output);
             ExitCode::from(done.code)

@@ -64,6 +64,7 @@ pub(crate) async fn cluster(
     });
     Ok(Json(json!({
         "node_id": m.id,
+        "cluster_id": Some(app.cluster_id.get()).filter(|id| !id.is_empty()),
         "state": role(m.state),
         "leader_id": m.current_leader,
         "leader": leader,

@@ -6,6 +6,7 @@ mod auth;
 mod error;
 mod key;
 mod leader;
+mod members;
 mod observe;
 mod prefix;
 mod request;
@@ -58,6 +59,10 @@ pub struct App {
     pub auth: Option<Auth>,
     /// A snapshot this node is receiving from the leader, if any.
     pub snapshot_progress: Arc<crate::raft_network::SnapshotProgress>,
+    /// This node's cluster id.
+    pub cluster_id: crate::cluster_id::ClusterId,
+    /// Held by the membership change under way: one at a time.
+    pub membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who leads, as far as this node knows.
@@ -106,6 +111,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/admin/digest", get(admin::digest))
+        .route("/v1/admin/members", get(members::list).post(members::add))
+        .route(
+            "/v1/admin/members/{id}",
+            axum::routing::delete(members::remove),
+        )
+        .route("/v1/admin/members/{id}/promote", post(members::promote))
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))

@@ -165,7 +165,8 @@ pub(crate) async fn create(
             Ok(other) => return Err(unexpected(other)),
             Err(local) => return Ok(local),
         };
-        let mut body = shown;
+        // The creation time is the command's stamp, set when it applied.
+        let mut body = app.reader.token(id).map_or(shown, |t| describe(id, &t));
         body["token"] = json!(presented);
         body["revision"] = json!(revision);
         Ok(Local::Done(

@@ -1,0 +1,390 @@
+//! `/v1/admin/members`: the cluster's membership, and changes to it one at a time
+//! (admin only; served by the leader, forwarded there from other nodes).
+//!
+//! A node joins as a learner (`POST`), is promoted to voter once it has caught up
+//! (`POST …/{id}/promote`), and leaves with `DELETE …/{id}`. openraft makes a voter change
+//! in two steps (joint, then final configuration) driven from the caller's future, so
+//! each change runs as a task of its own that finishes even when the request that asked
+//! for it goes away; the lock it holds refuses a second change until it is done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use kv_core::ErrorCode;
+use kv_store::typ::{NodeId, NodeInfo, RaftMetrics};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{Caller, Need};
+use super::leader::{lead_or_forward, Forwardable, Local};
+use super::request::{check_content_type, no_precondition, parse_query, read_body, NoQuery};
+use super::{ApiError, App};
+
+/// A learner this close to the leader's last log index has caught up: one AppendEntries
+/// carries the rest.
+pub(crate) const CAUGHT_UP_ENTRIES: u64 = 64;
+
+/// How long a request waits for its change; the change itself goes on after that.
+const CHANGE_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest body of a membership request.
+const MAX_REQUEST_BYTES: usize = 4096;
+
+/// `POST /v1/admin/members`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMember {
+    client_addr: String,
+    raft_addr: String,
+    #[serde(default)]
+    id: Option<NodeId>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidMemberRequest, message)
+}
+
+fn in_progress() -> ApiError {
+    ApiError::new(
+        ErrorCode::MembershipChangeInProgress,
+        "another membership change is in progress; retry when it is done",
+    )
+}
+
+/// The members as the leader sees them: roles, and how far each has replicated.
+fn describe(m: &RaftMetrics) -> Value {
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let last = m.last_log_index.unwrap_or(0);
+    let matched: BTreeMap<NodeId, Option<u64>> = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, log)| (*id, log.map(|l| l.index)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let members: Vec<Value> = membership
+        .nodes()
+        .map(|(id, node)| {
+            let matched_index = if *id == m.id {
+                m.last_log_index
+            } else {
+                matched.get(id).copied().flatten()
+            };
+            json!({
+                "id": id,
+                "client_addr": node.client_addr,
+                "raft_addr": node.raft_addr,
+                "voter": voters.contains(id),
+                "leader": m.current_leader == Some(*id),
+                "matched_index": matched_index,
+                "lag": last.saturating_sub(matched_index.unwrap_or(0)),
+            })
+        })
+        .collect();
+    json!({
+        "leader_id": m.current_leader,
+        "term": m.current_term,
+        "last_log_index": m.last_log_index,
+        "joint": membership.get_joint_config().len() > 1,
+        "members": members,
+    })
+}
+
+/// `GET /v1/admin/members`: every member with its role and replication lag.
+pub(crate) async fn list(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    app.authorize(&caller, Need::Admin)?;
+    let req = Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
+    lead_or_forward(&app, req, || async {
+        let m = app.raft.metrics().borrow().clone();
+        Ok(Local::Done(Json(describe(&m)).into_response()))
+    })
+    .await
+}
+
+/// What a membership change ended with, in the API's terms.
+fn changed(
+    app: &App,
+    result: Result<(), RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>,
+) -> Result<Local, ApiError> {
+    match result {
+        Ok(()) => {
+            let m = app.raft.metrics().borrow().clone();
+            Ok(Local::Done(Json(describe(&m)).into_response()))
+        }
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Ok(Local::NotLeader(f.leader_id.zip(f.leader_node)))
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => match e {
+            ChangeMembershipError::InProgress(_) => Err(in_progress()),
+            e => Err(ApiError::new(ErrorCode::MembershipRefused, e.to_string())),
+        },
+        Err(RaftError::Fatal(e)) => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("raft is not running: {e}"),
+        )),
+    }
+}
+
+/// Runs `change` as a task holding the membership lock, and waits for it a while: the
+/// change finishes (both steps of a voter change) even if this request goes away.
+async fn run_change<F>(
+    app: &Arc<App>,
+    change: impl FnOnce(Arc<App>) -> F,
+) -> Result<Local, ApiError>
+where
+    F: std::future::Future<
+            Output = Result<(), RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>>,
+        > + Send
+        + 'static,
+{
+    let guard = app
+        .membership
+        .clone()
+        .try_lock_owned()
+        .map_err(|_| in_progress())?;
+    let m = app.raft.metrics().borrow().clone();
+    if m.membership_config.membership().get_joint_config().len() > 1 {
+        return Err(in_progress());
+    }
+    let work = change(app.clone());
+    let task = tokio::spawn(async move {
+        let _held = guard;
+        work.await
+    });
+    match tokio::time::timeout(CHANGE_WAIT, task).await {
+        Ok(Ok(result)) => changed(app, result),
+        Ok(Err(e)) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("membership change task: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::OutcomeUnknown,
+            format!(
+                "the change did not complete within {} s; it goes on, see GET \
+                 /v1/admin/members",
+                CHANGE_WAIT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn addr(what: &str, raw: &str) -> Result<SocketAddr, ApiError> {
+    let addr: SocketAddr = raw
+        .parse()
+        .map_err(|_| invalid(format!("{what} {raw:?} is not an ip:port address")))?;
+    if addr.ip().is_unspecified() || addr.port() == 0 {
+        return Err(invalid(format!(
+            "{what} {addr} is not an address other nodes can reach"
+        )));
+    }
+    Ok(addr)
+}
+
+/// `POST /v1/admin/members` with `{"client_addr", "raft_addr", "id"?}`: adds a node as a
+/// learner; answers `201` with its id and the cluster id it joins. Ids are never those
+/// of current members; the default is one above the highest.
+pub(crate) async fn add(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    check_content_type(&headers)?;
+    let timeout = Duration::from_millis(app.limits.body_timeout_ms);
+    let body = read_body(body, &headers, MAX_REQUEST_BYTES, timeout).await?;
+    let new: NewMember = serde_json::from_slice(&body).map_err(|e| {
+        invalid(format!(
+            "expected {{\"client_addr\": \"ip:port\", \"raft_addr\": \"ip:port\", \"id\"?: n}}: {e}"
+        ))
+    })?;
+    let client_addr = addr("client_addr", &new.client_addr)?;
+    let raft_addr = addr("raft_addr", &new.raft_addr)?;
+    if client_addr == raft_addr {
+        return Err(invalid("client_addr and raft_addr must differ"));
+    }
+    if new.id == Some(0) {
+        return Err(invalid("node ids start at 1"));
+    }
+    let req = Forwardable::new(Method::POST, &uri, headers, body, true);
+    lead_or_forward(&app, req, || async {
+        app.authorize_write(&caller, Need::Admin).await?;
+        let m = app.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let highest = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0);
+        let id = new.id.unwrap_or(highest + 1);
+        if membership.get_node(&id).is_some() {
+            return Err(ApiError::new(
+                ErrorCode::NodeIdUsed,
+                format!("node {id} is a member already"),
+            ));
+        }
+        let taken = [client_addr.to_string(), raft_addr.to_string()];
+        if let Some((other, _)) = membership
+            .nodes()
+            .find(|(_, n)| taken.contains(&n.client_addr) || taken.contains(&n.raft_addr))
+        {
+            return Err(ApiError::new(
+                ErrorCode::AddressInUse,
+                format!("node {other} uses one of these addresses; remove it first to reuse them"),
+            ));
+        }
+        let node = NodeInfo {
+            client_addr: client_addr.to_string(),
+            raft_addr: raft_addr.to_string(),
+        };
+        let local = run_change(&app, move |app| async move {
+            app.raft.add_learner(id, node, false).await.map(|_| ())
+        })
+        .await?;
+        Ok(match local {
+            Local::Done(_) => Local::Done(
+                (
+                    StatusCode::CREATED,
+                    Json(json!({
+                        "id": id,
+                        "cluster_id": app.cluster_id.get(),
+                        "client_addr": client_addr.to_string(),
+                        "raft_addr": raft_addr.to_string(),
+                    })),
+                )
+                    .into_response(),
+            ),
+            other => other,
+        })
+    })
+    .await
+}
+
+fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
+    raw.parse()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| invalid(format!("{raw:?} is not a node id")))
+}
+
+/// `POST /v1/admin/members/{id}/promote`: makes a caught-up learner a voter.
+pub(crate) async fn promote(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    let id = parse_id(&id)?;
+    let req = Forwardable::new(Method::POST, &uri, headers, Bytes::new(), true);
+    lead_or_forward(&app, req, || async {
+        app.authorize_write(&caller, Need::Admin).await?;
+        let m = app.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::NodeNotFound,
+                format!("node {id} is not a member"),
+            ));
+        }
+        if membership.voter_ids().any(|v| v == id) {
+            return Err(ApiError::new(
+                ErrorCode::MembershipRefused,
+                format!("node {id} is a voter already"),
+            ));
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).copied().flatten())
+            .map_or(0, |l| l.index);
+        let lag = last.saturating_sub(matched);
+        if lag > CAUGHT_UP_ENTRIES || matched == 0 {
+            return Err(ApiError::new(
+                ErrorCode::NotCaughtUp,
+                format!(
+                    "node {id} has replicated up to index {matched} of {last} ({lag} behind); \
+                     promote it once it is within {CAUGHT_UP_ENTRIES}"
+                ),
+            ));
+        }
+        run_change(&app, move |app| async move {
+            let ids = BTreeSet::from([id]);
+            app.raft
+                .change_membership(ChangeMembers::AddVoterIds(ids), false)
+                .await
+                .map(|_| ())
+        })
+        .await
+    })
+    .await
+}
+
+/// `DELETE /v1/admin/members/{id}`: removes a voter or a learner; the leader too, which
+/// steps down once the change is applied and the others elect a new one.
+pub(crate) async fn remove(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let NoQuery {} = parse_query(&uri)?;
+    no_precondition(&headers)?;
+    let id = parse_id(&id)?;
+    let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
+    lead_or_forward(&app, req, || async {
+        app.authorize_write(&caller, Need::Admin).await?;
+        let m = app.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::NodeNotFound,
+                format!("node {id} is not a member"),
+            ));
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&id) {
+            let left = voters.len() - 1;
+            // Removing the leader of two voters can leave the last one unable to commit
+            // the final configuration (openraft #2091): refuse rather than stall.
+            if left == 0 || (left == 1 && id == app.id) {
+                return Err(ApiError::new(
+                    ErrorCode::MembershipRefused,
+                    format!(
+                        "removing node {id} would leave {left} voter(s) and no way to \
+                         commit the change; add a voter first"
+                    ),
+                ));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        run_change(&app, move |app| async move {
+            app.raft.change_membership(change, false).await.map(|_| ())
+        })
+        .await
+    })
+    .await
+}

@@ -1,0 +1,295 @@
+//! Membership changes on a running cluster under load: growing and shrinking, removing
+//! the leader, one change at a time. Each run's history must be linearizable and the
+//! members' digests must agree at the end.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use kv_tests::chaos::workload::{Access, Recorder, Shared, Worker};
+use kv_tests::checker::{check, CheckOptions};
+use kv_tests::TestCluster;
+use serde_json::{json, Value};
+
+/// Checker slack for TTL expiry, as the chaos suite uses.
+const TTL_SLACK_MS: u64 = 2000;
+
+/// Writers and readers on nodes 1–3 (which the tests keep or only remove at the end),
+/// recording a history for the checker.
+struct Load {
+    shared: Arc<Shared>,
+    workers: Vec<tokio::task::JoinHandle<Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Load {
+    fn start(cluster: &TestCluster, nodes: &[u64], seed: u64) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let shared = Arc::new(Shared::new(
+            Recorder::create(&dir.path().join("history.jsonl"))?,
+            nodes.iter().map(|id| cluster.client_addr(*id)).collect(),
+            format!("members-{seed}-{}", std::process::id()),
+            TTL_SLACK_MS,
+            Access::default(),
+        )?);
+        let workers = (0..4)
+            .map(|id| tokio::spawn(Worker::new(id, seed).run(shared.clone())))
+            .collect();
+        Ok(Self {
+            shared,
+            workers,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the load and checks its history: every key linearizable, no write applied
+    /// twice, and some writes acknowledged.
+    async fn check(self) -> Result<()> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in self.workers {
+            w.await.context("worker")??;
+        }
+        let violations = self.shared.violations.lock().expect("violations").clone();
+        ensure!(violations.is_empty(), "violations: {violations:?}");
+        let ops = self.shared.recorder.finish()?;
+        let acknowledged = ops
+            .iter()
+            .filter(|o| o.op != kv_tests::history::OpKind::Get)
+            .filter(|o| o.result == kv_tests::history::Outcome::Ok)
+            .count();
+        ensure!(
+            acknowledged > 20,
+            "only {acknowledged} writes were acknowledged"
+        );
+        let options = CheckOptions {
+            ttl_slack_ms: TTL_SLACK_MS,
+        };
+        let verdict = tokio::task::spawn_blocking(move || check(&ops, options)).await?;
+        ensure!(
+            verdict.ok(),
+            "not linearizable: keys {:?}, applied twice {:?}",
+            verdict.failing_keys(),
+            verdict.reapplied
+        );
+        Ok(())
+    }
+}
+
+async fn send(r: reqwest::RequestBuilder) -> Result<(u16, Value)> {
+    TestCluster::json(r.send().await?).await
+}
+
+/// `POST /v1/admin/members` for node `id` of the harness.
+async fn add(c: &TestCluster, via: u64, id: u64) -> Result<(u16, Value)> {
+    let addr = c.client_addr(id);
+    let raft = c.nodes[(id - 1) as usize].raft_addr;
+    let body = json!({ "client_addr": addr.to_string(), "raft_addr": raft.to_string(), "id": id });
+    send(
+        c.http
+            .post(c.url(via, "/v1/admin/members"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await
+}
+
+/// Promotes learner `id`, asking again while it is still catching up.
+async fn promote(c: &TestCluster, via: u64, id: u64) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = format!("/v1/admin/members/{id}/promote");
+        let (status, body) = send(c.http.post(c.url(via, &path))).await?;
+        match status {
+            200 => return Ok(body),
+            409 if body["error"]["code"] == "not_caught_up" && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => anyhow::bail!("promoting node {id}: {status} {body}"),
+        }
+    }
+}
+
+async fn remove(c: &TestCluster, via: u64, id: u64) -> Result<Value> {
+    let (status, body) = send(
+        c.http
+            .delete(c.url(via, &format!("/v1/admin/members/{id}"))),
+    )
+    .await?;
+    ensure!(status == 200, "removing node {id}: {status} {body}");
+    Ok(body)
+}
+
+/// Voter ids and whether the configuration is joint, as `via`'s leader reports them.
+async fn voters(c: &TestCluster, via: u64) -> Result<(Vec<u64>, bool)> {
+    let (status, body) = c.get_json(via, "/v1/admin/members").await?;
+    ensure!(status == 200, "members: {status} {body}");
+    let voters = body["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    Ok((voters, body["joint"] == true))
+}
+
+/// Waits until `ids` report one digest at one applied index.
+async fn same_digest(c: &TestCluster, ids: &[u64]) -> Result<()> {
+    c.poll("the members' digests to agree", || async {
+        let mut seen = vec![];
+        for id in ids {
+            match c.get_json(*id, "/v1/admin/digest").await {
+                Ok((200, v)) => seen.push((v["applied_index"].clone(), v["digest"].clone())),
+                _ => return Ok(false),
+            }
+        }
+        Ok(seen.iter().all(|s| *s == seen[0]))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn grows_3_to_5_and_shrinks_back_under_load() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let load = Load::start(&c, &[1, 2, 3], 16)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        let id = c.add_node().await?;
+        let (status, body) = add(&c, 1, id).await?;
+        ensure!(status == 201, "adding node {id}: {status} {body}");
+        ensure!(body["id"] == id, "{body}");
+        ensure!(
+            body["cluster_id"].as_str().is_some_and(|s| !s.is_empty()),
+            "{body}"
+        );
+        promote(&c, 2, id).await?;
+    }
+    let (mut ids, joint) = voters(&c, 3).await?;
+    ids.sort_unstable();
+    ensure!(
+        ids == [1, 2, 3, 4, 5] && !joint,
+        "voters {ids:?}, joint {joint}"
+    );
+    c.wait_ready(5).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    remove(&c, 3, 5).await?;
+    remove(&c, 1, 4).await?;
+    let (mut ids, joint) = voters(&c, 2).await?;
+    ids.sort_unstable();
+    ensure!(ids == [1, 2, 3] && !joint, "voters {ids:?}, joint {joint}");
+    c.kill(4);
+    c.kill(5);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.check().await?;
+    same_digest(&c, &[1, 2, 3]).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn removing_the_leader_elects_another_and_loses_nothing() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let id = c.add_node().await?;
+    let (status, body) = add(&c, 1, id).await?;
+    ensure!(status == 201, "adding node {id}: {status} {body}");
+    promote(&c, 1, id).await?;
+    let leader = c.leader().await?;
+    let others: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|n| *n != leader).collect();
+    let load_nodes: Vec<u64> = others.iter().copied().filter(|n| *n <= 3).collect();
+    let load = Load::start(&c, &load_nodes, 17)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    remove(&c, leader, leader).await?;
+    c.poll("another leader", || async {
+        let (_, s) = c.get_json(others[0], "/v1/cluster").await?;
+        Ok(s["leader_id"]
+            .as_u64()
+            .is_some_and(|l| l != leader && others.contains(&l)))
+    })
+    .await?;
+    c.kill(leader);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut ids, joint) = voters(&c, others[0]).await?;
+    ids.sort_unstable();
+    ensure!(ids == others && !joint, "voters {ids:?}, joint {joint}");
+    load.check().await?;
+    same_digest(&c, &others).await?;
+    c.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_change_is_refused_while_one_is_in_flight() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let id = c.add_node().await?;
+    let (status, body) = add(&c, 1, id).await?;
+    ensure!(status == 201, "adding node {id}: {status} {body}");
+    let leader = c.leader().await?;
+    c.poll("the learner to catch up", || async {
+        let (_, m) = c.get_json(leader, "/v1/admin/members").await?;
+        Ok(m["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"] == id && n["lag"].as_u64() == Some(0)))
+    })
+    .await?;
+    // Without the other two voters the joint configuration cannot commit.
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    for f in &followers {
+        c.pause(*f)?;
+    }
+    let promoting = {
+        let (http, url) = (
+            c.http.clone(),
+            c.url(leader, &format!("/v1/admin/members/{id}/promote")),
+        );
+        tokio::spawn(async move { send(http.post(url)).await })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = send(
+        c.http
+            .delete(c.url(leader, &format!("/v1/admin/members/{id}"))),
+    )
+    .await?;
+    ensure!(
+        status == 409 && body["error"]["code"] == "membership_change_in_progress",
+        "a second change while one is in flight: {status} {body}"
+    );
+    let (status, body) = promoting.await??;
+    ensure!(
+        status == 504 && body["error"]["code"] == "outcome_unknown",
+        "a change that cannot commit: {status} {body}"
+    );
+    for f in &followers {
+        c.resume(*f)?;
+    }
+    // The followers, paused past their election timeout, may elect a leader whose log
+    // never had the uncommitted joint configuration: then the change is gone, as its
+    // 504 allowed. Asking again (as `kvctl member promote` does) completes it either way.
+    c.poll("the promotion to complete", || async {
+        match voters(&c, 1).await {
+            Ok((ids, joint)) if ids.contains(&id) && !joint => Ok(true),
+            Ok((_, false)) => {
+                let path = format!("/v1/admin/members/{id}/promote");
+                let _ = send(c.http.post(c.url(1, &path))).await;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    })
+    .await?;
+    let (status, body) = send(c.http.delete(c.url(leader, "/v1/admin/members/99"))).await?;
+    ensure!(
+        status == 404 && body["error"]["code"] == "node_not_found",
+        "{status} {body}"
+    );
+    let (status, body) = add(&c, leader, 2).await?;
+    ensure!(
+        status == 409 && body["error"]["code"] == "node_id_used",
+        "{status} {body}"
+    );
+    same_digest(&c, &[1, 2, 3, 4]).await?;
+    c.pass();
+    Ok(())
+}
