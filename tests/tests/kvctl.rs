@@ -274,3 +274,67 @@ async fn kvctl_presents_a_client_certificate_where_nodes_require_one() -> Result
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn kvctl_adds_promotes_lists_and_removes_a_member() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let eps = endpoints(&c);
+    let id = c.add_node().await?;
+    let client = c.client_addr(id).to_string();
+    let raft = c.nodes[(id - 1) as usize].raft_addr.to_string();
+    let (code, out) = kvctl(
+        &eps,
+        &[
+            "member",
+            "add",
+            "--client-addr",
+            &client,
+            "--raft-addr",
+            &raft,
+        ],
+        None,
+    )?;
+    ensure!(code == 0, "member add: {code} {out}");
+    let added = json_of(&out)?;
+    ensure!(
+        added["id"] == id,
+        "the default id is one above the highest: {added}"
+    );
+    let (code, out) = kvctl(&eps, &["member", "promote", &id.to_string()], None)?;
+    ensure!(code == 0, "member promote: {code} {out}");
+    let (code, out) = kvctl(&eps, &["member", "list"], None)?;
+    ensure!(code == 0, "member list: {code} {out}");
+    let voters = json_of(&out)?["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    ensure!(voters == 4, "four voters after the promotion: {out}");
+    // The same addresses again: a member uses them.
+    let (code, out) = kvctl(
+        &eps,
+        &[
+            "member",
+            "add",
+            "--client-addr",
+            &client,
+            "--raft-addr",
+            &raft,
+        ],
+        None,
+    )?;
+    ensure!(
+        code == 2,
+        "a second add on the same addresses is refused: {code} {out}"
+    );
+    let (code, out) = kvctl(&eps, &["member", "remove", &id.to_string()], None)?;
+    ensure!(code == 0, "member remove: {code} {out}");
+    ensure!(
+        json_of(&out)?["members"].as_array().map(Vec::len) == Some(3),
+        "three members after the removal: {out}"
+    );
+    c.kill(id);
+    c.pass();
+    Ok(())
+}

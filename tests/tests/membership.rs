@@ -178,6 +178,12 @@ async fn grows_3_to_5_and_shrinks_back_under_load() -> Result<()> {
     let (mut ids, joint) = voters(&c, 2).await?;
     ids.sort_unstable();
     ensure!(ids == [1, 2, 3] && !joint, "voters {ids:?}, joint {joint}");
+    // Node 5's id stays spent: a node that reused it could be taken for the old one.
+    let (status, body) = add(&c, 2, 5).await?;
+    ensure!(
+        status == 409 && body["error"]["code"] == "node_id_used",
+        "reusing a removed node's id: {status} {body}"
+    );
     c.kill(4);
     c.kill(5);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -553,6 +553,52 @@ impl KvClient {
         )
     }
 
+    /// Downloads a backup of the whole cluster from its leader into `path` (an admin's
+    /// call): streamed into `path.tmp`, checked against the SHA-256 it ends with,
+    /// fsynced, then renamed, so `path` is only ever a whole, checked backup. Each chunk
+    /// must arrive within the policy's request timeout.
+    pub async fn backup_to(&self, path: &std::path::Path) -> Result<Backup, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| ClientError::Codec(format!("{}: {e}", path.display()));
+        let mut response = self.call.open_stream("/v1/admin/backup").await?;
+        let index = response
+            .headers()
+            .get("kv-backup-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| ClientError::Codec("the backup has no Kv-Backup-Index".into()))?;
+        let tmp = path.with_extension("tmp");
+        let mut out = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut bytes = 0u64;
+        loop {
+            let chunk = tokio::time::timeout(self.call.request_timeout(), response.chunk())
+                .await
+                .map_err(|_| ClientError::Unavailable {
+                    attempts: 1,
+                    last: format!("the backup stalled after {bytes} bytes"),
+                })?
+                .map_err(|e| ClientError::Unavailable {
+                    attempts: 1,
+                    last: format!("the backup broke off after {bytes} bytes: {e}"),
+                })?;
+            let Some(chunk) = chunk else { break };
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk).await.map_err(io)?;
+        }
+        out.sync_all().await.map_err(io)?;
+        drop(out);
+        let checked = tmp.clone();
+        let verdict = tokio::task::spawn_blocking(move || check_backup(&checked))
+            .await
+            .map_err(|e| ClientError::Codec(e.to_string()))?;
+        if let Err(why) = verdict {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(ClientError::Codec(format!("the backup is damaged: {why}")));
+        }
+        tokio::fs::rename(&tmp, path).await.map_err(io)?;
+        Ok(Backup { index, bytes })
+    }
+
     /// The cluster status as the answering node sees it.
     pub async fn cluster(&self) -> Result<Value, ClientError> {
         decode_ok(
@@ -561,6 +607,55 @@ impl KvClient {
                 .await?,
         )
     }
+}
+
+/// A backup written by [`KvClient::backup_to`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Backup {
+    /// The log index the backup holds every applied write up to.
+    pub index: u64,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Checks a backup file: its head, and its trailer's length and SHA-256.
+fn check_backup(path: &std::path::Path) -> Result<(), String> {
+    use kv_core::snapshot_file::{parse_head, Trailer, HEAD_LEN, TRAILER_LEN};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    if size < HEAD_LEN + TRAILER_LEN {
+        return Err(format!("{size} bytes is shorter than any backup"));
+    }
+    let mut head = [0; HEAD_LEN as usize];
+    file.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let meta_len = match parse_head(&head) {
+        Some(Ok(len)) => u64::from(len),
+        Some(Err(v)) => return Err(format!("layout version {v} is not one this kvctl reads")),
+        None => return Err("it does not start as a backup".into()),
+    };
+    let mut end = [0; TRAILER_LEN as usize];
+    file.seek(SeekFrom::Start(size - TRAILER_LEN))
+        .and_then(|_| file.read_exact(&mut end))
+        .map_err(|e| e.to_string())?;
+    let trailer = Trailer::parse(&end).ok_or("it has no trailer (cut short?)")?;
+    if HEAD_LEN + meta_len + trailer.data_len + TRAILER_LEN != size {
+        return Err("its length is not the one its trailer gives".into());
+    }
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut left = size - TRAILER_LEN + 8;
+    let mut buf = vec![0; 1024 * 1024];
+    while left > 0 {
+        let n = buf.len().min(left as usize);
+        file.read_exact(&mut buf[..n]).map_err(|e| e.to_string())?;
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    if hash.finish().as_ref() != trailer.sha256 {
+        return Err("it does not match its SHA-256".into());
+    }
+    Ok(())
 }
 
 fn mismatch_or<M, T: DeserializeOwned>(

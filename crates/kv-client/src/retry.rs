@@ -204,6 +204,55 @@ impl Call {
         Ok(self.attempts(call, None, Writes::Once, deadline).await?.0)
     }
 
+    /// How long one request may take.
+    pub fn request_timeout(&self) -> Duration {
+        self.policy.request_timeout
+    }
+
+    /// Sends `GET path` until a node answers `200`, and returns that answer with its
+    /// body unread, to be streamed: for downloads too large to hold. Connection errors
+    /// and `503` move to the next endpoint after a backoff, until the deadline; any other
+    /// answer is final. The body has no deadline of its own.
+    pub async fn open_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        let deadline = Instant::now() + self.policy.deadline;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut jitter_state = self.seed ^ (first as u64).wrapping_add(1);
+        let mut backoff = self.policy.initial_backoff;
+        let mut attempts = 0u32;
+        loop {
+            let index = (first + attempts as usize) % self.endpoints.len();
+            attempts += 1;
+            let url = format!("{}{path}", self.endpoints[index]);
+            let last = match self.http.get(url).send().await {
+                Ok(response) if response.status() == StatusCode::OK => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response
+                        .bytes()
+                        .await
+                        .map_or_else(|_| vec![], |b| b.to_vec());
+                    if status != StatusCode::SERVICE_UNAVAILABLE {
+                        return decode_ok::<serde_json::Value>(Attempt { status, body }).and_then(
+                            |_| Err(ClientError::Codec(format!("unexpected answer {status}"))),
+                        );
+                    }
+                    format!("{status}: {}", String::from_utf8_lossy(&body))
+                }
+                Err(e) => e.to_string(),
+            };
+            let jitter = 0.5 + (next_random(&mut jitter_state) % 1000) as f64 / 2000.0;
+            let pause = backoff.mul_f64(jitter);
+            if Instant::now() + pause >= deadline {
+                return Err(ClientError::Unavailable { attempts, last });
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(self.policy.max_backoff);
+        }
+    }
+
     /// The next number of an open session, opening one if none has room.
     async fn ticket(&self, deadline: Instant) -> Result<Ticket, ClientError> {
         if let Some(ticket) = self.sessions.take() {

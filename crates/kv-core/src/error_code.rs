@@ -82,7 +82,7 @@ error_codes! {
     RequestTimeout = "request_timeout", 408;
     /// Another membership change has not completed; nothing changed.
     MembershipChangeInProgress = "membership_change_in_progress", 409;
-    /// The node id belongs to a current member.
+    /// The node id belongs to a current or former member: ids are never reused.
     NodeIdUsed = "node_id_used", 409;
     /// A current member uses the address.
     AddressInUse = "address_in_use", 409;

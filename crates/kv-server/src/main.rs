@@ -1,5 +1,6 @@
-//! `kv-server`: runs one quorum-kv node from a TOML configuration, or makes the
-//! certificates for a cluster's TLS (`kv-server certs`).
+//! `kv-server`: runs one quorum-kv node from a TOML configuration, makes the
+//! certificates for a cluster's TLS (`kv-server certs`), or seeds a node's data directory
+//! from a backup (`kv-server restore`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -46,6 +47,17 @@ enum Command {
         #[arg(long = "client", value_name = "NAME")]
         clients: Vec<String>,
     },
+    /// Seeds the empty data directory of the node CONFIG describes from a backup
+    /// (`kvctl backup`): a one-node cluster with a new cluster id, holding the backup's
+    /// state; grow it with `kvctl member add`.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The restored node's TOML configuration (its id, addresses and data_dir).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -60,6 +72,12 @@ async fn main() -> anyhow::Result<()> {
         for file in kv_server::certs::make(&dir, &nodes, &clients)? {
             println!("wrote {}", file.display());
         }
+        return Ok(());
+    }
+    if let Some(Command::Restore { from, config }) = args.command {
+        let config = NodeConfig::load(&config)?;
+        let restored = kv_server::node::restore(&config, &from)?;
+        println!("{restored}");
         return Ok(());
     }
     let path = args.config.context("--config is required")?;

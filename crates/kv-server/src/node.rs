@@ -49,6 +49,8 @@ pub enum NodeError {
     Http(#[from] reqwest::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("restore: {0}")]
+    Restore(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -382,4 +384,41 @@ async fn bootstrap(raft: &Raft, cluster: &ClusterId, config: &NodeConfig) -> Res
         Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(NodeError::Raft(e.to_string())),
     }
+}
+
+/// Seeds `config`'s empty data directory from the backup file `from` as a one-node
+/// cluster of `config.id` with a new cluster id, so the restored cluster is never taken
+/// for the one the backup came from. Returns a JSON summary.
+pub fn restore(config: &NodeConfig, from: &std::path::Path) -> Result<String, NodeError> {
+    config.validate()?;
+    let dir = &config.data_dir;
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(io(format!("reading {}", dir.display()))(e)),
+    };
+    if !empty {
+        return Err(NodeError::Restore(format!(
+            "{} is not empty: restore seeds an empty data directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let node = NodeInfo {
+        client_addr: config.client_addr.to_string(),
+        raft_addr: config.raft_addr.to_string(),
+    };
+    let meta = kv_store::restore(dir, from, config.id, node)?;
+    let cluster = ClusterId::load(dir).map_err(io("reading the cluster id"))?;
+    let cluster_id = cluster
+        .create_if_missing()
+        .map_err(io("creating the cluster id"))?;
+    Ok(serde_json::json!({
+        "restored": from.display().to_string(),
+        "data_dir": dir.display().to_string(),
+        "index": meta.last_log_id.map(|l| l.index),
+        "node_id": config.id,
+        "cluster_id": cluster_id,
+    })
+    .to_string())
 }

@@ -13,7 +13,8 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Opt
 
 use crate::log_files::LogFiles;
 use crate::snapshot::{SnapshotFiles, SnapshotStore};
-use crate::typ::LogId;
+use crate::state_machine::{install_from, write_snapshot};
+use crate::typ::{LogId, NodeId, NodeInfo, SnapshotMeta, StoredMembership, Vote};
 use crate::{LogStore, StateMachine, StoreError};
 
 /// Raft log entries, keyed by big-endian index, in databases written before the log
@@ -44,6 +45,8 @@ pub(crate) const META_CLOCK: &[u8] = b"clock";
 pub(crate) const META_DATA_BYTES: &[u8] = b"data_bytes";
 pub(crate) const META_TOMBSTONES: &[u8] = b"tombstones";
 pub(crate) const META_RECORD_COUNT: &[u8] = b"record_count";
+/// The highest node id any applied membership named: ids are never handed out again.
+pub(crate) const META_MAX_NODE_ID: &[u8] = b"max_node_id";
 /// Present while a snapshot install is under way: the log id of the snapshot.
 pub(crate) const META_INSTALLING: &[u8] = b"installing";
 
@@ -172,6 +175,7 @@ pub fn open_with(dir: &Path, log_segment_bytes: u64) -> Result<Stores, StoreErro
     let reader = StateReader {
         db: db.clone(),
         shared: state_machine.shared(),
+        snapshots: snapshots.clone(),
     };
     Ok(Stores {
         log: LogStore::new(db, files),
@@ -279,6 +283,8 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     /// Set while a snapshot install replaces the state, batch by batch.
     installing: AtomicBool,
+    /// The highest node id any membership applied so far named.
+    pub max_node_id: AtomicU64,
 }
 
 impl Shared {
@@ -395,6 +401,7 @@ impl StoredMeta<'_> {
 pub struct StateReader {
     db: Arc<DB>,
     shared: Arc<Shared>,
+    snapshots: SnapshotFiles,
 }
 
 impl StateReader {
@@ -491,6 +498,38 @@ impl StateReader {
         all
     }
 
+    /// Writes the whole state as of now into a snapshot file, a backup, and returns its
+    /// meta with the file: opened, and already removed from the folder, so its space
+    /// goes when the file is closed. Blocking: reads the whole state.
+    pub fn backup(&self) -> Result<(SnapshotMeta, std::fs::File, u64), StoreError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let snap = self.db.snapshot();
+        if snap
+            .get_cf(cf(&self.db, CF_SM_META), META_INSTALLING)?
+            .is_some()
+        {
+            return Err(StoreError::Installing);
+        }
+        let path = self
+            .snapshots
+            .tmp(&format!("backup-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let written = write_snapshot(&self.db, &snap, &path).and_then(|meta| {
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            Ok((meta, file, size))
+        });
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(error = %e, path = %path.display(), "removing a backup file");
+        }
+        written
+    }
+
+    /// The highest node id any membership this node applied (or installed) named, for
+    /// ids that are never handed out twice.
+    pub fn max_node_id(&self) -> u64 {
+        self.shared.max_node_id.load(Ordering::Acquire)
+    }
+
     /// The state machine's clock: the latest stamp applied so far.
     pub fn clock_ms(&self) -> u64 {
         self.shared.clock_ms.load(Ordering::Acquire)
@@ -558,6 +597,16 @@ impl StateReader {
     /// snapshot. Apply and install write all of these in one batch, so the snapshot never
     /// splits an apply. Blocking: reads the whole state.
     pub fn digest(&self) -> Result<Digest, StoreError> {
+        self.digest_of(false)
+    }
+
+    /// [`Self::digest`] of the state alone: without the last applied log id and the
+    /// membership, which a restored backup does not share with its source.
+    pub fn state_digest(&self) -> Result<Digest, StoreError> {
+        self.digest_of(true)
+    }
+
+    fn digest_of(&self, state_only: bool) -> Result<Digest, StoreError> {
         let snap = self.db.snapshot();
         if snap
             .get_cf(cf(&self.db, CF_SM_META), META_INSTALLING)?
@@ -582,6 +631,12 @@ impl StateReader {
             }
             for item in snap.iterator_cf(cf(&self.db, name), IteratorMode::Start) {
                 let (k, v) = item?;
+                if state_only
+                    && *name == CF_SM_META
+                    && [META_LAST_APPLIED, META_MEMBERSHIP].contains(&&*k)
+                {
+                    continue;
+                }
                 hash.part(&k);
                 hash.part(&v);
                 counts[i] += 1;
@@ -700,4 +755,72 @@ pub(crate) fn synced() -> rocksdb::WriteOptions {
     let mut w = rocksdb::WriteOptions::default();
     w.set_sync(true);
     w
+}
+
+/// Seeds the empty data directory `dir` from the backup file `from`, as a one-node
+/// cluster whose only member is `id` at `node`: the backup, checked against its SHA-256,
+/// becomes the current snapshot (with that membership) and the state; the log starts
+/// after it, and this node's vote is of the backup's term, so its first election takes
+/// a later one. Log ids, and so revisions, go on from the backup's. Returns the meta.
+pub fn restore(
+    dir: &Path,
+    from: &Path,
+    id: NodeId,
+    node: NodeInfo,
+) -> Result<SnapshotMeta, StoreError> {
+    let backup = crate::snapshot::Opened::read(std::fs::File::open(from)?)?;
+    if backup.sha256.is_none() {
+        return Err(StoreError::Corrupt(
+            "not a backup: a backup ends with a SHA-256 trailer".into(),
+        ));
+    }
+    backup.verify()?;
+    let last = backup
+        .meta
+        .last_log_id
+        .ok_or_else(|| StoreError::Corrupt("the backup holds no applied state".into()))?;
+    let stores = open(dir)?;
+    if stores.state_machine.last_applied().is_some() {
+        return Err(StoreError::Corrupt(format!(
+            "{} holds a state already: restore into an empty data directory",
+            dir.display()
+        )));
+    }
+    let (db, snapshots) = (stores.reader.db.clone(), stores.reader.snapshots.clone());
+    let membership = openraft::Membership::new(
+        vec![std::collections::BTreeSet::from([id])],
+        std::collections::BTreeMap::from([(id, node)]),
+    );
+    let meta = SnapshotMeta {
+        last_log_id: Some(last),
+        last_membership: StoredMembership::new(Some(last), membership),
+        snapshot_id: format!("{}-{}-restored", last.leader_id.term, last.index),
+    };
+    snapshots.keep(&meta, &backup.file, backup.start, backup.len)?;
+    let current = snapshots
+        .open_current()?
+        .ok_or(StoreError::Invariant("the restored snapshot vanished"))?;
+    install_from(&db, &meta, || current.data(), &Shared::default())?;
+    let max_node_id = read_value::<u64>(&db, CF_SM_META, META_MAX_NODE_ID)?
+        .unwrap_or(0)
+        .max(id);
+    let mut batch = rocksdb::WriteBatch::default();
+    batch.put_cf(
+        cf(&db, CF_SM_META),
+        META_MAX_NODE_ID,
+        postcard::to_stdvec(&max_node_id)?,
+    );
+    batch.put_cf(
+        cf(&db, CF_RAFT_META),
+        META_LAST_PURGED,
+        postcard::to_stdvec(&last)?,
+    );
+    let vote = Vote::new(last.leader_id.term, id);
+    batch.put_cf(
+        cf(&db, CF_RAFT_META),
+        META_VOTE,
+        postcard::to_stdvec(&vote)?,
+    );
+    db.write_opt(batch, &synced())?;
+    Ok(meta)
 }

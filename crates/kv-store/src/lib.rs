@@ -32,7 +32,9 @@ mod snapshot;
 mod state_machine;
 pub mod typ;
 
-pub use db::{open, open_with, Digest, Page, StateReader, Stores, DEFAULT_LOG_SEGMENT_BYTES};
+pub use db::{
+    open, open_with, restore, Digest, Page, StateReader, Stores, DEFAULT_LOG_SEGMENT_BYTES,
+};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use snapshot::{Incoming, SnapshotData, SnapshotStore};

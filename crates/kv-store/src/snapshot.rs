@@ -253,6 +253,8 @@ pub struct SnapshotData {
     start: u64,
     len: u64,
     pos: u64,
+    /// A seek was started and its position is not known yet.
+    seeking: bool,
     writable: bool,
 }
 
@@ -266,6 +268,7 @@ impl SnapshotData {
             start: opened.start,
             len: opened.len,
             pos: 0,
+            seeking: false,
             writable: false,
         })
     }
@@ -277,6 +280,7 @@ impl SnapshotData {
             start: 0,
             len: 0,
             pos: 0,
+            seeking: false,
             writable: false,
         }
     }
@@ -288,6 +292,7 @@ impl SnapshotData {
             start: 0,
             len: 0,
             pos: 0,
+            seeking: false,
             writable: true,
         }
     }
@@ -304,13 +309,13 @@ impl SnapshotData {
 
     /// The file, the data's start and length, once every write has landed.
     pub(crate) async fn into_parts(mut self) -> Result<(File, u64, u64), StoreError> {
-        let file = self
+        let mut file = self
             .file
             .take()
             .ok_or(StoreError::Invariant("installing a snapshot with no data"))?;
-        let mut file = file.into_std().await;
-        file.flush()?;
-        Ok((file, self.start, self.len))
+        // tokio reports a failed background write only to the next operation.
+        tokio::io::AsyncWriteExt::flush(&mut file).await?;
+        Ok((file.into_std().await, self.start, self.len))
     }
 }
 
@@ -350,7 +355,11 @@ impl AsyncSeek for SnapshotData {
         }
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
         match this.file.as_mut() {
-            Some(file) => Pin::new(file).start_seek(SeekFrom::Start(this.start + target)),
+            Some(file) => {
+                Pin::new(file).start_seek(SeekFrom::Start(this.start + target))?;
+                this.seeking = true;
+                Ok(())
+            }
             None => {
                 this.pos = target;
                 Ok(())
@@ -360,9 +369,12 @@ impl AsyncSeek for SnapshotData {
 
     fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         let this = self.get_mut();
-        if let Some(file) = this.file.as_mut() {
+        // tokio's file knows its position only after a seek of its own: reads move
+        // `pos` here, and only a seek this type started sets it from the file.
+        if let (Some(file), true) = (this.file.as_mut(), this.seeking) {
             let at = ready!(Pin::new(file).poll_complete(cx))?;
             this.pos = at.saturating_sub(this.start);
+            this.seeking = false;
         }
         Poll::Ready(Ok(this.pos))
     }
@@ -411,6 +423,8 @@ pub(crate) struct SnapshotFiles {
     dir: PathBuf,
     /// Serializes check-and-replace, so a slow build cannot overwrite a newer install.
     lock: Arc<Mutex<()>>,
+    /// The id of the current snapshot once checked against its SHA-256 (or written here).
+    checked: Arc<Mutex<Option<String>>>,
 }
 
 impl SnapshotFiles {
@@ -426,6 +440,7 @@ impl SnapshotFiles {
         Ok(Self {
             dir,
             lock: Arc::new(Mutex::new(())),
+            checked: Arc::default(),
         })
     }
 
@@ -436,6 +451,33 @@ impl SnapshotFiles {
     /// A temporary file named for `what`; removed at the next open if left behind.
     pub fn tmp(&self, what: &str) -> PathBuf {
         self.dir.join(format!("{what}.tmp"))
+    }
+
+    /// A temporary file named for `what` that no other in this process shares, so a
+    /// write a cancelled task left running never lands in another's file.
+    pub fn unique_tmp(&self, what: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tmp(&format!("{what}-{n}"))
+    }
+
+    /// The current snapshot, checked against its SHA-256 the first time this process
+    /// opens it (files this process wrote were hashed as they were written), so damage
+    /// on disk is not sent to another node.
+    pub fn open_checked(&self) -> Result<Option<Opened>, StoreError> {
+        let Some(opened) = self.open_current()? else {
+            return Ok(None);
+        };
+        let id = opened.meta.snapshot_id.clone();
+        let mut checked = self
+            .checked
+            .lock()
+            .map_err(|_| StoreError::Invariant("snapshot lock poisoned"))?;
+        if checked.as_deref() != Some(id.as_str()) {
+            opened.verify()?;
+            *checked = Some(id);
+        }
+        Ok(Some(opened))
     }
 
     /// The current snapshot opened for reading; a missing file is no snapshot, a corrupt
@@ -469,6 +511,12 @@ impl SnapshotFiles {
         }
         fs::rename(tmp, self.current())?;
         sync_dir(&self.dir)?;
+        // Hashed as it was written or received.
+        *self
+            .checked
+            .lock()
+            .map_err(|_| StoreError::Invariant("snapshot lock poisoned"))? =
+            Some(meta.snapshot_id.clone());
         Ok(true)
     }
 
@@ -487,7 +535,7 @@ impl SnapshotFiles {
         {
             return Ok(());
         }
-        let tmp = self.tmp("keep");
+        let tmp = self.unique_tmp("keep");
         let mut out = FileWriter::create(&tmp, meta)?;
         io::copy(&mut Window::new(data, start, len), &mut out)?;
         out.finish()?;
@@ -497,7 +545,7 @@ impl SnapshotFiles {
 
     /// Starts receiving the data of `meta` into a file of its own.
     pub fn begin(&self, meta: &SnapshotMeta) -> Result<Incoming, StoreError> {
-        let path = self.tmp("incoming");
+        let path = self.unique_tmp("incoming");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -581,8 +629,8 @@ impl SnapshotStore {
         self.0.begin(meta)
     }
 
-    /// Completes a received snapshot: hashed, trailer written, fsynced, and made the
-    /// current snapshot unless one as new is stored. Returns its data for raft to
+    /// Completes a received snapshot: hashed, trailer written, fsynced, checked to
+    /// decode whole, and made the current snapshot unless one as new is stored. Returns its data for raft to
     /// install. Blocking: reads the file once to hash it.
     pub fn finish(&self, incoming: Incoming) -> Result<SnapshotData, StoreError> {
         let Incoming {
@@ -601,6 +649,11 @@ impl SnapshotStore {
         trailer.extend_from_slice(layout::END);
         file.write_all(&trailer)?;
         file.sync_all()?;
+        // Refused before it becomes the current snapshot, which `open` would install.
+        crate::state_machine::validate(BufReader::with_capacity(
+            IO_BUFFER,
+            Window::new(&file, start, len),
+        ))?;
         let data = SnapshotData::of(Opened {
             meta: meta.clone(),
             file: file.try_clone()?,
@@ -724,6 +777,21 @@ mod tests {
         }
     }
 
+    /// Snapshot data that decodes: a clock and one entry with a value of `n` bytes.
+    fn valid_data(n: usize) -> Vec<u8> {
+        let entry = kv_core::Entry {
+            value: vec![b'v'; n],
+            revision: 1,
+            create_revision: 1,
+            version: 1,
+            expires_at_ms: None,
+        };
+        let mut data =
+            postcard::to_stdvec(&(7u64, 1usize, ("key", entry), 0usize)).expect("encode");
+        data.extend([0, 0, 0, 0]);
+        data
+    }
+
     fn data_of(opened: &Opened) -> Vec<u8> {
         let mut out = vec![];
         opened.data().read_to_end(&mut out).expect("read");
@@ -750,7 +818,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = SnapshotFiles::open(dir.path().to_owned()).expect("open");
         let store = SnapshotStore(files.clone());
-        store.save(&meta(5), &[7; 5000]).expect("save");
+        store.save(&meta(5), &valid_data(5000)).expect("save");
         let path = dir.path().join("current");
         let mut raw = fs::read(&path).expect("read");
         raw[HEAD_LEN as usize + 100] ^= 1;
@@ -793,16 +861,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = SnapshotFiles::open(dir.path().to_owned()).expect("open");
         let store = SnapshotStore(files.clone());
+        let data = valid_data(100);
         let mut incoming = store.begin(&meta(8)).expect("begin");
-        incoming.write_at(0, b"aaaa").expect("write");
-        incoming.write_at(4, b"bbbb").expect("write");
-        incoming.write_at(4, b"cc").expect("resend");
-        assert!(incoming.write_at(9, b"x").is_err(), "past the end");
+        incoming.write_at(0, &data[..40]).expect("write");
+        incoming.write_at(40, &[9; 80]).expect("write");
+        incoming.write_at(40, &data[40..]).expect("resend");
+        assert!(incoming.write_at(200, b"x").is_err(), "past the end");
         store.finish(incoming).expect("finish");
         let opened = files.open_current().expect("open").expect("a snapshot");
-        assert_eq!(data_of(&opened), b"aaaacc");
+        assert_eq!(data_of(&opened), data);
         opened.verify().expect("verifies");
-        store.save(&meta(7), b"older").expect("save");
+        store.save(&meta(7), &valid_data(1)).expect("save");
         let opened = files.open_current().expect("open").expect("a snapshot");
         assert_eq!(opened.meta, meta(8), "the newer one stays");
         assert_eq!(
@@ -810,6 +879,19 @@ mod tests {
             1,
             "no tmp left"
         );
+    }
+
+    #[test]
+    fn a_received_snapshot_that_does_not_decode_is_never_current() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = SnapshotFiles::open(dir.path().to_owned()).expect("open");
+        let store = SnapshotStore(files.clone());
+        let bad = [valid_data(10), vec![1, 2]].concat();
+        assert!(matches!(
+            store.save(&meta(3), &bad),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(files.open_current().expect("open").is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kv_core::{
     apply_request, Due, Entry, EntryMeta, Overlay, Record, Response, Session, Slot, StateView,
@@ -19,8 +19,8 @@ use crate::crash;
 use crate::db::{
     blocking, cf, expiry_key, load_tokens, read_value, synced, DbView, Shared, Tokens, CF_DATA,
     CF_EXPIRY, CF_RECORDS, CF_SESSIONS, CF_SM_META, CF_TOKENS, DATA_END, EXPIRY_END, META_CLOCK,
-    META_DATA_BYTES, META_INSTALLING, META_LAST_APPLIED, META_MEMBERSHIP, META_RECORD_COUNT,
-    META_TOMBSTONES,
+    META_DATA_BYTES, META_INSTALLING, META_LAST_APPLIED, META_MAX_NODE_ID, META_MEMBERSHIP,
+    META_RECORD_COUNT, META_TOMBSTONES,
 };
 use crate::entry_cache::EntryCache;
 use crate::error::OrRaft;
@@ -44,6 +44,7 @@ pub struct StateMachine {
     /// Clock, data bytes and tombstones, shared with readers.
     shared: Arc<Shared>,
     cache: EntryCache,
+    build_failures: BuildFailures,
 }
 
 /// The persisted state as apply reads it: cached entries first, then RocksDB; tokens
@@ -207,7 +208,7 @@ impl StateMachine {
                     "installing the stored snapshot, which is ahead of the state"
                 );
                 current.verify()?;
-                install_from(&db, &current.meta, current.data(), &Shared::default())?;
+                install_from(&db, &current.meta, || current.data(), &Shared::default())?;
             }
         }
         let last_applied = read_meta::<Option<LogId>>(&db, META_LAST_APPLIED)?.flatten();
@@ -241,6 +242,11 @@ impl StateMachine {
         shared.record_count.store(record_count, Ordering::Release);
         shared.set_tombstones(read_meta(&db, META_TOMBSTONES)?.unwrap_or_default());
         shared.set_tokens(load_tokens(&db)?);
+        // Kept since this version; before it, the current membership is what is known.
+        let max_node_id = read_meta::<u64>(&db, META_MAX_NODE_ID)?
+            .unwrap_or(0)
+            .max(highest_node(&membership));
+        shared.max_node_id.store(max_node_id, Ordering::Release);
         Ok(Self {
             db,
             snapshots,
@@ -248,6 +254,7 @@ impl StateMachine {
             membership,
             shared: Arc::new(shared),
             cache: EntryCache::new(ENTRY_CACHE_BYTES),
+            build_failures: BuildFailures::default(),
         })
     }
 
@@ -276,7 +283,7 @@ impl StateMachine {
         blocking(move || {
             files.keep(&m, &file, start, len)?;
             let data =
-                std::io::BufReader::with_capacity(1024 * 1024, Window::new(&file, start, len));
+                || std::io::BufReader::with_capacity(1 << 20, Window::new(&file, start, len));
             install_from(&db, &m, data, &shared)
         })
         .await?;
@@ -304,14 +311,17 @@ fn write_if_full(db: &DB, batch: &mut WriteBatch) -> Result<(), StoreError> {
 /// ones with the data, and a synced last one with the metadata that ends the mark.
 /// A crash in between leaves the mark, and `load` installs the stored snapshot again.
 /// Readers get [`StoreError::Installing`] meanwhile rather than half a state.
-fn install_from(
+pub(crate) fn install_from<R: Read>(
     db: &DB,
     meta: &SnapshotMeta,
-    data: impl Read,
+    data: impl Fn() -> R,
     shared: &Shared,
 ) -> Result<(), StoreError> {
+    // Decoded once before anything changes: data that does not decode (a newer layout,
+    // damage) leaves the state as it was, and nothing for `open` to redo.
+    validate(data())?;
     shared.begin_install();
-    write_install(db, meta, data, shared)?;
+    write_install(db, meta, data(), shared)?;
     shared.end_install();
     crash::point(crash::SNAPSHOT_INSTALLED);
     Ok(())
@@ -336,42 +346,120 @@ fn write_install(
     );
     db.write_opt(std::mem::take(&mut batch), &synced())?;
 
-    // Clock, entries and records, then tombstones, sessions and tokens, each of the
-    // last three absent from snapshots written before it existed.
+    let (mut data_bytes, mut record_count) = (0, 0);
+    let mut in_memory = Tokens::new();
+    let tail = walk(data, |part| {
+        match part {
+            Part::Entry(key, entry) => {
+                data_bytes += entry.meta(&key).bytes;
+                if let Some(at) = entry.expires_at_ms {
+                    let due = (at, Slot::Key, key.clone());
+                    batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+                }
+                let value = postcard::to_stdvec(&entry)?;
+                batch.put_cf(cf(db, CF_DATA), key.as_bytes(), value);
+            }
+            Part::Record(id, record) => {
+                record_count += 1;
+                let due = (record.expires_at_ms, Slot::Record, id);
+                let value = postcard::to_stdvec(&record)?;
+                batch.put_cf(cf(db, CF_RECORDS), due.2.as_bytes(), value);
+                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+            }
+            Part::Session(id, session) => {
+                record_count += session.records();
+                let key = kv_core::session::session_key(id);
+                let due = (session.expires_at_ms, Slot::Session, key);
+                let value = postcard::to_stdvec(&session)?;
+                batch.put_cf(cf(db, CF_SESSIONS), id.to_be_bytes(), value);
+                batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
+            }
+            Part::Token(id, token) => {
+                let value = postcard::to_stdvec(&token)?;
+                batch.put_cf(cf(db, CF_TOKENS), id.to_be_bytes(), value);
+                in_memory.insert(id, Arc::new(token));
+            }
+        }
+        write_if_full(db, &mut batch)
+    })?;
+    let books = Books {
+        clock_ms: tail.clock_ms,
+        data_bytes,
+        record_count,
+        tombstones: &tail.tombstones,
+    };
+    put_meta(
+        db,
+        &mut batch,
+        &meta.last_log_id,
+        &meta.last_membership,
+        &books,
+    )?;
+    match tail.max_node_id {
+        Some(id) => batch.put_cf(
+            cf(db, CF_SM_META),
+            META_MAX_NODE_ID,
+            postcard::to_stdvec(&id)?,
+        ),
+        None => batch.delete_cf(cf(db, CF_SM_META), META_MAX_NODE_ID),
+    }
+    batch.delete_cf(cf(db, CF_SM_META), META_INSTALLING);
+    crash::point(crash::SNAPSHOT_INSTALLING);
+    // Before the data is readable again, as in apply: a revoked token never reads what
+    // followed its revoke.
+    shared.set_tokens(in_memory);
+    // Synced: the log the snapshot replaces may be purged right after.
+    db.write_opt(batch, &synced())?;
+    shared.clock_ms.store(tail.clock_ms, Ordering::Release);
+    shared.data_bytes.store(data_bytes, Ordering::Release);
+    shared.record_count.store(record_count, Ordering::Release);
+    shared.set_tombstones(tail.tombstones);
+    let highest = highest_node(&meta.last_membership);
+    shared.max_node_id.store(
+        tail.max_node_id.unwrap_or(0).max(highest),
+        Ordering::Release,
+    );
+    Ok(())
+}
+
+/// Checks that a snapshot's data decodes whole, without writing anything.
+pub(crate) fn validate(data: impl Read) -> Result<(), StoreError> {
+    walk(data, |_| Ok(())).map(|_| ())
+}
+
+/// One stored item of a snapshot's data.
+enum Part {
+    Entry(String, Entry),
+    Record(String, Record),
+    Session(u128, Session),
+    Token(u64, Token),
+}
+
+/// What a snapshot's data holds besides its items.
+struct Tail {
+    clock_ms: u64,
+    tombstones: Vec<Tombstone>,
+    max_node_id: Option<u64>,
+}
+
+/// Decodes a snapshot's data as it streams, handing each item to `each`: the clock,
+/// entries and records, then tombstones, sessions, tokens and the highest node id, each
+/// of the last four absent from snapshots written before it existed.
+fn walk(
+    data: impl Read,
+    mut each: impl FnMut(Part) -> Result<(), StoreError>,
+) -> Result<Tail, StoreError> {
     let mut input = Decoder::new(data);
     let clock_ms: u64 = input.next()?;
-    let mut data_bytes = 0;
     for _ in 0..input.next::<usize>()? {
-        let (key, entry): (String, Entry) = input.next()?;
-        data_bytes += entry.meta(&key).bytes;
-        if let Some(at) = entry.expires_at_ms {
-            batch.put_cf(
-                cf(db, CF_EXPIRY),
-                expiry_key(&(at, Slot::Key, key.clone())),
-                [],
-            );
-        }
-        batch.put_cf(
-            cf(db, CF_DATA),
-            key.as_bytes(),
-            postcard::to_stdvec(&entry)?,
-        );
-        write_if_full(db, &mut batch)?;
+        let (key, entry) = input.next()?;
+        each(Part::Entry(key, entry))?;
     }
-    let mut record_count = 0;
     for _ in 0..input.next::<usize>()? {
-        let (id, record): (String, Record) = input.next()?;
-        record_count += 1;
-        let due = (record.expires_at_ms, Slot::Record, id);
-        batch.put_cf(
-            cf(db, CF_RECORDS),
-            due.2.as_bytes(),
-            postcard::to_stdvec(&record)?,
-        );
-        batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
-        write_if_full(db, &mut batch)?;
+        let (id, record) = input.next()?;
+        each(Part::Record(id, record))?;
     }
-    let tombstones: Vec<Tombstone> = if input.at_end()? {
+    let tombstones = if input.at_end()? {
         Vec::new()
     } else {
         input.next()?
@@ -382,79 +470,52 @@ fn write_install(
         input.next::<usize>()?
     };
     for _ in 0..sessions {
-        let (id, session): (u128, Session) = input.next()?;
-        record_count += session.records();
-        let due = (
-            session.expires_at_ms,
-            Slot::Session,
-            kv_core::session::session_key(id),
-        );
-        batch.put_cf(
-            cf(db, CF_SESSIONS),
-            id.to_be_bytes(),
-            postcard::to_stdvec(&session)?,
-        );
-        batch.put_cf(cf(db, CF_EXPIRY), expiry_key(&due), []);
-        write_if_full(db, &mut batch)?;
+        let (id, session) = input.next()?;
+        each(Part::Session(id, session))?;
     }
     let tokens = if input.at_end()? {
         0
     } else {
         input.next::<usize>()?
     };
-    let mut in_memory = Tokens::new();
     for _ in 0..tokens {
-        let (id, token): (u64, Token) = input.next()?;
-        batch.put_cf(
-            cf(db, CF_TOKENS),
-            id.to_be_bytes(),
-            postcard::to_stdvec(&token)?,
-        );
-        in_memory.insert(id, Arc::new(token));
-        write_if_full(db, &mut batch)?;
+        let (id, token) = input.next()?;
+        each(Part::Token(id, token))?;
     }
+    let max_node_id = if input.at_end()? { None } else { input.next()? };
     if !input.at_end()? {
         return Err(StoreError::Corrupt(format!(
             "{} bytes follow the snapshot's state",
             input.rest_len()?
         )));
     }
-    let books = Books {
+    Ok(Tail {
         clock_ms,
-        data_bytes,
-        record_count,
-        tombstones: &tombstones,
-    };
-    put_meta(
-        db,
-        &mut batch,
-        &meta.last_log_id,
-        &meta.last_membership,
-        &books,
-    )?;
-    batch.delete_cf(cf(db, CF_SM_META), META_INSTALLING);
-    crash::point(crash::SNAPSHOT_INSTALLING);
-    // Before the data is readable again, as in apply: a revoked token never reads what
-    // followed its revoke.
-    shared.set_tokens(in_memory);
-    // Synced: the log the snapshot replaces may be purged right after.
-    db.write_opt(batch, &synced())?;
-    shared.clock_ms.store(clock_ms, Ordering::Release);
-    shared.data_bytes.store(data_bytes, Ordering::Release);
-    shared.record_count.store(record_count, Ordering::Release);
-    shared.set_tombstones(tombstones);
-    Ok(())
+        tombstones,
+        max_node_id,
+    })
+}
+
+/// The highest node id a membership names, voters and learners alike.
+fn highest_node(membership: &StoredMembership) -> u64 {
+    membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Writes the state as of the RocksDB snapshot `snap` into a new snapshot file at
 /// `path`, metadata included, and returns that metadata.
 ///
 /// The data is the postcard encoding of the clock, the entries, the records, the
-/// tombstones, the sessions and the tokens, written straight from RocksDB: a stored value is already the postcard
+/// tombstones, the sessions, the tokens and the highest node id (an option), written
+/// straight from RocksDB: a stored value is already the postcard
 /// encoding of its `Entry`, `Record`, `Session` or `Token`, so each pair is the key
 /// with its length and the stored bytes. Sequences are counted in a first pass, since
 /// their encoding starts with their length.
-fn write_snapshot(
+pub(crate) fn write_snapshot(
     db: &DB,
     snap: &rocksdb::Snapshot<'_>,
     path: &Path,
@@ -525,6 +586,11 @@ fn write_snapshot(
         postcard::to_io(&u64::from_be_bytes(id), &mut out)?;
         out.write_all(&value)?;
     }
+    let max_node_id: Option<u64> = match decode(META_MAX_NODE_ID)? {
+        Some(raw) => Some(postcard::from_bytes(&raw)?),
+        None => None,
+    };
+    postcard::to_io(&max_node_id, &mut out)?;
     out.finish()?;
     Ok(meta)
 }
@@ -532,8 +598,10 @@ fn write_snapshot(
 /// A snapshot being written into a file on the blocking pool, from a RocksDB snapshot
 /// taken while apply waited.
 pub struct SnapshotBuilder {
+    /// The build under way; `None` when a failed one is still being waited out.
     build: Option<tokio::task::JoinHandle<(PathBuf, Result<SnapshotMeta, StoreError>)>>,
     snapshots: SnapshotFiles,
+    failures: BuildFailures,
     /// When the build began.
     started: std::time::Instant,
 }
@@ -567,8 +635,12 @@ impl SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        if self.build.is_none() {
+            return Ok(failed_build());
+        }
         match self.finish().await {
             Ok((meta, data, size)) => {
+                self.failures.succeeded();
                 metrics::counter!("quorumkv_snapshot_builds_total").increment(1);
                 metrics::histogram!("quorumkv_snapshot_build_duration_seconds")
                     .record(self.started.elapsed());
@@ -580,24 +652,63 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }
             Err((path, e)) => {
                 // An error here would stop raft (openraft treats it as fatal). The log
-                // is kept instead, and raft builds again when more entries arrive.
-                tracing::error!(error = %e, "building a snapshot failed; the log is kept");
+                // is kept instead; the next build waits out a growing pause, so a full
+                // disk is not scanned and written again at every commit.
+                let pause = self.failures.failed();
+                tracing::error!(
+                    error = %e,
+                    retry_in_s = pause.as_secs(),
+                    "building a snapshot failed; the log is kept"
+                );
                 metrics::counter!("quorumkv_snapshot_build_failures_total").increment(1);
-                let files = self.snapshots.clone();
-                let meta = blocking(move || {
-                    if !path.as_os_str().is_empty() {
-                        let _ = std::fs::remove_file(&path);
+                if !path.as_os_str().is_empty() {
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(error = %e, "removing a failed snapshot build");
                     }
-                    files.load_meta()
-                })
-                .await;
-                // openraft keeps the snapshot it knows unless the meta it gets is newer.
-                Ok(Snapshot {
-                    meta: meta.ok().flatten().unwrap_or_default(),
-                    snapshot: Box::new(SnapshotData::empty()),
-                })
+                }
+                Ok(failed_build())
             }
         }
+    }
+}
+
+/// What a failed or skipped build hands openraft: no log id, which is never newer than
+/// the snapshot it knows, so it keeps that one and purges nothing.
+fn failed_build() -> Snapshot {
+    Snapshot {
+        meta: SnapshotMeta::default(),
+        snapshot: Box::new(SnapshotData::empty()),
+    }
+}
+
+/// Failed snapshot builds: when the next may start.
+#[derive(Clone, Default)]
+pub(crate) struct BuildFailures(Arc<std::sync::Mutex<Option<(std::time::Instant, Duration)>>>);
+
+/// The first pause after a failed build, doubled after each failure up to the last.
+const BUILD_RETRY_FIRST: Duration = Duration::from_secs(30);
+const BUILD_RETRY_MAX: Duration = Duration::from_secs(600);
+
+impl BuildFailures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, Duration)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a failure; the pause before the next build.
+    fn failed(&self) -> Duration {
+        let mut last = self.lock();
+        let pause = last.map_or(BUILD_RETRY_FIRST, |(_, p)| (p * 2).min(BUILD_RETRY_MAX));
+        *last = Some((std::time::Instant::now(), pause));
+        pause
+    }
+
+    fn succeeded(&self) {
+        *self.lock() = None;
+    }
+
+    /// Whether a build now would come too soon after a failure.
+    fn pausing(&self) -> bool {
+        self.lock().is_some_and(|(at, pause)| at.elapsed() < pause)
     }
 }
 
@@ -622,6 +733,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         overlay.token_count = tokens.len() as u64;
         let mut last_applied = self.last_applied;
         let mut membership = self.membership.clone();
+        let mut max_node_id = self.shared.max_node_id.load(Ordering::Acquire);
+        let mut max_node_changed = false;
         let mut responses = vec![];
         let view = CachedView {
             db: DbView(&self.db),
@@ -638,6 +751,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 ),
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(log_id), m);
+                    let highest = highest_node(&membership);
+                    if highest > max_node_id {
+                        max_node_id = highest;
+                        max_node_changed = true;
+                    }
                     Response::None
                 }
             });
@@ -673,6 +791,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         put_meta(db, &mut batch, &last_applied, &membership, &books)
             .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?;
+        if max_node_changed {
+            batch.put_cf(
+                cf(db, CF_SM_META),
+                META_MAX_NODE_ID,
+                postcard::to_stdvec(&max_node_id)
+                    .map_err(StoreError::from)
+                    .or_raft(ErrorSubject::StateMachine, ErrorVerb::Write)?,
+            );
+        }
         // Tokens change before the data: a reader never sees data written after a revoke
         // with the revoked token still valid. The entries are committed, and a failed
         // write stops the node.
@@ -720,6 +847,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.last_applied = last_applied;
         self.membership = membership;
         self.shared
+            .max_node_id
+            .store(max_node_id, Ordering::Release);
+        self.shared
             .clock_ms
             .store(overlay.clock_ms, Ordering::Release);
         self.shared
@@ -735,12 +865,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let started = std::time::Instant::now();
+        if self.build_failures.pausing() {
+            return SnapshotBuilder {
+                build: None,
+                snapshots: self.snapshots.clone(),
+                failures: self.build_failures.clone(),
+                started,
+            };
+        }
         let (taken, was_taken) = tokio::sync::oneshot::channel();
         let (db, files) = (self.db.clone(), self.snapshots.clone());
         let build = tokio::task::spawn_blocking(move || {
             let snap = db.snapshot();
             let _ = taken.send(());
-            let path = files.tmp("build");
+            let path = files.unique_tmp("build");
             let written = write_snapshot(&db, &snap, &path);
             (path, written)
         });
@@ -750,6 +888,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             build: Some(build),
             snapshots: self.snapshots.clone(),
+            failures: self.build_failures.clone(),
             started,
         }
     }
@@ -762,7 +901,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .open(files.tmp("openraft-receive"))?)
+                .open(files.unique_tmp("openraft-receive"))?)
         })
         .await
         .or_raft(ErrorSubject::Snapshot(None), ErrorVerb::Write)?;
@@ -782,7 +921,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let files = self.snapshots.clone();
-        let current = blocking(move || files.open_current())
+        let current = blocking(move || files.open_checked())
             .await
             .or_raft(ErrorSubject::Snapshot(None), ErrorVerb::Read)?;
         let Some(opened) = current else {

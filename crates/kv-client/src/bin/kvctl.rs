@@ -92,6 +92,9 @@ enum Cmd {
         #[command(subcommand)]
         what: TokenCmd,
     },
+    /// Download a backup of the whole cluster from its leader into FILE, checked against
+    /// its SHA-256 (needs an admin token); `kv-server restore` seeds a node from it.
+    Backup { file: std::path::PathBuf },
     /// Cluster membership (needs an admin token).
     Member {
         #[command(subcommand)]
@@ -344,6 +347,12 @@ async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, Cl
         Cmd::Token {
             what: TokenCmd::List,
         } => ok(to_json(&client.tokens().await?)),
+        Cmd::Backup { file } => {
+            let backup = client.backup_to(&file).await?;
+            ok(
+                json!({ "file": file.display().to_string(), "index": backup.index, "bytes": backup.bytes }),
+            )
+        }
         Cmd::Member {
             what: MemberCmd::List,
         } => ok(client.members().await?),

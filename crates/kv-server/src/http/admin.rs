@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use kv_core::ErrorCode;
 
 use super::auth::{Caller, Need};
+use super::request::{parse_query, NoQuery};
 use super::{ApiError, App};
 
 fn role(state: ServerState) -> &'static str {
@@ -89,8 +90,20 @@ pub(crate) async fn cluster(
 pub(crate) async fn digest(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     app.authorize(&caller, Need::Admin)?;
+    let DigestQuery { scope } = parse_query(&uri)?;
+    let state_only = match scope.as_deref() {
+        None => false,
+        Some("state") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!("scope is \"state\" or absent, not {other:?}"),
+            ))
+        }
+    };
     let running = app.digest_running.clone().try_lock_owned().map_err(|_| {
         ApiError::new(
             ErrorCode::Unavailable,
@@ -101,7 +114,11 @@ pub(crate) async fn digest(
     // The scan holds the lock, also when the request that started it goes away.
     let d = tokio::task::spawn_blocking(move || {
         let _running = running;
-        reader.digest()
+        if state_only {
+            reader.state_digest()
+        } else {
+            reader.digest()
+        }
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("digest task: {e}")))??;
@@ -114,6 +131,84 @@ pub(crate) async fn digest(
         "sessions": d.sessions,
         "tokens": d.tokens,
     })))
+}
+
+/// `GET /v1/admin/digest`'s query: `scope=state` leaves out the last applied log id and
+/// the membership, to compare a restored backup with its source.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DigestQuery {
+    scope: Option<String>,
+}
+
+/// `GET /v1/admin/backup`: the whole state as a snapshot file (the layout of
+/// `kv_core::snapshot_file`, with a SHA-256 trailer), streamed with its length and
+/// `Kv-Backup-Index`, the log index it holds everything up to. Served by the leader after
+/// it confirms its leadership, so every write acknowledged before the request is in it;
+/// other nodes answer `503` (clients try the next node). One scan at a time per node,
+/// shared with the digest.
+pub(crate) async fn backup(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    app.authorize(&caller, Need::Admin)?;
+    let NoQuery {} = parse_query(&uri)?;
+    match app.leader() {
+        super::Leader::Me => {}
+        super::Leader::Other(node) => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "backups are taken on the leader, at {}; this node does not stream one \
+                     through",
+                    node.client_addr
+                ),
+            ))
+        }
+        super::Leader::Unknown => {
+            return Err(ApiError::new(ErrorCode::NoLeader, "no leader is known"))
+        }
+    }
+    app.reads.confirm().await.map_err(|e| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("leadership could not be confirmed: {e}"),
+        )
+    })?;
+    let running = app.digest_running.clone().try_lock_owned().map_err(|_| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "a digest or backup is already being taken on this node; retry when it is done",
+        )
+    })?;
+    let reader = app.reader.clone();
+    let (meta, file, size) = tokio::task::spawn_blocking(move || {
+        let _running = running;
+        reader.backup()
+    })
+    .await
+    .map_err(|e| ApiError::new(ErrorCode::Internal, format!("backup task: {e}")))??;
+    let index = meta.last_log_id.map_or(0, |l| l.index);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(file),
+        256 * 1024,
+    ));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (axum::http::header::CONTENT_LENGTH, size.to_string()),
+            (
+                axum::http::HeaderName::from_static("kv-backup-index"),
+                index.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /metrics`: Prometheus' text format (see `crate::metrics`).

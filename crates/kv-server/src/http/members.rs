@@ -200,8 +200,8 @@ fn addr(what: &str, raw: &str) -> Result<SocketAddr, ApiError> {
 }
 
 /// `POST /v1/admin/members` with `{"client_addr", "raft_addr", "id"?}`: adds a node as a
-/// learner; answers `201` with its id and the cluster id it joins. Ids are never those
-/// of current members; the default is one above the highest.
+/// learner; answers `201` with its id and the cluster id it joins. Ids are never
+/// reused: the default is one above the highest any membership ever named.
 pub(crate) async fn add(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -232,12 +232,23 @@ pub(crate) async fn add(
         app.authorize_write(&caller, Need::Admin).await?;
         let m = app.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let highest = membership.nodes().map(|(id, _)| *id).max().unwrap_or(0);
+        let ever = app.reader.max_node_id();
+        let highest = membership.nodes().map(|(id, _)| *id).fold(ever, u64::max);
         let id = new.id.unwrap_or(highest + 1);
         if membership.get_node(&id).is_some() {
             return Err(ApiError::new(
                 ErrorCode::NodeIdUsed,
                 format!("node {id} is a member already"),
+            ));
+        }
+        if id <= ever {
+            // A new id means no node takes a new, empty log for the old node's.
+            return Err(ApiError::new(
+                ErrorCode::NodeIdUsed,
+                format!(
+                    "node {id} was a member before and ids are never reused; use {} or above",
+                    ever + 1
+                ),
             ));
         }
         let taken = [client_addr.to_string(), raft_addr.to_string()];

@@ -111,6 +111,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/cluster", get(admin::cluster))
         .route("/v1/admin/digest", get(admin::digest))
+        .route("/v1/admin/backup", get(admin::backup))
         .route("/v1/admin/members", get(members::list).post(members::add))
         .route(
             "/v1/admin/members/{id}",
