@@ -472,6 +472,31 @@ impl TestCluster {
         }
     }
 
+    /// Stops node `id` as an operator would: SIGTERM, then waits for it to exit (SIGKILL
+    /// after 15 s).
+    pub async fn stop(&mut self, id: u64) -> Result<()> {
+        self.signal(id, "-TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let child = self.node_mut(id).child.as_mut().context("not running")?;
+            if child.try_wait()?.is_some() {
+                self.node_mut(id).child = None;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill(id);
+                bail!("node {id} did not stop within 15 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a stopped node `id` again on its data.
+    pub fn start_again(&mut self, id: u64) -> Result<()> {
+        ensure!(self.node(id).child.is_none(), "node {id} is running");
+        self.spawn(id)
+    }
+
     /// Stops node `id` with SIGSTOP: it keeps its sockets and state but runs nothing.
     pub fn pause(&mut self, id: u64) -> Result<()> {
         self.signal(id, "-STOP")?;

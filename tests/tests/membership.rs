@@ -299,3 +299,88 @@ async fn a_second_change_is_refused_while_one_is_in_flight() -> Result<()> {
     c.pass();
     Ok(())
 }
+
+/// A rolling restart (each node in turn: SIGTERM, down past the election timeout, start
+/// again, wait until ready) under writes from kv-client loses no request: its retries
+/// ride out each restart and the election that follows the leader's. The longest pause
+/// a writer saw is printed.
+#[tokio::test]
+async fn a_rolling_restart_under_load_loses_no_request() -> Result<()> {
+    use kv_client::{KvClient, RetryPolicy, SetOptions};
+    let mut c = TestCluster::start(3).await?;
+    let endpoints: Vec<String> = c.nodes.iter().map(|n| c.url(n.id, "")).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = vec![];
+    for w in 0..4 {
+        let client = KvClient::with_policy(
+            endpoints.clone(),
+            RetryPolicy {
+                deadline: Duration::from_secs(20),
+                ..RetryPolicy::default()
+            },
+        )?;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut done, mut failed, mut longest) = (0u64, vec![], Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match client
+                    .set(&format!("rolling/{w}"), &done, SetOptions::default())
+                    .await
+                {
+                    Ok(_) => done += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                longest = longest.max(started.elapsed());
+            }
+            (done, failed, longest)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = c.leader().await?;
+    // The leader last, as an operator would (its restart costs an election).
+    let order: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|n| *n != leader)
+        .chain([leader])
+        .collect();
+    for id in order {
+        c.stop(id).await?;
+        // Down for longer than followers wait before they elect (the leader lease and
+        // the election timeout, 2 s at most here), as a restart that upgrades a binary
+        // or reboots a host is: the leader's restart costs an election.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        c.start_again(id)?;
+        c.wait_ready(id).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let after = c.leader().await?;
+    let (_, status) = c.get_json(after, "/v1/cluster").await?;
+    println!(
+        "leader {leader} before, {after} after, term now {}",
+        status["term"]
+    );
+    ensure!(
+        status["term"].as_u64() > Some(1),
+        "the leader's restart made an election: {status}"
+    );
+    let (mut done, mut failed, mut longest) = (0, vec![], Duration::ZERO);
+    for w in writers {
+        let (d, f, l) = w.await?;
+        done += d;
+        failed.extend(f);
+        longest = longest.max(l);
+    }
+    println!(
+        "rolling restart: {done} writes acknowledged, {} failed, longest writer pause {} ms",
+        failed.len(),
+        longest.as_millis()
+    );
+    ensure!(failed.is_empty(), "failed requests: {failed:?}");
+    ensure!(done > 20, "only {done} writes");
+    c.wait_ready_all().await?;
+    same_digest(&c, &[1, 2, 3]).await?;
+    c.pass();
+    Ok(())
+}

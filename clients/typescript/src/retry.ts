@@ -75,6 +75,9 @@ export interface Request {
 /** How many times one write moves to a new session because the cluster ended its own. */
 const SESSION_RESTARTS = 3;
 
+/** The least time worth starting an attempt with. */
+const MIN_ATTEMPT_MS = 10;
+
 /** The call that gave up: unavailable, or unknown if an attempt may have applied. */
 function gaveUp(maybeApplied: boolean, attempts: number, last: string, status: number | undefined, cause: unknown): KvError {
   return maybeApplied
@@ -208,7 +211,9 @@ export class Caller {
       }
       if (maybeApplied && writes === "once") throw gaveUp(true, attempts, last, status, cause);
       const pause = backoff * (0.5 + Math.random() / 2);
-      if (performance.now() + pause >= deadline) throw gaveUp(maybeApplied, attempts, last, status, cause);
+      // An attempt left with almost no time would only time out, and report that
+      // instead of what the nodes answered: give up now.
+      if (performance.now() + pause + MIN_ATTEMPT_MS >= deadline) throw gaveUp(maybeApplied, attempts, last, status, cause);
       this.report({ method: request.method, path: request.path, endpoint: endpoint.url, attempt: attempts, reason: last, status, maybeApplied, delayMs: pause });
       await sleep(pause);
       backoff = Math.min(backoff * 2, this.policy.maxBackoffMs);
