@@ -156,6 +156,14 @@ async fn grows_3_to_5_and_shrinks_back_under_load() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..2 {
         let id = c.add_node().await?;
+        let (status, body) = c.get_json(id, "/readyz").await?;
+        ensure!(
+            status == 503
+                && body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("waiting to be added")),
+            "a node that joins says why it is not ready: {status} {body}"
+        );
         let (status, body) = add(&c, 1, id).await?;
         ensure!(status == 201, "adding node {id}: {status} {body}");
         ensure!(body["id"] == id, "{body}");

@@ -260,6 +260,14 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<Response, ApiE
             "installing a snapshot from the leader ({bytes} bytes received)"
         ));
     }
+    let membership = m.membership_config.membership();
+    if membership.get_node(&app.id).is_none() {
+        return not_ready(if membership.nodes().next().is_none() {
+            "not a member of a cluster yet: waiting to be added (kvctl member add)".into()
+        } else {
+            "not a member of the cluster: removed, or not added yet".into()
+        });
+    }
     if m.current_leader.is_none() {
         return not_ready("no leader is known".into());
     }
