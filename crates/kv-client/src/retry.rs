@@ -61,6 +61,9 @@ pub(crate) struct Call {
     seed: u64,
 }
 
+/// The least time worth starting an attempt with.
+const MIN_ATTEMPT: Duration = Duration::from_millis(10);
+
 /// How many times one write moves to a new session because the cluster ended its own.
 const SESSION_RESTARTS: u32 = 3;
 
@@ -245,7 +248,9 @@ impl Call {
             };
             let jitter = 0.5 + (next_random(&mut jitter_state) % 1000) as f64 / 2000.0;
             let pause = backoff.mul_f64(jitter);
-            if Instant::now() + pause >= deadline {
+            // An attempt left with almost no time would only time out, and report
+            // that instead of what the nodes answered: give up now.
+            if Instant::now() + pause + MIN_ATTEMPT >= deadline {
                 return Err(ClientError::Unavailable { attempts, last });
             }
             tokio::time::sleep(pause).await;
@@ -348,7 +353,9 @@ impl Call {
             }
             let jitter = 0.5 + (next_random(&mut jitter_state) % 1000) as f64 / 2000.0;
             let pause = backoff.mul_f64(jitter);
-            if Instant::now() + pause >= deadline {
+            // An attempt left with almost no time would only time out, and report
+            // that instead of what the nodes answered: give up now.
+            if Instant::now() + pause + MIN_ATTEMPT >= deadline {
                 return Err(if maybe_applied {
                     ClientError::OutcomeUnknown { attempts, last }
                 } else {
