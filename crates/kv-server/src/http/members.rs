@@ -7,7 +7,7 @@
 //! each change runs as a task of its own that finishes even when the request that asked
 //! for it goes away; the lock it holds refuses a second change until it is done.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,28 +60,38 @@ fn in_progress() -> ApiError {
     )
 }
 
+/// How far node `id` has replicated, as the leader sees it: its own last log index for
+/// the leader itself.
+fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
+    if id == m.id {
+        return m.last_log_index;
+    }
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&id).copied().flatten())
+        .map(|l| l.index)
+}
+
+/// `404 node_not_found` unless `id` is a member.
+fn require_member(m: &RaftMetrics, id: NodeId) -> Result<(), ApiError> {
+    match m.membership_config.membership().get_node(&id) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            ErrorCode::NodeNotFound,
+            format!("node {id} is not a member"),
+        )),
+    }
+}
+
 /// The members as the leader sees them: roles, and how far each has replicated.
 fn describe(m: &RaftMetrics) -> Value {
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
-    let matched: BTreeMap<NodeId, Option<u64>> = m
-        .replication
-        .as_ref()
-        .map(|r| {
-            r.iter()
-                .map(|(id, log)| (*id, log.map(|l| l.index)))
-                .collect()
-        })
-        .unwrap_or_default();
     let members: Vec<Value> = membership
         .nodes()
         .map(|(id, node)| {
-            let matched_index = if *id == m.id {
-                m.last_log_index
-            } else {
-                matched.get(id).copied().flatten()
-            };
+            let matched_index = matched_index(m, *id);
             json!({
                 "id": id,
                 "client_addr": node.client_addr,
@@ -310,25 +320,19 @@ pub(crate) async fn promote(
     lead_or_forward(&app, req, || async {
         app.authorize_write(&caller, Need::Admin).await?;
         let m = app.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        if membership.get_node(&id).is_none() {
-            return Err(ApiError::new(
-                ErrorCode::NodeNotFound,
-                format!("node {id} is not a member"),
-            ));
-        }
-        if membership.voter_ids().any(|v| v == id) {
+        require_member(&m, id)?;
+        if m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id)
+        {
             return Err(ApiError::new(
                 ErrorCode::MembershipRefused,
                 format!("node {id} is a voter already"),
             ));
         }
         let last = m.last_log_index.unwrap_or(0);
-        let matched = m
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).copied().flatten())
-            .map_or(0, |l| l.index);
+        let matched = matched_index(&m, id).unwrap_or(0);
         let lag = last.saturating_sub(matched);
         if lag > CAUGHT_UP_ENTRIES || matched == 0 {
             return Err(ApiError::new(
@@ -367,14 +371,8 @@ pub(crate) async fn remove(
     lead_or_forward(&app, req, || async {
         app.authorize_write(&caller, Need::Admin).await?;
         let m = app.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        if membership.get_node(&id).is_none() {
-            return Err(ApiError::new(
-                ErrorCode::NodeNotFound,
-                format!("node {id} is not a member"),
-            ));
-        }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        require_member(&m, id)?;
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
         let change = if voters.contains(&id) {
             let left = voters.len() - 1;
             // Removing the leader of two voters can leave the last one unable to commit
