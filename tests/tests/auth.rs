@@ -33,6 +33,10 @@ async fn create_token(c: &TestCluster, node: u64, spec: Value) -> Result<(String
         token.starts_with("kvt_") && body.get("hash").is_none(),
         "{body}"
     );
+    ensure!(
+        body["created_ms"].as_u64().is_some_and(|t| t > 0),
+        "the answer shows when the token was created: {body}"
+    );
     Ok((id, token))
 }
 
