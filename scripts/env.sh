@@ -114,3 +114,23 @@ ensure_node() {
     echo "  older releases (Debian 12 ships Node 18): nodejs 20 or later from https://deb.nodesource.com (npm included), or nvm" >&2
     return 1
 }
+
+# schemathesis, to fuzz the client API against its OpenAPI description
+# (scripts/fuzz-api.sh): one pinned version in a Python virtual environment of its own,
+# installed from PyPI with pip when missing. Prints the path of its command.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_schemathesis() {
+    local venv="$HOME/.cache/quorum-kv/tools/schemathesis-$SCHEMATHESIS_VERSION"
+    if [ -x "$venv/bin/schemathesis" ]; then echo "$venv/bin/schemathesis"; return; fi
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv || return 1
+    echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv ..." >&2
+    rm -rf "$venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        # Debian and Ubuntu ship venv as a package of its own.
+        rm -rf "$venv"
+        apt_install python3-venv && python3 -m venv "$venv" >&2 || return 1
+    fi
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 \
+        || { rm -rf "$venv"; echo "error: could not install schemathesis $SCHEMATHESIS_VERSION with pip" >&2; return 1; }
+    echo "$venv/bin/schemathesis"
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check CI runs: formatting, clippy with warnings as errors, all tests, the short
 # hostile-traffic run, the short chaos run (needs root for iptables; installs iptables
-# when missing) and the TypeScript client's tests (installs Node.js 20 when apt-get can).
+# when missing), the TypeScript client's tests (installs Node.js 20 when apt-get can) and
+# the short API fuzz run (installs schemathesis with pip).
 # Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ ensure_build_deps
 ensure_rust_components
 ensure_chaos_deps
 ensure_node
+ensure_schemathesis >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -45,6 +47,8 @@ echo "== short chaos run (every fault kind; scripts/chaos.sh runs long ones)"
 cargo test --profile checked --workspace --test chaos --locked -- --nocapture 2>&1 | tee -a "$log"
 echo "== TypeScript client (clients/typescript: its lockfile, then tsc and node --test against clusters of KV_SERVER_BIN)"
 ( cd clients/typescript && npm ci --no-audit --no-fund && npm test ) 2>&1 | tee -a "$log"
+echo "== short API fuzz run (schemathesis against /v1/openapi.json of KV_SERVER_BIN; scripts/fuzz-api.sh --long runs long ones)"
+scripts/fuzz-api.sh 2>&1 | tee -a "$log"
 # One closing line for the whole run (cargo prints one per test binary, node --test one
 # "pass" and one "fail" line).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }

@@ -23,3 +23,5 @@ mod raft_network;
 mod reads;
 mod slots;
 mod tls;
+
+pub use http::openapi_document;

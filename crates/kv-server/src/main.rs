@@ -47,6 +47,9 @@ enum Command {
         #[arg(long = "client", value_name = "NAME")]
         clients: Vec<String>,
     },
+    /// Prints the OpenAPI 3.1 description of the client API (as served at
+    /// `/v1/openapi.json` and checked in as docs/openapi.json).
+    Openapi,
     /// Seeds the empty data directory of the node CONFIG describes from a backup
     /// (`kvctl backup`): a one-node cluster with a new cluster id, holding the backup's
     /// state; grow it with `kvctl member add`.
@@ -72,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
         for file in kv_server::certs::make(&dir, &nodes, &clients)? {
             println!("wrote {}", file.display());
         }
+        return Ok(());
+    }
+    if let Some(Command::Openapi) = args.command {
+        print!("{}", kv_server::openapi_document());
         return Ok(());
     }
     if let Some(Command::Restore { from, config }) = args.command {

@@ -8,22 +8,101 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
 use openraft::ServerState;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use kv_core::ErrorCode;
 
 use super::auth::{Caller, Need};
+use super::error::{Error400, Error401, Error403, Error503};
 use super::request::{parse_query, NoQuery};
 use super::{ApiError, App};
 
-fn role(state: ServerState) -> &'static str {
+/// A node's raft role.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+fn role(state: ServerState) -> Role {
     match state {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
     }
+}
+
+/// `GET /v1/cluster`'s answer: this node's view of the cluster.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Cluster)]
+pub(crate) struct ClusterView {
+    /// This node's id.
+    node_id: u64,
+    /// The cluster's id; null before this node has joined one.
+    #[schema(required = true)]
+    cluster_id: Option<String>,
+    /// This node's role.
+    state: Role,
+    /// The leader's id, null when none is known.
+    #[schema(required = true)]
+    leader_id: Option<u64>,
+    /// The leader's addresses, null when none is known.
+    #[schema(required = true)]
+    leader: Option<NodeAddrs>,
+    /// The current raft term.
+    term: u64,
+    /// The last log index this node knows committed.
+    #[schema(required = true)]
+    commit_index: Option<u64>,
+    /// The last log index applied to this node's state machine.
+    #[schema(required = true)]
+    applied_index: Option<u64>,
+    /// The last index in this node's log.
+    #[schema(required = true)]
+    last_log_index: Option<u64>,
+    /// The last index in this node's snapshot.
+    #[schema(required = true)]
+    snapshot_index: Option<u64>,
+    /// The last index purged from this node's log.
+    #[schema(required = true)]
+    purged_index: Option<u64>,
+    /// Raft answers that did not match their request, since start.
+    raft_mismatched_answers: u64,
+    /// Large AppendEntries sent, since start.
+    raft_large_appends_sent: u64,
+    /// AppendEntries that timed out, since start.
+    raft_append_timeouts: u64,
+    /// Elections this node started, since start.
+    raft_elections_started: u64,
+    /// Every member, with its role as this node sees it.
+    members: Vec<ClusterMember>,
+}
+
+/// A node's id and addresses.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeAddrs {
+    id: u64,
+    client_addr: String,
+    raft_addr: String,
+}
+
+/// A member in `GET /v1/cluster`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterMember {
+    id: u64,
+    client_addr: String,
+    raft_addr: String,
+    role: Role,
 }
 
 async fn committed_index(app: &App) -> Result<Option<u64>, ApiError> {
@@ -34,64 +113,97 @@ async fn committed_index(app: &App) -> Result<Option<u64>, ApiError> {
 }
 
 /// `GET /v1/cluster`: this node's view of the cluster.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    tag = "admin",
+    responses(
+        (status = 200, description = "This node's view of the cluster.", body = ClusterView),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 503, description = "`unavailable`: raft is not running", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn cluster(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClusterView>, ApiError> {
     app.authorize(&caller, Need::Admin)?;
     let m = app.raft.metrics().borrow().clone();
     let commit_index = committed_index(&app).await?;
     let membership = m.membership_config.membership();
     let voters: Vec<u64> = membership.voter_ids().collect();
-    let members: Vec<Value> = membership
+    let members = membership
         .nodes()
         .map(|(id, node)| {
             let role = if *id == m.id {
                 role(m.state)
             } else if Some(*id) == m.current_leader {
-                "leader"
+                Role::Leader
             } else if voters.contains(id) {
-                "follower"
+                Role::Follower
             } else {
-                "learner"
+                Role::Learner
             };
-            json!({ "id": id, "client_addr": node.client_addr, "raft_addr": node.raft_addr, "role": role })
+            ClusterMember {
+                id: *id,
+                client_addr: node.client_addr.clone(),
+                raft_addr: node.raft_addr.clone(),
+                role,
+            }
         })
         .collect();
     let leader = m.current_leader.and_then(|id| {
-        membership
-            .get_node(&id)
-            .map(|n| json!({ "id": id, "client_addr": n.client_addr, "raft_addr": n.raft_addr }))
+        membership.get_node(&id).map(|n| NodeAddrs {
+            id,
+            client_addr: n.client_addr.clone(),
+            raft_addr: n.raft_addr.clone(),
+        })
     });
-    Ok(Json(json!({
-        "node_id": m.id,
-        "cluster_id": Some(app.cluster_id.get()).filter(|id| !id.is_empty()),
-        "state": role(m.state),
-        "leader_id": m.current_leader,
-        "leader": leader,
-        "term": m.current_term,
-        "commit_index": commit_index,
-        "applied_index": m.last_applied.map(|l| l.index),
-        "last_log_index": m.last_log_index,
-        "snapshot_index": m.snapshot.map(|l| l.index),
-        "purged_index": m.purged.map(|l| l.index),
-        "raft_mismatched_answers": crate::raft_network::mismatched_answers(),
-        "raft_large_appends_sent": crate::raft_network::large_appends_sent(),
-        "raft_append_timeouts": crate::raft_network::append_timeouts(),
-        "raft_elections_started": crate::raft_network::elections_started(),
-        "members": members,
-    })))
+    Ok(Json(ClusterView {
+        node_id: m.id,
+        cluster_id: Some(app.cluster_id.get()).filter(|id| !id.is_empty()),
+        state: role(m.state),
+        leader_id: m.current_leader,
+        leader,
+        term: m.current_term,
+        commit_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        last_log_index: m.last_log_index,
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        raft_mismatched_answers: crate::raft_network::mismatched_answers(),
+        raft_large_appends_sent: crate::raft_network::large_appends_sent(),
+        raft_append_timeouts: crate::raft_network::append_timeouts(),
+        raft_elections_started: crate::raft_network::elections_started(),
+        members,
+    }))
 }
 
 /// `GET /v1/admin/digest`: a hash of this node's whole state machine and the log index
 /// it was taken at. Replicas at the same `applied_index` must report the same `digest`;
 /// the chaos suite compares them after every run. Reads the whole state: an operator
 /// tool, not for hot paths, so one runs at a time and a second caller is told to retry.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/digest",
+    tag = "admin",
+    params(DigestQuery),
+    responses(
+        (status = 200, description = "A hash of this node's whole state machine.", body = DigestView),
+        (status = 400, description = "`invalid_query`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 503, description = "`unavailable`: a digest or backup is already running, or a snapshot is being installed",
+            body = Error503, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn digest(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     uri: axum::http::Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DigestView>, ApiError> {
     app.authorize(&caller, Need::Admin)?;
     let DigestQuery { scope } = parse_query(&uri)?;
     let state_only = match scope.as_deref() {
@@ -122,22 +234,49 @@ pub(crate) async fn digest(
     })
     .await
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("digest task: {e}")))??;
-    Ok(Json(json!({
-        "node_id": app.id,
-        "applied_index": d.applied_index,
-        "digest": format!("{:032x}", d.hash),
-        "keys": d.keys,
-        "records": d.records,
-        "sessions": d.sessions,
-        "tokens": d.tokens,
-    })))
+    Ok(Json(DigestView {
+        node_id: app.id,
+        applied_index: d.applied_index,
+        digest: format!("{:032x}", d.hash),
+        keys: d.keys,
+        records: d.records,
+        sessions: d.sessions,
+        tokens: d.tokens,
+    }))
+}
+
+/// `GET /v1/admin/digest`'s answer.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Digest)]
+pub(crate) struct DigestView {
+    /// This node's id.
+    node_id: u64,
+    /// The log index the digest was taken at (null with `scope=state`, or before
+    /// anything was applied).
+    #[schema(required = true)]
+    applied_index: Option<u64>,
+    /// The hash, 32 hex digits.
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    digest: String,
+    /// Stored entries, live or expired.
+    keys: u64,
+    /// Stored idempotency records.
+    records: u64,
+    /// Stored client sessions.
+    sessions: u64,
+    /// Stored tokens.
+    tokens: u64,
 }
 
 /// `GET /v1/admin/digest`'s query: `scope=state` leaves out the last applied log id and
 /// the membership, to compare a restored backup with its source.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct DigestQuery {
+#[into_params(parameter_in = Query)]
+pub(crate) struct DigestQuery {
+    /// `state`: the state alone, without the applied index and membership.
+    #[param(pattern = "^state$")]
     scope: Option<String>,
 }
 
@@ -147,6 +286,25 @@ struct DigestQuery {
 /// it confirms its leadership, so every write acknowledged before the request is in it;
 /// other nodes answer `503` (clients try the next node). One scan at a time per node,
 /// shared with the digest.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/backup",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The whole state as a snapshot file.",
+            content_type = "application/octet-stream", body = SnapshotFile,
+            headers(
+                ("Content-Length" = u64, description = "The file's size in bytes"),
+                ("Kv-Backup-Index" = u64, description = "The log index the backup holds everything up to"),
+            )),
+        (status = 400, description = "`invalid_query`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 503, description = "`no_leader`, `unavailable`: this node does not lead, \
+            leadership could not be confirmed, or a digest or backup is already running",
+            body = Error503, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn backup(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -211,7 +369,37 @@ pub(crate) async fn backup(
         .into_response())
 }
 
+/// The schema of a backup: bytes, in the snapshot file layout.
+pub(crate) struct SnapshotFile;
+
+impl utoipa::PartialSchema for SnapshotFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .content_media_type("application/octet-stream")
+            .description(Some(
+                "A snapshot file (`kv_core::snapshot_file`) with a SHA-256 trailer",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for SnapshotFile {}
+
 /// `GET /metrics`: Prometheus' text format (see `crate::metrics`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus' text exposition format 0.0.4.",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 503, description = "`unavailable`: raft is not running", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn metrics(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -238,13 +426,54 @@ pub(crate) async fn metrics(
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
+/// `GET /healthz`'s answer.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    #[schema(value_type = String, pattern = "^ok$")]
+    status: &'static str,
+}
+
 /// `GET /healthz`: the process is up and serving HTTP.
-pub(crate) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "The process is up.", body = Health))
+)]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `GET /readyz`'s answer.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ready {
+    /// Always `true` (a node that is not ready answers `503`).
+    ready: bool,
+    /// The leader's id.
+    #[schema(required = true)]
+    leader_id: Option<u64>,
+    /// The last log index applied here.
+    #[schema(required = true)]
+    applied_index: Option<u64>,
 }
 
 /// `GET /readyz`: a leader is known and this node has applied all it knows committed;
 /// otherwise `503` saying which is not so.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready to serve.", body = Ready),
+        (status = 503, description = "`unavailable`: not ready, and the message says why",
+            body = Error503, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let m = app.raft.metrics().borrow().clone();
     let committed = committed_index(&app).await?;
@@ -279,6 +508,10 @@ pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Result<Response, ApiE
             committed.unwrap_or(0)
         ));
     }
-    let body = json!({ "ready": true, "leader_id": m.current_leader, "applied_index": applied });
+    let body = Ready {
+        ready: true,
+        leader_id: m.current_leader,
+        applied_index: applied,
+    };
     Ok((StatusCode::OK, Json(body)).into_response())
 }

@@ -5,6 +5,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kv_core::{Entry, ErrorCode, Failure, OpResult};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::leader::Local;
 use super::{ApiError, App};
@@ -74,6 +76,177 @@ fn push_entry(out: &mut Vec<u8>, key: &str, meta: &Meta, now_ms: u64, value: Opt
     out.push(b'}');
 }
 
+/// The OpenAPI schema of an entry with its value, as [`push_entry`] writes it. A test
+/// decodes the encoder's output into it, so the two cannot drift apart.
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = Entry, description = "An entry with its value.")]
+#[allow(
+    dead_code,
+    reason = "an OpenAPI schema of a hand-encoded answer, decoded only in tests"
+)]
+pub(crate) struct EntryAnswer {
+    /// The key.
+    key: String,
+    /// The value, the JSON document as it was written.
+    value: serde_json::Value,
+    /// The log index of the key's last change; also its `ETag`.
+    revision: u64,
+    /// The log index that created the key.
+    create_revision: u64,
+    /// Writes since the key was created, counting from 1.
+    #[schema(minimum = 1)]
+    version: u64,
+    /// When the key expires (Unix milliseconds), null if never.
+    #[schema(required = true)]
+    expires_at_ms: Option<u64>,
+    /// Milliseconds left until it expires, null if never.
+    #[schema(required = true)]
+    ttl_ms: Option<u64>,
+}
+
+/// The OpenAPI schema of an entry without its value: the answer to a write, and a list
+/// item with `keys_only=true`.
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = EntryMeta, description = "An entry without its value: the answer to a write, and a list item with `keys_only=true`.")]
+#[allow(
+    dead_code,
+    reason = "an OpenAPI schema of a hand-encoded answer, decoded only in tests"
+)]
+pub(crate) struct EntryMetaAnswer {
+    /// The key.
+    key: String,
+    /// The log index of the key's last change; also its `ETag`.
+    revision: u64,
+    /// The log index that created the key.
+    create_revision: u64,
+    /// Writes since the key was created, counting from 1.
+    #[schema(minimum = 1)]
+    version: u64,
+    /// When the key expires (Unix milliseconds), null if never.
+    #[schema(required = true)]
+    expires_at_ms: Option<u64>,
+    /// Milliseconds left until it expires, null if never.
+    #[schema(required = true)]
+    ttl_ms: Option<u64>,
+}
+
+/// The OpenAPI schema of one list page, as [`page`] writes it.
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = Page, description = "One page of a list.")]
+#[allow(
+    dead_code,
+    reason = "an OpenAPI schema of a hand-encoded answer, decoded only in tests"
+)]
+pub(crate) struct PageAnswer {
+    /// Entries in key order: with their values, or without them when `keys_only=true`.
+    items: Vec<ListedAnswer>,
+    /// The last key when more may follow (pass it as `after`), else null.
+    #[schema(required = true)]
+    next: Option<String>,
+}
+
+/// A list item: an entry with its value, or only its key and metadata.
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "an OpenAPI schema of a hand-encoded answer, decoded only in tests"
+)]
+pub(crate) enum ListedAnswer {
+    Entry(EntryAnswer),
+    Meta(EntryMetaAnswer),
+}
+
+/// The OpenAPI schema of a failed precondition, as [`precondition_failed`] writes it.
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = PreconditionFailed, description = "A failed precondition, with the key's current entry.")]
+#[allow(
+    dead_code,
+    reason = "an OpenAPI schema of a hand-encoded answer, decoded only in tests"
+)]
+pub(crate) struct PreconditionFailedAnswer<'a> {
+    #[serde(borrow)]
+    #[schema(schema_with = precondition_error)]
+    error: super::error::ErrorDetail<'a>,
+    /// The key's current entry, null when it is absent.
+    #[schema(required = true)]
+    current: Option<EntryAnswer>,
+}
+
+fn precondition_error() -> utoipa::openapi::schema::Schema {
+    super::error::error_detail_schema(StatusCode::PRECONDITION_FAILED.as_u16())
+}
+
+/// `{"deleted": bool, "revision"}`: the answer to a key's delete.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = Deleted)]
+pub(crate) struct DeletedAnswer {
+    /// Whether the key was there (deleting a missing key is not an error).
+    deleted: bool,
+    /// The log index of the delete; the key's last revision when nothing was deleted.
+    revision: u64,
+}
+
+/// `{"revision"}`: every key under the prefix is deleted at this revision.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = PrefixDeleted)]
+pub(crate) struct PrefixDeletedAnswer {
+    /// The log index of the prefix delete.
+    revision: u64,
+}
+
+/// `{"deleted": n, "revision"}`: a prefix delete's answer recorded (under an
+/// Idempotency-Key) before prefix deletes became tombstones, replayed.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = PrefixDeletedCount)]
+pub(crate) struct PrefixDeletedCountAnswer {
+    /// How many keys were deleted.
+    deleted: u64,
+    /// The log index of the prefix delete.
+    revision: u64,
+}
+
+/// The answer to a prefix delete: tombstoned, or a count replayed from an old record.
+#[derive(ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(untagged)]
+#[allow(
+    dead_code,
+    reason = "an OpenAPI schema of a hand-encoded answer, decoded only in tests"
+)]
+pub(crate) enum PrefixDeleteAnswer {
+    Tombstoned(PrefixDeletedAnswer),
+    Counted(PrefixDeletedCountAnswer),
+}
+
+/// `{"session", "expires_at_ms"}`: an opened client session.
+#[derive(Serialize, ToSchema)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+#[schema(as = SessionOpened)]
+pub(crate) struct SessionAnswer<'a> {
+    /// The session id, 32 hex digits, for the `Kv-Session` header.
+    #[schema(value_type = String, pattern = "^[0-9a-f]{32}$")]
+    session: &'a str,
+    /// When the session ends without writes (Unix milliseconds).
+    expires_at_ms: u64,
+}
+
 /// `200` with a live entry and its value.
 pub(crate) fn entry(key: &str, e: &Entry, now_ms: u64) -> Response {
     let mut body = Vec::new();
@@ -141,11 +314,9 @@ fn precondition_failed(
     json_response(StatusCode::PRECONDITION_FAILED, body, revision)
 }
 
-/// `{"deleted": …, "revision": …}`: whether one key was there, or for prefix deletes
-/// recorded before they became tombstones, a count.
-fn deleted(deleted: serde_json::Value, revision: u64) -> Response {
-    let body = serde_json::to_vec(&serde_json::json!({ "deleted": deleted, "revision": revision }))
-        .expect("a small object serializes");
+/// `200` with a delete's answer.
+fn deleted<T: Serialize>(answer: &T) -> Response {
+    let body = serde_json::to_vec(answer).expect("a small object serializes");
     json_response(StatusCode::OK, body, None)
 }
 
@@ -215,25 +386,28 @@ pub(crate) fn written(
             json_response(status, body, Some(revision))
         }
         OpResult::SessionOpened { expires_at_ms } => {
-            let body = serde_json::to_vec(
-                &serde_json::json!({ "session": key, "expires_at_ms": expires_at_ms }),
-            )
+            let body = serde_json::to_vec(&SessionAnswer {
+                session: key,
+                expires_at_ms,
+            })
             .expect("a small object serializes");
             json_response(StatusCode::CREATED, body, None)
         }
-        OpResult::PrefixDeleted { revision } => {
-            let body = serde_json::to_vec(&serde_json::json!({ "revision": revision }))
-                .expect("a small object serializes");
-            json_response(StatusCode::OK, body, None)
-        }
+        OpResult::PrefixDeleted { revision } => deleted(&PrefixDeletedAnswer { revision }),
         OpResult::DeletedPrefix {
             deleted: n,
             revision,
-        } => deleted(n.into(), revision),
+        } => deleted(&PrefixDeletedCountAnswer {
+            deleted: n,
+            revision,
+        }),
         OpResult::Deleted {
             deleted: d,
             revision,
-        } => deleted(d.into(), revision),
+        } => deleted(&DeletedAnswer {
+            deleted: d,
+            revision,
+        }),
         other => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
@@ -310,6 +484,83 @@ mod tests {
         let v = json_of(&body_bytes(response));
         assert_eq!(v["error"]["code"], "revision_mismatch");
         assert_eq!(v["current"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn entries_and_pages_are_what_their_schemas_describe() {
+        let e = entry_at(7, Some(10_500), r#"{"a": [1, null]}"#);
+        let got: EntryAnswer =
+            serde_json::from_slice(&body_bytes(entry("k/1", &e, 10_000))).expect("an Entry");
+        assert_eq!((got.key.as_str(), got.ttl_ms), ("k/1", Some(500)));
+        let forever = entry_at(8, None, "null");
+        let got: EntryAnswer =
+            serde_json::from_slice(&body_bytes(entry("k", &forever, 0))).expect("an Entry");
+        assert_eq!(
+            (got.value, got.expires_at_ms),
+            (serde_json::Value::Null, None)
+        );
+
+        let mut written = Vec::new();
+        push_entry(&mut written, "k", &Meta::of(&e), 0, None);
+        let got: EntryMetaAnswer = serde_json::from_slice(&written).expect("an EntryMeta");
+        assert_eq!(got.version, 3);
+        // The schemas forbid what they do not name: an entry is not an EntryMeta.
+        assert!(serde_json::from_slice::<EntryMetaAnswer>(&body_bytes(entry("k", &e, 0))).is_err());
+
+        let items = vec![("a".to_owned(), e.clone()), ("b".to_owned(), forever)];
+        for keys_only in [false, true] {
+            for more in [false, true] {
+                let bytes = body_bytes(page(&items, more, keys_only, 0));
+                let got: PageAnswer = serde_json::from_slice(&bytes).expect("a Page");
+                assert_eq!(got.next.is_some(), more);
+                for item in got.items {
+                    assert_eq!(matches!(item, ListedAnswer::Meta(_)), keys_only);
+                }
+            }
+        }
+        let empty: PageAnswer =
+            serde_json::from_slice(&body_bytes(page(&[], false, false, 0))).expect("a Page");
+        assert!(empty.items.is_empty());
+    }
+
+    #[test]
+    fn failed_preconditions_are_what_their_schema_describes() {
+        let e = entry_at(9, Some(5), "\"worker-a\"");
+        for (failure, current) in [
+            (Failure::KeyExists, Some(e.clone())),
+            (Failure::RevisionMismatch, Some(e)),
+            (Failure::RevisionMismatch, None),
+        ] {
+            let bytes = body_bytes(precondition_failed("lock", failure, current.clone(), 0));
+            let got: PreconditionFailedAnswer<'_> =
+                serde_json::from_slice(&bytes).expect("a PreconditionFailed");
+            assert_eq!(got.error.code, failure.code().as_str());
+            assert_eq!(got.current.is_some(), current.is_some());
+        }
+    }
+
+    #[test]
+    fn delete_and_session_answers_are_what_their_schemas_describe() {
+        let bytes = body_bytes(deleted(&DeletedAnswer {
+            deleted: true,
+            revision: 4,
+        }));
+        let _: DeletedAnswer = serde_json::from_slice(&bytes).expect("a Deleted");
+        for bytes in [
+            body_bytes(deleted(&PrefixDeletedAnswer { revision: 4 })),
+            body_bytes(deleted(&PrefixDeletedCountAnswer {
+                deleted: 2,
+                revision: 4,
+            })),
+        ] {
+            let _: PrefixDeleteAnswer = serde_json::from_slice(&bytes).expect("a prefix delete");
+        }
+        let session = serde_json::to_vec(&SessionAnswer {
+            session: "0123456789abcdef0123456789abcdef",
+            expires_at_ms: 1,
+        })
+        .expect("serializes");
+        let _: SessionAnswer<'_> = serde_json::from_slice(&session).expect("a SessionOpened");
     }
 
     /// The whole body of an answer built in memory.

@@ -174,7 +174,8 @@ fn caller(auth: &Auth, headers: &HeaderMap) -> Result<Caller, ApiError> {
 }
 
 /// Puts the request's [`Caller`] into its extensions, or answers 401 when auth is on
-/// and no token is there. `/healthz` and `/readyz` stay open, for load balancers.
+/// and no token is there. `/healthz` and `/readyz` stay open, for load balancers, and
+/// `/v1/openapi.json`, which is the same for every deployment and holds no secret.
 pub(crate) async fn authenticate(
     State(app): State<Arc<App>>,
     mut request: Request,
@@ -182,7 +183,7 @@ pub(crate) async fn authenticate(
 ) -> Response {
     let path = request.uri().path();
     let caller = match &app.auth {
-        _ if path == "/healthz" || path == "/readyz" => Caller::Anyone,
+        _ if matches!(path, "/healthz" | "/readyz" | "/v1/openapi.json") => Caller::Anyone,
         None => Caller::Anyone,
         Some(auth) => match caller(auth, request.headers()) {
             // A token this node knows is checked at once, before its body is read or its

@@ -1,10 +1,14 @@
 //! API errors: each has a stable code and status, and is always a JSON body.
 
+use std::borrow::Cow;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use kv_core::validate::InputError;
 use kv_core::ErrorCode;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 
 /// Why a client request failed: a stable code (which fixes the status) and a message for
 /// people. Translated to HTTP in one place, [`IntoResponse`].
@@ -53,7 +57,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.code.status()).expect("every error code has a valid status");
-        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().into(),
+                message: self.message.as_str().into(),
+            },
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if self.code == ErrorCode::Unauthenticated {
             response.headers_mut().insert(
@@ -78,6 +87,101 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// `{"error": {"code", "message"}}`, the body of every error answer.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErrorBody<'a> {
+    #[serde(borrow)]
+    pub error: ErrorDetail<'a>,
+}
+
+/// An error's stable code and its message for people.
+#[derive(Serialize)]
+#[cfg_attr(test, derive(serde::Deserialize))]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ErrorDetail<'a> {
+    #[serde(borrow)]
+    pub code: Cow<'a, str>,
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
+}
+
+/// The schema of [`ErrorDetail`] for answers of `status`: its code is one of the
+/// [`ErrorCode`]s with that status.
+pub(crate) fn error_detail_schema(status: u16) -> Schema {
+    let codes: Vec<&str> = ErrorCode::ALL
+        .iter()
+        .filter(|c| c.status() == status)
+        .map(|c| c.as_str())
+        .collect();
+    assert!(!codes.is_empty(), "no error code has status {status}");
+    ObjectBuilder::new()
+        .property(
+            "code",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(codes))
+                .description(Some("The stable error code (README lists them).")),
+        )
+        .required("code")
+        .property(
+            "message",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("Why, for people; may change between versions.")),
+        )
+        .required("message")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .into()
+}
+
+/// Declares one OpenAPI schema per error status, `ErrorNNN`: an [`ErrorBody`] whose code
+/// has that status. Generated from [`ErrorCode::ALL`], so a new code shows up in them.
+macro_rules! error_answers {
+    ($($name:ident = $status:literal),* $(,)?) => {
+        $(
+            #[doc = concat!("The OpenAPI schema of an error answer with status ", stringify!($status), ".")]
+            pub(crate) struct $name;
+
+            impl utoipa::PartialSchema for $name {
+                fn schema() -> RefOr<Schema> {
+                    ObjectBuilder::new()
+                        .property("error", error_detail_schema($status))
+                        .required("error")
+                        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+                        .into()
+                }
+            }
+
+            impl utoipa::ToSchema for $name {}
+        )*
+
+        /// Every status an [`ErrorCode`] has, with its schema's name.
+        #[cfg(test)]
+        pub(crate) const ERROR_ANSWERS: &[(u16, &str)] = &[$(($status, stringify!($name))),*];
+    };
+}
+
+error_answers! {
+    Error400 = 400,
+    Error401 = 401,
+    Error403 = 403,
+    Error404 = 404,
+    Error405 = 405,
+    Error408 = 408,
+    Error409 = 409,
+    Error413 = 413,
+    Error414 = 414,
+    Error415 = 415,
+    Error422 = 422,
+    Error431 = 431,
+    Error500 = 500,
+    Error503 = 503,
+    Error504 = 504,
+    Error507 = 507,
 }
 
 pub(crate) async fn route_not_found() -> ApiError {
@@ -125,6 +229,32 @@ mod tests {
         assert_eq!(
             documented, coded,
             "README's error table must equal ErrorCode::ALL"
+        );
+    }
+
+    #[test]
+    fn every_error_status_has_its_schema() {
+        let mut statuses: Vec<u16> = ErrorCode::ALL.iter().map(|c| c.status()).collect();
+        statuses.dedup();
+        // A failed precondition always answers with the key's entry: answer::PreconditionFailed.
+        statuses.retain(|s| *s != 412);
+        let described: Vec<u16> = ERROR_ANSWERS.iter().map(|(s, _)| *s).collect();
+        assert_eq!(statuses, described, "error_answers! must list every status");
+    }
+
+    #[test]
+    fn an_error_body_is_exactly_its_code_and_message() {
+        let response = ApiError::new(ErrorCode::InvalidKey, "why").into_response();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a test runtime");
+        let bytes = rt
+            .block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+            .expect("an in-memory body");
+        let body: ErrorBody<'_> = serde_json::from_slice(&bytes).expect("an ErrorBody");
+        assert_eq!(
+            (&*body.error.code, &*body.error.message),
+            ("invalid_key", "why")
         );
     }
 

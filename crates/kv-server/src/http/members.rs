@@ -21,10 +21,14 @@ use kv_core::ErrorCode;
 use kv_store::typ::{NodeId, NodeInfo, RaftMetrics};
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::ChangeMembers;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::auth::{Caller, Need};
+use super::error::{
+    Error400, Error401, Error403, Error404, Error408, Error409, Error413, Error415, Error503,
+    Error504,
+};
 use super::leader::{lead_or_forward, Forwardable, Local};
 use super::request::{check_content_type, no_precondition, parse_query, read_body, NoQuery};
 use super::{ApiError, App};
@@ -40,13 +44,70 @@ const CHANGE_WAIT: Duration = Duration::from_secs(10);
 const MAX_REQUEST_BYTES: usize = 4096;
 
 /// `POST /v1/admin/members`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewMember {
+pub(crate) struct NewMember {
+    /// The node's client address, `ip:port`, reachable by the other nodes.
+    #[schema(example = "127.0.0.1:7004")]
+    client_addr: String,
+    /// The node's raft address, `ip:port`, reachable by the other nodes.
+    #[schema(example = "127.0.0.1:8004")]
+    raft_addr: String,
+    /// The node's id; by default one above the highest any member ever had. Ids are never
+    /// reused.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    id: Option<u64>,
+}
+
+/// The members as the leader sees them: the answer of `GET /v1/admin/members` and of
+/// every change.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Members)]
+pub(crate) struct MembersView {
+    /// The leader's id.
+    #[schema(required = true)]
+    leader_id: Option<u64>,
+    /// The current raft term.
+    term: u64,
+    /// The leader's last log index.
+    #[schema(required = true)]
+    last_log_index: Option<u64>,
+    /// Whether a voter change is half done (joint configuration).
+    joint: bool,
+    members: Vec<MemberView>,
+}
+
+/// One member.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Member)]
+pub(crate) struct MemberView {
+    id: u64,
     client_addr: String,
     raft_addr: String,
-    #[serde(default)]
-    id: Option<NodeId>,
+    /// A voter, or a learner.
+    voter: bool,
+    /// Whether it leads.
+    leader: bool,
+    /// The last log index it has replicated, null when not known yet.
+    #[schema(required = true)]
+    matched_index: Option<u64>,
+    /// Entries it is behind the leader's last log index.
+    lag: u64,
+}
+
+/// `POST /v1/admin/members`'s answer: the new learner and the cluster it joins.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = AddedMember)]
+pub(crate) struct AddedMemberView {
+    id: u64,
+    /// The id of the cluster it joins.
+    cluster_id: String,
+    client_addr: String,
+    raft_addr: String,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -84,35 +145,49 @@ fn require_member(m: &RaftMetrics, id: NodeId) -> Result<(), ApiError> {
 }
 
 /// The members as the leader sees them: roles, and how far each has replicated.
-fn describe(m: &RaftMetrics) -> Value {
+fn describe(m: &RaftMetrics) -> MembersView {
     let membership = m.membership_config.membership();
     let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
     let last = m.last_log_index.unwrap_or(0);
-    let members: Vec<Value> = membership
+    let members = membership
         .nodes()
         .map(|(id, node)| {
             let matched_index = matched_index(m, *id);
-            json!({
-                "id": id,
-                "client_addr": node.client_addr,
-                "raft_addr": node.raft_addr,
-                "voter": voters.contains(id),
-                "leader": m.current_leader == Some(*id),
-                "matched_index": matched_index,
-                "lag": last.saturating_sub(matched_index.unwrap_or(0)),
-            })
+            MemberView {
+                id: *id,
+                client_addr: node.client_addr.clone(),
+                raft_addr: node.raft_addr.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+                matched_index,
+                lag: last.saturating_sub(matched_index.unwrap_or(0)),
+            }
         })
         .collect();
-    json!({
-        "leader_id": m.current_leader,
-        "term": m.current_term,
-        "last_log_index": m.last_log_index,
-        "joint": membership.get_joint_config().len() > 1,
-        "members": members,
-    })
+    MembersView {
+        leader_id: m.current_leader,
+        term: m.current_term,
+        last_log_index: m.last_log_index,
+        joint: membership.get_joint_config().len() > 1,
+        members,
+    }
 }
 
 /// `GET /v1/admin/members`: every member with its role and replication lag.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/members",
+    operation_id = "list_members",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The members, as the leader sees them.", body = MembersView),
+        (status = 400, description = "`invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -212,6 +287,30 @@ fn addr(what: &str, raw: &str) -> Result<SocketAddr, ApiError> {
 /// `POST /v1/admin/members` with `{"client_addr", "raft_addr", "id"?}`: adds a node as a
 /// learner; answers `201` with its id and the cluster id it joins. Ids are never
 /// reused: the default is one above the highest any membership ever named.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/members",
+    operation_id = "add_member",
+    tag = "admin",
+    request_body = NewMember,
+    responses(
+        (status = 201, description = "The node is a learner of the cluster.", body = AddedMemberView,
+            links(
+                ("promote" = (operation_id = "promote_member", parameters(("id" = "$response.body#/id")))),
+                ("remove" = (operation_id = "remove_member", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "`invalid_member_request`, `invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 408, description = "`request_timeout`", body = Error408),
+        (status = 409, description = "`membership_change_in_progress`, `node_id_used`, `address_in_use`, `membership_refused`", body = Error409),
+        (status = 413, description = "`value_too_large`: the body is over 4 KiB", body = Error413),
+        (status = 415, description = "`unsupported_media_type`", body = Error415),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`: the change goes on; see the members", body = Error504),
+    )
+)]
 pub(crate) async fn add(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -283,12 +382,12 @@ pub(crate) async fn add(
             Local::Done(_) => Local::Done(
                 (
                     StatusCode::CREATED,
-                    Json(json!({
-                        "id": id,
-                        "cluster_id": app.cluster_id.get(),
-                        "client_addr": client_addr.to_string(),
-                        "raft_addr": raft_addr.to_string(),
-                    })),
+                    Json(AddedMemberView {
+                        id,
+                        cluster_id: app.cluster_id.get(),
+                        client_addr: client_addr.to_string(),
+                        raft_addr: raft_addr.to_string(),
+                    }),
                 )
                     .into_response(),
             ),
@@ -306,6 +405,24 @@ fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
 }
 
 /// `POST /v1/admin/members/{id}/promote`: makes a caught-up learner a voter.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/members/{id}/promote",
+    operation_id = "promote_member",
+    tag = "admin",
+    params(("id" = u64, Path, description = "The node's id", minimum = 1)),
+    responses(
+        (status = 200, description = "The members after the change.", body = MembersView),
+        (status = 400, description = "`invalid_member_request` (a bad id), `invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 404, description = "`node_not_found`", body = Error404),
+        (status = 409, description = "`membership_change_in_progress`, `not_caught_up`, `membership_refused` (a voter already)", body = Error409),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`: the change goes on; see the members", body = Error504),
+    )
+)]
 pub(crate) async fn promote(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -357,6 +474,24 @@ pub(crate) async fn promote(
 
 /// `DELETE /v1/admin/members/{id}`: removes a voter or a learner; the leader too, which
 /// steps down once the change is applied and the others elect a new one.
+#[utoipa::path(
+    delete,
+    path = "/v1/admin/members/{id}",
+    operation_id = "remove_member",
+    tag = "admin",
+    params(("id" = u64, Path, description = "The node's id", minimum = 1)),
+    responses(
+        (status = 200, description = "The members after the change.", body = MembersView),
+        (status = 400, description = "`invalid_member_request` (a bad id), `invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token", body = Error403),
+        (status = 404, description = "`node_not_found`", body = Error404),
+        (status = 409, description = "`membership_change_in_progress`, `membership_refused` (it would leave no voter)", body = Error409),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`: the change goes on; see the members", body = Error504),
+    )
+)]
 pub(crate) async fn remove(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

@@ -8,6 +8,7 @@ mod key;
 mod leader;
 mod members;
 mod observe;
+mod openapi;
 mod prefix;
 mod request;
 mod serve;
@@ -16,7 +17,6 @@ mod tokens;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
 use axum::Router;
 use kv_store::typ::{NodeId, NodeInfo, Raft};
 use kv_store::StateReader;
@@ -24,6 +24,7 @@ use kv_store::StateReader;
 pub use auth::Auth;
 pub use error::ApiError;
 pub use leader::MAX_FORWARDS;
+pub use openapi::document as openapi_document;
 pub use serve::{serve, ConnectionLimits};
 
 use crate::clock::Clock;
@@ -92,35 +93,42 @@ impl App {
     }
 }
 
+/// Every route, each registered from its handler's OpenAPI description (see `openapi`).
+fn routes() -> openapi::Routes {
+    use key::{
+        __path_delete_empty_key, __path_delete_key, __path_get_empty_key, __path_get_key,
+        __path_put_empty_key, __path_put_key,
+    };
+    openapi::Routes::new()
+        .add_rest::<__path_get_key, _, _>("key", key::get_key)
+        .add_rest::<__path_put_key, _, _>("key", key::put_key)
+        .add_rest::<__path_delete_key, _, _>("key", key::delete_key)
+        .add::<__path_get_empty_key, _, _>(key::get_empty_key)
+        .add::<__path_put_empty_key, _, _>(key::put_empty_key)
+        .add::<__path_delete_empty_key, _, _>(key::delete_empty_key)
+        .add::<prefix::__path_list, _, _>(prefix::list)
+        .add::<prefix::__path_delete_prefix, _, _>(prefix::delete_prefix)
+        .add::<session::__path_open, _, _>(session::open)
+        .add::<tokens::__path_list, _, _>(tokens::list)
+        .add::<tokens::__path_create, _, _>(tokens::create)
+        .add::<tokens::__path_revoke, _, _>(tokens::revoke)
+        .add::<admin::__path_cluster, _, _>(admin::cluster)
+        .add::<admin::__path_digest, _, _>(admin::digest)
+        .add::<admin::__path_backup, _, _>(admin::backup)
+        .add::<members::__path_list, _, _>(members::list)
+        .add::<members::__path_add, _, _>(members::add)
+        .add::<members::__path_remove, _, _>(members::remove)
+        .add::<members::__path_promote, _, _>(members::promote)
+        .add::<admin::__path_metrics, _, _>(admin::metrics)
+        .add::<admin::__path_healthz, _, _>(admin::healthz)
+        .add::<admin::__path_readyz, _, _>(admin::readyz)
+        .add::<openapi::__path_openapi_json, _, _>(openapi::openapi_json)
+}
+
 /// The client API's routes.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route(
-            "/v1/kv/{*key}",
-            get(key::get_key).put(key::put_key).delete(key::delete_key),
-        )
-        .route("/v1/kv", get(prefix::list).delete(prefix::delete_prefix))
-        .route(
-            "/v1/kv/",
-            get(key::empty_key)
-                .put(key::empty_key)
-                .delete(key::empty_key),
-        )
-        .route("/v1/sessions", post(session::open))
-        .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route("/v1/cluster", get(admin::cluster))
-        .route("/v1/admin/digest", get(admin::digest))
-        .route("/v1/admin/backup", get(admin::backup))
-        .route("/v1/admin/members", get(members::list).post(members::add))
-        .route(
-            "/v1/admin/members/{id}",
-            axum::routing::delete(members::remove),
-        )
-        .route("/v1/admin/members/{id}/promote", post(members::promote))
-        .route("/metrics", get(admin::metrics))
-        .route("/healthz", get(admin::healthz))
-        .route("/readyz", get(admin::readyz))
+    routes()
+        .router
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

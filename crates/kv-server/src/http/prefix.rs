@@ -11,8 +11,11 @@ use kv_core::{Command, ErrorCode};
 use kv_store::Page;
 
 use super::answer;
+use super::answer::{PageAnswer, PrefixDeleteAnswer};
 use super::auth::{Caller, Need};
+use super::error::{Error400, Error401, Error403, Error422, Error503, Error504};
 use super::leader::{lead_or_forward, propose, read, Forwardable};
+use super::request::AtMostOnce;
 use super::request::{
     idempotency, no_precondition, parse_bool, parse_query, wants_stale, ListQuery, PrefixQuery,
 };
@@ -61,6 +64,20 @@ async fn serve_local_list(
 
 /// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true`: live entries in key order, of
 /// the keys the caller may read.
+#[utoipa::path(
+    get,
+    path = "/v1/kv",
+    operation_id = "list_keys",
+    tag = "kv",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of live entries in key order, of the keys the token may read.", body = PageAnswer),
+        (status = 400, description = "`invalid_query`, `invalid_limit`, `invalid_consistency`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: the token may read no key under the prefix", body = Error403),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -89,6 +106,22 @@ pub(crate) async fn list(
 }
 
 /// `DELETE /v1/kv?prefix=P`: removes every key with a non-empty prefix in one command.
+#[utoipa::path(
+    delete,
+    path = "/v1/kv",
+    operation_id = "delete_prefix",
+    tag = "kv",
+    params(PrefixQuery, AtMostOnce),
+    responses(
+        (status = 200, description = "Every key under the prefix is deleted at `revision`, atomically.", body = PrefixDeleteAnswer, headers(("Idempotency-Replayed" = String, description = "`true` when this is the recorded answer of an earlier try"))),
+        (status = 400, description = "`invalid_prefix`, `invalid_query`, `invalid_precondition`, `invalid_idempotency_key`, `invalid_session`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: the token may not write every key under the prefix", body = Error403),
+        (status = 422, description = "`idempotency_key_reused`, `session_expired`", body = Error422),
+        (status = 503, description = "`no_leader`, `unavailable` (also while 64 prefix deletes are removing their keys): not applied", body = Error503, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`: may or may not have been applied", body = Error504),
+    )
+)]
 pub(crate) async fn delete_prefix(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

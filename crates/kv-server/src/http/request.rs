@@ -10,6 +10,7 @@ use kv_core::validate::{check_key, parse_ttl_seconds};
 use kv_core::{ErrorCode, Precondition, Ttl};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
 
@@ -55,17 +56,34 @@ pub(crate) fn parse_query<T: DeserializeOwned + Default>(uri: &Uri) -> Result<T,
 pub(crate) struct NoQuery {}
 
 /// `GET /v1/kv/{key}`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct GetQuery {
+    /// `linearizable` (the default: served by the leader after it confirms its
+    /// leadership) or `stale` (this node's applied state).
+    #[param(value_type = Option<Consistency>, inline)]
     pub consistency: Option<String>,
 }
 
+/// How fresh a read must be: the values of `consistency`.
+#[derive(Debug, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Consistency {
+    Linearizable,
+    Stale,
+}
+
 /// `PUT /v1/kv/{key}`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PutQuery {
+    /// Seconds until the key expires; without `ttl` or `keep_ttl=true` it never expires.
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 315_360_000)]
     pub ttl: Option<String>,
+    /// `true` keeps the key's current expiry; not with `ttl`.
+    #[param(value_type = Option<bool>)]
     pub keep_ttl: Option<String>,
 }
 
@@ -91,13 +109,22 @@ impl PutQuery {
 }
 
 /// `GET /v1/kv?prefix=P&limit=N&after=K&keys_only=true&consistency=C`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only keys that begin with it; every key when absent or empty.
     pub prefix: Option<String>,
+    /// The most entries in the page (a page also ends before it passes 4 MiB).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     pub limit: Option<String>,
+    /// Only keys after this one: the previous page's `next`.
     pub after: Option<String>,
+    /// `true` leaves the values out.
+    #[param(value_type = Option<bool>)]
     pub keys_only: Option<String>,
+    /// `linearizable` (the default) or `stale`.
+    #[param(value_type = Option<Consistency>, inline)]
     pub consistency: Option<String>,
 }
 
@@ -125,9 +152,12 @@ impl ListQuery {
 }
 
 /// `DELETE /v1/kv?prefix=P`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct PrefixQuery {
+    /// Every key that begins with it is deleted; required and non-empty.
+    #[param(value_type = String, required = true, min_length = 1)]
     pub prefix: Option<String>,
 }
 
@@ -157,14 +187,64 @@ pub(crate) fn parse_bool(raw: Option<&str>, name: &str, code: ErrorCode) -> Resu
 
 /// Whether a read asked for `consistency=stale` (default: linearizable).
 pub(crate) fn wants_stale(consistency: Option<&str>) -> Result<bool, ApiError> {
-    match consistency {
-        Some("stale") => Ok(true),
-        None | Some("linearizable") => Ok(false),
-        Some(other) => Err(ApiError::new(
-            ErrorCode::InvalidConsistency,
-            format!("consistency must be linearizable or stale, got {other:?}"),
-        )),
-    }
+    let asked = match consistency {
+        Some("stale") => Consistency::Stale,
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidConsistency,
+                format!("consistency must be linearizable or stale, got {other:?}"),
+            ))
+        }
+    };
+    Ok(asked == Consistency::Stale)
+}
+
+// The request headers as the OpenAPI description shows them. The handlers read them with
+// `precondition` and `idempotency`, which take the whole header map; these types only
+// describe them, so they are never built.
+
+/// `If-Match`: compare-and-set on the key's revision.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code, reason = "describes a header that `precondition` reads")]
+pub(crate) struct IfMatch {
+    /// Apply only if the key is at this revision (its ETag, quoted); else `412
+    /// revision_mismatch`. Not with `If-None-Match`.
+    #[param(rename = "If-Match", value_type = String, required = false, pattern = r#"^"[0-9]{1,20}"$"#)]
+    if_match: Option<String>,
+}
+
+/// `If-None-Match: *`: create-if-absent.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code, reason = "describes a header that `precondition` reads")]
+pub(crate) struct IfNoneMatch {
+    /// `*`: create the key only if it is absent (`201`); else `412 key_exists`. Not with
+    /// `If-Match`.
+    #[param(rename = "If-None-Match", value_type = String, required = false, pattern = r"^\*$")]
+    if_none_match: Option<String>,
+}
+
+/// `Idempotency-Key` or `Kv-Session`: a retried write applies at most once.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code, reason = "describes headers that `idempotency` reads")]
+pub(crate) struct AtMostOnce {
+    /// The write's answer is recorded under this key; a retry gets it again (with
+    /// `Idempotency-Replayed: true`). Not with `Kv-Session`.
+    #[param(rename = "Idempotency-Key", value_type = String, required = false, pattern = "^[!-~]{1,255}$")]
+    idempotency_key: Option<String>,
+    /// `<session id>; seq=<n>; ack=<k>`: write `n` of a session from `POST
+    /// /v1/sessions`, with every write below `k` done (`1 <= k <= n < k + 256`). Not
+    /// with `Idempotency-Key`.
+    #[param(
+        rename = "Kv-Session",
+        value_type = String,
+        required = false,
+        pattern = r"^[0-9a-fA-F]{32}[ \t]*;[ \t]*seq=[0-9]{1,20}[ \t]*;[ \t]*ack=[0-9]{1,20}$"
+    )]
+    kv_session: Option<String>,
 }
 
 /// Reads `If-None-Match: *` (create-if-absent, PUT only) or `If-Match: "<revision>"`.

@@ -11,13 +11,30 @@ use axum::Extension;
 use kv_core::session::session_key;
 use kv_core::Command;
 
+use super::answer::SessionAnswer;
 use super::auth::{Caller, Need};
+use super::error::{Error400, Error401, Error403, Error503, Error504, Error507};
 use super::leader::{lead_or_forward, propose, Forwardable};
 use super::request::{no_precondition, parse_query, NoQuery};
 use super::{ApiError, App};
 
 /// `POST /v1/sessions`: opens a session with a fresh random id, answered as
 /// `201 {"session": "<32 hex digits>", "expires_at_ms": …}`.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "open_session",
+    tag = "kv",
+    responses(
+        (status = 201, description = "A new client session.", body = SessionAnswer),
+        (status = 400, description = "`invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: the token may write no key", body = Error403),
+        (status = 503, description = "`no_leader`, `unavailable`: not opened", body = Error503, headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`", body = Error504),
+        (status = 507, description = "`insufficient_storage`, `records_full`: not opened", body = Error507),
+    )
+)]
 pub(crate) async fn open(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,

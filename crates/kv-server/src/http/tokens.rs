@@ -9,11 +9,14 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kv_core::{Access, Command, ErrorCode, Grant, OpResult, Token, MAX_GRANTS};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::answer;
 use super::auth::{hash, token_string, Caller, Need};
+use super::error::{
+    Error400, Error401, Error403, Error408, Error413, Error415, Error503, Error504, Error507,
+};
 use super::leader::{lead_or_forward, not_written, read, Forwardable, Local};
 use super::request::{check_content_type, no_precondition, parse_query, read_body, NoQuery};
 use super::{ApiError, App};
@@ -22,21 +25,93 @@ use super::{ApiError, App};
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// `POST /v1/tokens`'s body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewToken {
+pub(crate) struct NewToken {
+    /// A name for people, 1 to 128 bytes.
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
+    /// Whether the token may administer the cluster (tokens, members, backups, metrics).
     #[serde(default)]
     admin: bool,
+    /// What the token may read and write.
     #[serde(default)]
-    grants: Vec<NewGrant>,
+    #[schema(max_items = 64)]
+    grants: Vec<GrantView>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A grant of access to every key under a prefix.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewGrant {
+#[schema(as = Grant)]
+pub(crate) struct GrantView {
+    /// The keys it covers: those that begin with it (every key when empty).
+    #[schema(max_length = 4096)]
     prefix: String,
-    access: String,
+    /// `read`, or `write` (which includes read).
+    access: GrantAccess,
+}
+
+/// What a grant allows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum GrantAccess {
+    Read,
+    Write,
+}
+
+/// A token as the API shows it: never its hash.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Token)]
+pub(crate) struct TokenView {
+    /// The token's id, 16 hex digits.
+    #[schema(pattern = "^[0-9a-f]{16}$")]
+    id: String,
+    name: String,
+    admin: bool,
+    grants: Vec<GrantView>,
+    /// When it was created (Unix milliseconds).
+    created_ms: u64,
+}
+
+/// `POST /v1/tokens`'s answer: the token, and its secret, shown only here.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = CreatedToken)]
+pub(crate) struct CreatedTokenView {
+    /// The token's id, 16 hex digits.
+    #[schema(pattern = "^[0-9a-f]{16}$")]
+    id: String,
+    name: String,
+    admin: bool,
+    grants: Vec<GrantView>,
+    /// When it was created (Unix milliseconds).
+    created_ms: u64,
+    /// What to send as `Authorization: Bearer <token>`.
+    #[schema(pattern = "^kvt_[0-9a-f]{16}_[0-9a-f]{64}$")]
+    token: String,
+    /// The log index of its creation.
+    revision: u64,
+}
+
+/// `GET /v1/tokens`'s answer.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Tokens)]
+pub(crate) struct TokensView {
+    tokens: Vec<TokenView>,
+}
+
+/// `DELETE /v1/tokens/{id}`'s answer.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Revoked)]
+pub(crate) struct RevokedView {
+    /// Whether the token existed.
+    revoked: bool,
+    /// The log index of the revoke.
+    revision: u64,
 }
 
 /// Tokens are managed only where they are checked: a node with auth off would let anyone
@@ -72,14 +147,9 @@ fn parse_new_token(body: &[u8], hash: [u8; 32]) -> Result<Token, ApiError> {
         .grants
         .into_iter()
         .map(|g| {
-            let access = match g.access.as_str() {
-                "read" => Access::Read,
-                "write" => Access::Write,
-                other => {
-                    return Err(invalid(format!(
-                        "access is \"read\" or \"write\", not {other:?}"
-                    )))
-                }
+            let access = match g.access {
+                GrantAccess::Read => Access::Read,
+                GrantAccess::Write => Access::Write,
             };
             if g.prefix.len() > kv_core::validate::MAX_KEY_BYTES {
                 return Err(invalid("a grant's prefix is at most as long as a key"));
@@ -100,25 +170,25 @@ fn parse_new_token(body: &[u8], hash: [u8; 32]) -> Result<Token, ApiError> {
 }
 
 /// A token as the API shows it: never its hash.
-fn describe(id: u64, token: &Token) -> Value {
-    let grants: Vec<Value> = token
+fn describe(id: u64, token: &Token) -> TokenView {
+    let grants = token
         .grants
         .iter()
-        .map(|g| {
-            let access = match g.access {
-                Access::Read => "read",
-                Access::Write => "write",
-            };
-            json!({ "prefix": g.prefix, "access": access })
+        .map(|g| GrantView {
+            prefix: g.prefix.clone(),
+            access: match g.access {
+                Access::Read => GrantAccess::Read,
+                Access::Write => GrantAccess::Write,
+            },
         })
         .collect();
-    json!({
-        "id": format!("{id:016x}"),
-        "name": token.name,
-        "admin": token.admin,
-        "grants": grants,
-        "created_ms": token.created_ms,
-    })
+    TokenView {
+        id: format!("{id:016x}"),
+        name: token.name.clone(),
+        admin: token.admin,
+        grants,
+        created_ms: token.created_ms,
+    }
 }
 
 /// Proposes a token command as `caller`'s and returns its result.
@@ -136,6 +206,27 @@ async fn propose_token(
 
 /// `POST /v1/tokens` with `{"name", "admin", "grants"}`: creates a token, answered once
 /// as `201 {"id", "token", …}`; only its hash is kept.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "create_token",
+    tag = "tokens",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "The token, with its secret (shown only here).", body = CreatedTokenView,
+            links(("revoke" = (operation_id = "revoke_token", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "`invalid_token_request`, `invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token, or auth is off on this node", body = Error403),
+        (status = 408, description = "`request_timeout`", body = Error408),
+        (status = 413, description = "`value_too_large`: the body is over 64 KiB", body = Error413),
+        (status = 415, description = "`unsupported_media_type`", body = Error415),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`", body = Error504),
+        (status = 507, description = "`insufficient_storage`, `tokens_full`", body = Error507),
+    )
+)]
 pub(crate) async fn create(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -166,9 +257,22 @@ pub(crate) async fn create(
             Err(local) => return Ok(local),
         };
         // The creation time is the command's stamp, set when it applied.
-        let mut body = app.reader.token(id).map_or(shown, |t| describe(id, &t));
-        body["token"] = json!(presented);
-        body["revision"] = json!(revision);
+        let TokenView {
+            id,
+            name,
+            admin,
+            grants,
+            created_ms,
+        } = app.reader.token(id).map_or(shown, |t| describe(id, &t));
+        let body = CreatedTokenView {
+            id,
+            name,
+            admin,
+            grants,
+            created_ms,
+            token: presented,
+            revision,
+        };
         Ok(Local::Done(
             (StatusCode::CREATED, Json(body)).into_response(),
         ))
@@ -177,6 +281,20 @@ pub(crate) async fn create(
 }
 
 /// `GET /v1/tokens`: every token, without secrets, as the leader knows them.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "list_tokens",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "Every token, without secrets.", body = TokensView),
+        (status = 400, description = "`invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token, or auth is off on this node", body = Error403),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub(crate) async fn list(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -189,19 +307,35 @@ pub(crate) async fn list(
     let req = || Forwardable::new(Method::GET, &uri, headers, Bytes::new(), false);
     read(&app, false, req, || async {
         app.authorize(&caller, Need::Admin)?;
-        let tokens: Vec<Value> = app
+        let tokens = app
             .reader
             .tokens()
             .iter()
             .map(|(id, t)| describe(*id, t))
             .collect();
-        Ok(Json(json!({ "tokens": tokens })).into_response())
+        Ok(Json(TokensView { tokens }).into_response())
     })
     .await
 }
 
 /// `DELETE /v1/tokens/{id}`: revokes a token on every node; `{"revoked": bool,
 /// "revision"}` tells whether it existed.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    operation_id = "revoke_token",
+    tag = "tokens",
+    params(("id" = String, Path, description = "The token's id, 16 hex digits", pattern = "^[0-9a-fA-F]{16}$")),
+    responses(
+        (status = 200, description = "Revoked on every node.", body = RevokedView),
+        (status = 400, description = "`invalid_token_request` (a bad id), `invalid_query`, `invalid_precondition`", body = Error400),
+        (status = 401, description = "`unauthenticated`", body = Error401),
+        (status = 403, description = "`forbidden`: not an admin token, or auth is off on this node", body = Error403),
+        (status = 503, description = "`no_leader`, `unavailable`", body = Error503,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "`outcome_unknown`", body = Error504),
+    )
+)]
 pub(crate) async fn revoke(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -221,7 +355,11 @@ pub(crate) async fn revoke(
         app.authorize_write(&caller, Need::Admin).await?;
         match propose_token(&app, &caller, Command::RevokeToken { id }).await? {
             Ok(OpResult::TokenRevoked { existed, revision }) => Ok(Local::Done(
-                Json(json!({ "revoked": existed, "revision": revision })).into_response(),
+                Json(RevokedView {
+                    revoked: existed,
+                    revision,
+                })
+                .into_response(),
             )),
             Ok(other) => Err(unexpected(other)),
             Err(local) => Ok(local),
@@ -270,7 +408,7 @@ mod tests {
     #[test]
     fn a_description_never_shows_the_hash() {
         let token = parse_new_token(br#"{"name":"n"}"#, [0xab; 32]).expect("valid");
-        let shown = describe(42, &token).to_string();
+        let shown = serde_json::to_string(&describe(42, &token)).expect("serializes");
         assert!(shown.contains("\"000000000000002a\""), "{shown}");
         assert!(!shown.contains("ab") && !shown.contains("hash"), "{shown}");
     }
