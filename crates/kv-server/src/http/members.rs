@@ -398,8 +398,9 @@ pub(crate) async fn add(
 }
 
 fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
-    raw.parse()
-        .ok()
+    Some(raw)
+        .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| invalid(format!("{raw:?} is not a node id")))
 }
@@ -531,4 +532,17 @@ pub(crate) async fn remove(
         .await
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_ids_in_paths_are_digits_from_one() {
+        assert_eq!(super::parse_id("7").ok(), Some(7));
+        // str::parse alone takes a leading `+`, which an integer in the description is not.
+        for bad in ["0", "+7", "-7", "7.0", "", "x", "18446744073709551616"] {
+            let e = super::parse_id(bad).expect_err("refused");
+            assert_eq!(e.code(), super::ErrorCode::InvalidMemberRequest, "{bad}");
+        }
+    }
 }

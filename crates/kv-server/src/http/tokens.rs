@@ -346,10 +346,7 @@ pub(crate) async fn revoke(
     auth_on(&app)?;
     let NoQuery {} = parse_query(&uri)?;
     no_precondition(&headers)?;
-    let id = Some(id.as_str())
-        .filter(|s| s.len() == 16)
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .ok_or_else(|| invalid("a token id is 16 hex digits"))?;
+    let id = parse_token_id(&id)?;
     let req = Forwardable::new(Method::DELETE, &uri, headers, Bytes::new(), true);
     lead_or_forward(&app, req, || async {
         app.authorize_write(&caller, Need::Admin).await?;
@@ -366,6 +363,14 @@ pub(crate) async fn revoke(
         }
     })
     .await
+}
+
+/// A token id as `DELETE /v1/tokens/{id}` takes it: 16 hex digits.
+fn parse_token_id(raw: &str) -> Result<u64, ApiError> {
+    Some(raw)
+        .filter(|s| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| invalid("a token id is 16 hex digits"))
 }
 
 fn unexpected(result: OpResult) -> ApiError {
@@ -402,6 +407,22 @@ mod tests {
         ] {
             let e = parse_new_token(bad, [0; 32]).expect_err("refused");
             assert_eq!(e.code(), ErrorCode::InvalidTokenRequest);
+        }
+    }
+
+    #[test]
+    fn token_ids_are_16_hex_digits_and_nothing_else() {
+        assert_eq!(parse_token_id("000000000000002a").ok(), Some(42));
+        assert_eq!(parse_token_id("FFFFFFFFFFFFFFFF").ok(), Some(u64::MAX));
+        // from_str_radix alone takes a sign, which the description's pattern does not.
+        for bad in [
+            "+00000000000002a",
+            "-00000000000002a",
+            "00000000000002a",
+            "000000000000002g",
+        ] {
+            let e = parse_token_id(bad).expect_err("refused");
+            assert_eq!(e.code(), ErrorCode::InvalidTokenRequest, "{bad}");
         }
     }
 
