@@ -185,6 +185,49 @@ async fn each_permission_allows_what_it_grants_and_nothing_else() -> Result<()> 
     Ok(())
 }
 
+/// Walks the node's own OpenAPI description, so a new route is checked without this test
+/// naming it: every operation answers 401 without a token, but the three the description
+/// marks open (`security: [{}]`), which answer without one.
+#[tokio::test]
+async fn every_described_route_but_the_open_ones_needs_a_token() -> Result<()> {
+    let c = auth_cluster().await?;
+    let plain = reqwest::Client::new();
+    let (s, doc) = TestCluster::json(plain.get(c.url(1, "/v1/openapi.json")).send().await?).await?;
+    ensure!(s == 200, "the description is served without a token: {s}");
+    let mut open = Vec::new();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().context("paths")? {
+        for (method, op) in item.as_object().context("a path item")? {
+            let target = path.replace("{key}", "a").replace("{id}", "1");
+            let method = M::from_bytes(method.to_uppercase().as_bytes())?;
+            let r = plain
+                .request(method.clone(), c.url(2, &target))
+                .send()
+                .await?;
+            let status = r.status().as_u16();
+            if op["security"] == json!([{}]) {
+                ensure!(status == 200, "{method} {path} is open: {status}");
+                open.push(path.as_str());
+            } else {
+                let (s, b) = TestCluster::json(r).await?;
+                ensure!(
+                    s == 401 && code(&b) == "unauthenticated",
+                    "{method} {path}: {s} {b}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    open.sort_unstable();
+    ensure!(
+        open == ["/healthz", "/readyz", "/v1/openapi.json"],
+        "{open:?}"
+    );
+    ensure!(checked > 20, "only {checked} operations described");
+    c.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn without_a_valid_token_only_health_answers() -> Result<()> {
     let c = auth_cluster().await?;
