@@ -371,6 +371,16 @@ impl TestCluster {
     /// leader must still add it (`POST /v1/admin/members`). Returns its id; ids follow
     /// the nodes started before, so none is ever reused. Plain-TCP clusters only.
     pub async fn add_node(&mut self) -> Result<u64> {
+        let addrs = free_addrs(&[std::net::Ipv4Addr::LOCALHOST.into(); 2])?;
+        self.add_node_at(addrs[0], addrs[1]).await
+    }
+
+    /// As `add_node`, on given addresses: those of a node that was removed, to replace it.
+    pub async fn add_node_at(
+        &mut self,
+        client_addr: SocketAddr,
+        raft_addr: SocketAddr,
+    ) -> Result<u64> {
         ensure!(
             self.scheme == "http",
             "a node added to a TLS test cluster would need a certificate"
@@ -382,7 +392,7 @@ impl TestCluster {
             .as_str()
             .context("the cluster has no id yet")?
             .to_owned();
-        let addrs = free_addrs(&[std::net::Ipv4Addr::LOCALHOST.into(); 2])?;
+        let addrs = [client_addr, raft_addr];
         let first = &self.nodes[0];
         let template = std::fs::read_to_string(&first.config)?;
         let data_root = template

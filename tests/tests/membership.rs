@@ -392,3 +392,61 @@ async fn a_rolling_restart_under_load_loses_no_request() -> Result<()> {
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_wiped_node_is_replaced_on_its_old_address() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    let load = Load::start(&c, &[1, 2, 3], 18)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Node 3's disk dies: the process and its data are gone for good.
+    let (client_addr, raft_addr) = (c.client_addr(3), c.nodes[2].raft_addr);
+    c.kill(3);
+    std::fs::remove_dir_all(c.data_dir(3)?)?;
+    let endpoints = format!("{},{}", c.url(1, ""), c.url(2, ""));
+    let kvctl = tokio::process::Command::new(kv_tests::kvctl_binary()?)
+        .env("KV_ENDPOINTS", &endpoints)
+        .env_remove("KV_TOKEN")
+        .args(["--timeout", "60", "member", "replace", "3"])
+        .args(["--client-addr", &client_addr.to_string()])
+        .args(["--raft-addr", &raft_addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // kvctl removes node 3 and adds its replacement as a learner, then waits for it.
+    c.poll("the replacement to be added as a learner", || async {
+        let (status, body) = c.get_json(1, "/v1/admin/members").await?;
+        Ok(status == 200
+            && body["members"].as_array().is_some_and(|ms| {
+                ms.iter().all(|m| m["id"] != 3)
+                    && ms
+                        .iter()
+                        .any(|m| m["id"] == 4 && m["client_addr"] == client_addr.to_string())
+            }))
+    })
+    .await?;
+    let id = c.add_node_at(client_addr, raft_addr).await?;
+    ensure!(id == 4, "the harness numbers the new node {id}");
+    let out = kvctl.wait_with_output().await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "kvctl member replace: {stdout} {stderr}"
+    );
+    ensure!(
+        stderr.contains("id = 4") && stderr.contains("join = \""),
+        "kvctl prints the new node's configuration lines: {stderr}"
+    );
+    let answer: Value = serde_json::from_str(&stdout)?;
+    ensure!(answer["replaced_by"] == 4, "{answer}");
+    let (mut ids, joint) = voters(&c, 1).await?;
+    ids.sort_unstable();
+    ensure!(ids == [1, 2, 4] && !joint, "voters {ids:?}, joint {joint}");
+    // Clients that knew node 3's address reach its replacement there.
+    c.wait_ready(4).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.check().await?;
+    same_digest(&c, &[1, 2, 4]).await?;
+    c.pass();
+    Ok(())
+}

@@ -123,6 +123,23 @@ enum MemberCmd {
     Promote { id: u64 },
     /// Remove a node, voter or learner (the leader too: the others elect another).
     Remove { id: u64 },
+    /// Replace node OLD (say, one whose disk died) with a new node, on OLD's addresses or
+    /// new ones: removes OLD, adds the new node as a learner under a new id, prints its
+    /// `id` and `join` lines on stderr, waits (up to --timeout) until it has been started
+    /// and caught up, and promotes it. Run again after a timeout to finish.
+    Replace {
+        /// The node to replace.
+        old: u64,
+        /// The new node's client address (ip:port).
+        #[arg(long)]
+        client_addr: String,
+        /// The new node's raft address (ip:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// Its id (default: one above the highest any member ever had).
+        #[arg(long)]
+        id: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +240,74 @@ fn read_value(raw: &str) -> Result<Value, String> {
         raw.to_owned()
     };
     serde_json::from_str(&text).map_err(|e| format!("the value is not valid JSON: {e}"))
+}
+
+/// Promotes learner `id`, asking again (up to `timeout_s`) while it is catching up in the
+/// background; asking again is harmless.
+async fn promote_when_caught_up(
+    client: &KvClient,
+    id: u64,
+    timeout_s: u64,
+) -> Result<Value, ClientError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        match client.promote_member(id).await {
+            Err(ClientError::Rejected { error, .. })
+                if error.known_code() == Some(kv_core::ErrorCode::NotCaughtUp)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `member replace`: remove `old` (unless a previous run did), add the new node as a
+/// learner (unless a previous run did: same addresses), then promote it once it has
+/// caught up. Removing first frees `old`'s addresses for its replacement.
+async fn replace_member(
+    client: &KvClient,
+    old: u64,
+    client_addr: &str,
+    raft_addr: &str,
+    id: Option<u64>,
+    timeout_s: u64,
+) -> Result<Value, ClientError> {
+    let members = client.members().await?;
+    let listed = |members: &Value| -> Vec<Value> {
+        members["members"].as_array().cloned().unwrap_or_default()
+    };
+    let removed = if listed(&members).iter().any(|m| m["id"] == old) {
+        client.remove_member(old).await?;
+        true
+    } else {
+        false
+    };
+    let members = client.members().await?;
+    let existing = listed(&members)
+        .into_iter()
+        .find(|m| m["client_addr"] == client_addr && m["raft_addr"] == raft_addr);
+    let added = match existing {
+        Some(m) if m["voter"] == true => {
+            return Ok(json!({ "removed": old, "replaced_by": m["id"], "members": members }));
+        }
+        Some(m) => m["id"].as_u64().unwrap_or_default(),
+        None => {
+            let answer = client.add_member(client_addr, raft_addr, id).await?;
+            let new_id = answer["id"].as_u64().unwrap_or_default();
+            eprintln!(
+                "node {old} {}; node {new_id} added as a learner. Start it with\n  id = {new_id}\n  \
+                 client_addr = \"{client_addr}\"\n  raft_addr = \"{raft_addr}\"\n  join = \"{}\"\n\
+                 and an empty data_dir; waiting up to {timeout_s} s for it to catch up",
+                if removed { "removed" } else { "was not a member" },
+                answer["cluster_id"].as_str().unwrap_or_default()
+            );
+            new_id
+        }
+    };
+    let members = promote_when_caught_up(client, added, timeout_s).await?;
+    Ok(json!({ "removed": old, "replaced_by": added, "members": members }))
 }
 
 async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, ClientError> {
@@ -366,24 +451,19 @@ async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, Cl
         } => ok(client.add_member(&client_addr, &raft_addr, id).await?),
         Cmd::Member {
             what: MemberCmd::Promote { id },
-        } => {
-            // A learner catches up in the background; asking again is harmless.
-            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
-            loop {
-                match client.promote_member(id).await {
-                    Err(ClientError::Rejected { error, .. })
-                        if error.known_code() == Some(kv_core::ErrorCode::NotCaughtUp)
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    other => break ok(other?),
-                }
-            }
-        }
+        } => ok(promote_when_caught_up(client, id, timeout_s).await?),
         Cmd::Member {
             what: MemberCmd::Remove { id },
         } => ok(client.remove_member(id).await?),
+        Cmd::Member {
+            what:
+                MemberCmd::Replace {
+                    old,
+                    client_addr,
+                    raft_addr,
+                    id,
+                },
+        } => ok(replace_member(client, old, &client_addr, &raft_addr, id, timeout_s).await?),
         Cmd::Token {
             what: TokenCmd::Revoke { id },
         } => ok(to_json(&client.revoke_token(&id).await?)),
