@@ -335,6 +335,23 @@ async fn kvctl_adds_promotes_lists_and_removes_a_member() -> Result<()> {
         "three members after the removal: {out}"
     );
     c.kill(id);
+    // Leadership moves to the voter that has replicated furthest, or to the one named.
+    let before = c.leader().await?;
+    let (code, out) = kvctl(&eps, &["leader", "move"], None)?;
+    ensure!(code == 0, "leader move: {code} {out}");
+    let moved = json_of(&out)?;
+    ensure!(
+        moved["previous_leader_id"] == before && moved["leader_id"] != before,
+        "{moved}"
+    );
+    let (code, out) = kvctl(&eps, &["leader", "move", &before.to_string()], None)?;
+    ensure!(code == 0, "leader move {before}: {code} {out}");
+    ensure!(json_of(&out)?["leader_id"] == before, "{out}");
+    let (code, out) = kvctl(&eps, &["leader", "move", "9"], None)?;
+    ensure!(
+        code == 2,
+        "moving to a node that is not a member: {code} {out}"
+    );
     c.pass();
     Ok(())
 }

@@ -46,6 +46,7 @@ export const SERVER_ERROR_CODES = {
   internal: 500,
   no_leader: 503,
   unavailable: 503,
+  leader_not_moved: 503,
   outcome_unknown: 504,
   insufficient_storage: 507,
   quota_exceeded: 507,

@@ -113,6 +113,9 @@ error_codes! {
     NoLeader = "no_leader", 503;
     /// The request could not be served now; nothing was applied.
     Unavailable = "unavailable", 503;
+    /// A leadership handover ended without the named node leading (another won, or no
+    /// election settled in time); nothing else changed.
+    LeaderNotMoved = "leader_not_moved", 503;
     /// A write was proposed but its commit was not seen.
     OutcomeUnknown = "outcome_unknown", 504;
     /// The leader's disk is too full for writes that grow the data.

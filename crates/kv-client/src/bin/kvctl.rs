@@ -95,6 +95,11 @@ enum Cmd {
     /// Download a backup of the whole cluster from its leader into FILE, checked against
     /// its SHA-256 (needs an admin token); `kv-server restore` seeds a node from it.
     Backup { file: std::path::PathBuf },
+    /// Leadership (needs an admin token).
+    Leader {
+        #[command(subcommand)]
+        what: LeaderCmd,
+    },
     /// Cluster membership (needs an admin token).
     Member {
         #[command(subcommand)]
@@ -140,6 +145,13 @@ enum MemberCmd {
         #[arg(long)]
         id: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum LeaderCmd {
+    /// Hand leadership to voter N (default: the one that has replicated furthest), as
+    /// before restarting or removing the leader; writes pause for about a second.
+    Move { to: Option<u64> },
 }
 
 #[derive(Subcommand)]
@@ -438,6 +450,9 @@ async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, Cl
                 json!({ "file": file.display().to_string(), "index": backup.index, "bytes": backup.bytes }),
             )
         }
+        Cmd::Leader {
+            what: LeaderCmd::Move { to },
+        } => ok(client.move_leader(to).await?),
         Cmd::Member {
             what: MemberCmd::List,
         } => ok(client.members().await?),

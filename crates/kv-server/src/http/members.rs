@@ -53,7 +53,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidMemberRequest, message)
 }
 
-fn in_progress() -> ApiError {
+pub(super) fn in_progress() -> ApiError {
     ApiError::new(
         ErrorCode::MembershipChangeInProgress,
         "another membership change is in progress; retry when it is done",
@@ -62,7 +62,7 @@ fn in_progress() -> ApiError {
 
 /// How far node `id` has replicated, as the leader sees it: its own last log index for
 /// the leader itself.
-fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
+pub(super) fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
     if id == m.id {
         return m.last_log_index;
     }
@@ -73,7 +73,7 @@ fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
 }
 
 /// `404 node_not_found` unless `id` is a member.
-fn require_member(m: &RaftMetrics, id: NodeId) -> Result<(), ApiError> {
+pub(super) fn require_member(m: &RaftMetrics, id: NodeId) -> Result<(), ApiError> {
     match m.membership_config.membership().get_node(&id) {
         Some(_) => Ok(()),
         None => Err(ApiError::new(

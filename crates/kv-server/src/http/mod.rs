@@ -4,6 +4,7 @@ mod admin;
 mod answer;
 mod auth;
 mod error;
+mod handover;
 mod key;
 mod leader;
 mod members;
@@ -61,8 +62,12 @@ pub struct App {
     pub snapshot_progress: Arc<crate::raft_network::SnapshotProgress>,
     /// This node's cluster id.
     pub cluster_id: crate::cluster_id::ClusterId,
-    /// Held by the membership change under way: one at a time.
+    /// Held by the membership change or leadership handover under way: one at a time.
     pub membership: Arc<tokio::sync::Mutex<()>>,
+    /// Held exclusively while a leadership handover keeps this leader quiet.
+    pub quiet: crate::quiet::Quiet,
+    /// Raft timings: a handover waits out the followers' leader lease.
+    pub timing: crate::config::RaftConfig,
 }
 
 /// Who leads, as far as this node knows.
@@ -118,6 +123,8 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::delete(members::remove),
         )
         .route("/v1/admin/members/{id}/promote", post(members::promote))
+        .route("/v1/admin/leader", post(handover::move_leader))
+        .route("/v1/admin/campaign", post(handover::campaign))
         .route("/metrics", get(admin::metrics))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
