@@ -5,7 +5,7 @@
 # linearizability and the replicas for one state digest.
 #
 # Usage: scripts/chaos.sh [--nodes 3|5] [--duration 10m]
-#                         [--faults kill,pause,partition,skew,install]
+#                         [--faults kill,pause,partition,skew,install,churn]
 #                         [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]
 # Prints a summary (operations by outcome, faults of each kind, snapshot installs
 # interrupted, large AppendEntries, mismatched raft answers, terms and elections, any

@@ -474,11 +474,18 @@ async fn leader_move_hands_over_to_the_named_voter_under_load() -> Result<()> {
         .find(|n| *n != leader && *n != target)
         .context("a third node")?;
     let (_, before) = c.get_json(leader, "/v1/cluster").await?;
-    // A voter that still hears from its leader refuses to campaign.
-    let (status, body) = send(c.http.post(c.url(leader, "/v1/admin/campaign"))).await?;
+    // Neither the leader nor a voter that still hears from it campaigns when asked.
+    for id in [leader, target] {
+        let (status, body) = send(c.http.post(c.url(id, "/v1/admin/campaign"))).await?;
+        ensure!(
+            status == 409 && body["error"]["code"] == "membership_refused",
+            "node {id} asked to campaign: {status} {body}"
+        );
+    }
+    let (_, still) = c.get_json(via, "/v1/cluster").await?;
     ensure!(
-        status == 409 && body["error"]["code"] == "membership_refused",
-        "the leader asked to campaign: {status} {body}"
+        still["leader_id"] == leader && still["term"] == before["term"],
+        "refused campaigns changed nothing: {still}"
     );
     let (status, body) = send(
         c.http

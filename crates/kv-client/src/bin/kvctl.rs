@@ -129,9 +129,10 @@ enum MemberCmd {
     /// Remove a node, voter or learner (the leader too: the others elect another).
     Remove { id: u64 },
     /// Replace node OLD (say, one whose disk died) with a new node, on OLD's addresses or
-    /// new ones: removes OLD, adds the new node as a learner under a new id, prints its
-    /// `id` and `join` lines on stderr, waits (up to --timeout) until it has been started
-    /// and caught up, and promotes it. Run again after a timeout to finish.
+    /// new ones: adds the new node as a learner under a new id, prints its `id` and
+    /// `join` lines on stderr, waits (up to --timeout) until it has been started and
+    /// caught up, promotes it if OLD was a voter, and removes OLD (first instead, when
+    /// the new node takes its addresses). Run again after a timeout to finish.
     Replace {
         /// The node to replace.
         old: u64,
@@ -275,9 +276,56 @@ async fn promote_when_caught_up(
     }
 }
 
-/// `member replace`: remove `old` (unless a previous run did), add the new node as a
-/// learner (unless a previous run did: same addresses), then promote it once it has
-/// caught up. Removing first frees `old`'s addresses for its replacement.
+/// A member as `GET /v1/admin/members` lists it.
+struct Member {
+    id: u64,
+    voter: bool,
+    leader: bool,
+    addrs: [Option<std::net::SocketAddr>; 2],
+}
+
+fn members_of(listing: &Value) -> Vec<Member> {
+    let addr = |m: &Value, field: &str| m[field].as_str().and_then(|a| a.parse().ok());
+    listing["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| Member {
+            id: m["id"].as_u64().unwrap_or_default(),
+            voter: m["voter"] == true,
+            leader: m["leader"] == true,
+            addrs: [addr(m, "client_addr"), addr(m, "raft_addr")],
+        })
+        .collect()
+}
+
+/// Runs a membership call again while another change (say, one a previous run left
+/// going) is still in progress.
+async fn when_no_change_runs<F, Fut>(timeout_s: u64, call: F) -> Result<Value, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ClientError>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        match call().await {
+            Err(ClientError::Rejected { error, .. })
+                if error.known_code() == Some(kv_core::ErrorCode::MembershipChangeInProgress)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `member replace`: the new node joins as a learner and, if `old` was a voter, is
+/// promoted once it has caught up; `old` leaves. `old` leaves first when the new node
+/// takes one of its addresses (a node whose disk died, restarted empty), otherwise
+/// last, so the cluster never has fewer voters than it had. A leader hands leadership
+/// on before it leaves. Each step is skipped when a previous run did it, so running
+/// it again after a timeout finishes the job.
 async fn replace_member(
     client: &KvClient,
     old: u64,
@@ -286,40 +334,60 @@ async fn replace_member(
     id: Option<u64>,
     timeout_s: u64,
 ) -> Result<Value, ClientError> {
-    let members = client.members().await?;
-    let listed = |members: &Value| -> Vec<Value> {
-        members["members"].as_array().cloned().unwrap_or_default()
+    let usage = |what: &str, raw: &str| {
+        raw.parse::<std::net::SocketAddr>()
+            .map_err(|_| ClientError::Codec(format!("{what} {raw:?} is not an ip:port address")))
     };
-    let removed = if listed(&members).iter().any(|m| m["id"] == old) {
-        client.remove_member(old).await?;
-        true
-    } else {
-        false
-    };
-    let members = client.members().await?;
-    let existing = listed(&members)
-        .into_iter()
-        .find(|m| m["client_addr"] == client_addr && m["raft_addr"] == raft_addr);
-    let added = match existing {
-        Some(m) if m["voter"] == true => {
-            return Ok(json!({ "removed": old, "replaced_by": m["id"], "members": members }));
+    let wanted = [
+        Some(usage("--client-addr", client_addr)?),
+        Some(usage("--raft-addr", raft_addr)?),
+    ];
+    let listed = members_of(&client.members().await?);
+    let previous = listed.iter().find(|m| m.id == old);
+    // Whether the old node should leave before its replacement comes: it holds an
+    // address the replacement needs.
+    let leaves_first =
+        previous.is_some_and(|m| m.addrs.iter().any(|a| a.is_some() && wanted.contains(a)));
+    let was_voter = previous.is_none_or(|m| m.voter);
+    let leave = |leader: bool| async move {
+        if leader {
+            when_no_change_runs(timeout_s, || client.move_leader(None)).await?;
         }
-        Some(m) => m["id"].as_u64().unwrap_or_default(),
+        when_no_change_runs(timeout_s, || client.remove_member(old)).await
+    };
+    let mut removed = false;
+    if leaves_first {
+        leave(previous.is_some_and(|m| m.leader)).await?;
+        removed = true;
+    }
+    let listed = members_of(&client.members().await?);
+    let existing = listed.iter().find(|m| m.addrs == wanted && m.id != old);
+    let added = match existing {
+        Some(m) => m.id,
         None => {
-            let answer = client.add_member(client_addr, raft_addr, id).await?;
+            let answer =
+                when_no_change_runs(timeout_s, || client.add_member(client_addr, raft_addr, id))
+                    .await?;
             let new_id = answer["id"].as_u64().unwrap_or_default();
             eprintln!(
-                "node {old} {}; node {new_id} added as a learner. Start it with\n  id = {new_id}\n  \
-                 client_addr = \"{client_addr}\"\n  raft_addr = \"{raft_addr}\"\n  join = \"{}\"\n\
-                 and an empty data_dir; waiting up to {timeout_s} s for it to catch up",
-                if removed { "removed" } else { "was not a member" },
+                "node {new_id} added as a learner. Start it with\n  id = {new_id}\n  \
+                 client_addr = \"{client_addr}\"\n  raft_addr = \"{raft_addr}\"\n  \
+                 join = \"{}\"\nand an empty data_dir; waiting up to {timeout_s} s for it to catch up",
                 answer["cluster_id"].as_str().unwrap_or_default()
             );
             new_id
         }
     };
-    let members = promote_when_caught_up(client, added, timeout_s).await?;
-    Ok(json!({ "removed": old, "replaced_by": added, "members": members }))
+    if was_voter && !existing.is_some_and(|m| m.voter) {
+        promote_when_caught_up(client, added, timeout_s).await?;
+    }
+    if !removed {
+        let listed = members_of(&client.members().await?);
+        if let Some(m) = listed.iter().find(|m| m.id == old) {
+            leave(m.leader).await?;
+        }
+    }
+    Ok(json!({ "removed": old, "replaced_by": added, "members": client.members().await? }))
 }
 
 async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, ClientError> {

@@ -1,26 +1,28 @@
 //! `POST /v1/admin/leader`: hands leadership to another voter, for rolling restarts and
 //! before removing the leader (admin only; served by the leader).
 //!
-//! openraft 0.9 has no leadership transfer, and a follower asked to campaign loses while
-//! the others still hold the leader's lease. So the leader goes quiet: no proposals, read
-//! confirmations or heartbeats (`crate::quiet`); once every voter has its whole log and
-//! the lease (`election_max_ms` after the last message) has run out, it asks the target
-//! to campaign (`POST /v1/admin/campaign` there). The target wins before any follower's
-//! own election timer (`election_max_ms` plus at least `election_min_ms`) fires, and has
-//! the longest log, so every vote goes to it.
+//! openraft 0.9 has no leadership transfer, and a follower's campaign is refused by
+//! voters that still hold the leader's lease (they heard from it within
+//! `election_max_ms`). So the leader goes quiet: no proposals, read confirmations or
+//! heartbeats (`crate::quiet`); once the target has its whole log and the lease has run
+//! out, it asks the target to campaign (`POST /v1/admin/campaign` there). The target
+//! wins before any follower's own election timer (the lease plus at least
+//! `election_min_ms`) fires, and its log is as long as any, so the votes go to it. All
+//! nodes must share the `[raft]` timings for this reckoning to hold.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use kv_core::ErrorCode;
-use kv_store::typ::{NodeId, NodeInfo, RaftMetrics};
+use kv_store::typ::{NodeId, NodeInfo, Raft, RaftMetrics};
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::OwnedMutexGuard;
 
 use super::auth::{Caller, Need};
 use super::leader::{lead_or_forward, Forwardable, Local};
@@ -41,19 +43,23 @@ struct MoveTo {
 
 /// Turns the leader's heartbeats off, and on again when dropped: a node that leads again
 /// later must not do so silently.
-struct HeartbeatsOff<'a>(&'a App);
+struct HeartbeatsOff(Raft);
 
-impl<'a> HeartbeatsOff<'a> {
-    fn new(app: &'a App) -> Self {
-        app.raft.runtime_config().heartbeat(false);
-        Self(app)
+impl HeartbeatsOff {
+    fn new(raft: &Raft) -> Self {
+        raft.runtime_config().heartbeat(false);
+        Self(raft.clone())
     }
 }
 
-impl Drop for HeartbeatsOff<'_> {
+impl Drop for HeartbeatsOff {
     fn drop(&mut self) {
-        self.0.raft.runtime_config().heartbeat(true);
+        self.0.runtime_config().heartbeat(true);
     }
+}
+
+fn not_moved(message: String) -> ApiError {
+    ApiError::new(ErrorCode::LeaderNotMoved, message)
 }
 
 fn refused(message: String) -> ApiError {
@@ -87,35 +93,39 @@ fn choose(m: &RaftMetrics, me: NodeId, to: Option<NodeId>) -> Result<(NodeId, No
     Ok((id, node))
 }
 
-/// Waits until every voter has replicated the leader's whole log.
-async fn all_replicated(app: &App, within: Duration) -> Result<(), ApiError> {
+/// Waits until `target` has replicated the leader's whole log. Other voters need not:
+/// one that is down must not stand in the way of a handover.
+async fn replicated(app: &App, target: NodeId, within: Duration) -> Result<(), ApiError> {
     let mut metrics = app.raft.metrics();
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let behind = {
+        let (matched, last) = {
             let m = metrics.borrow_and_update();
-            let last = m.last_log_index;
-            m.membership_config
-                .membership()
-                .voter_ids()
-                .filter(|v| matched_index(&m, *v) != last)
-                .collect::<Vec<_>>()
+            (matched_index(&m, target), m.last_log_index)
         };
-        if behind.is_empty() {
+        if matched == last {
             return Ok(());
         }
-        if tokio::time::timeout_at(deadline, metrics.changed())
-            .await
-            .is_err()
-        {
-            return Err(ApiError::new(
-                ErrorCode::NotCaughtUp,
-                format!(
-                    "voters {behind:?} did not replicate the whole log within {} ms; \
-                     leadership stays here",
-                    within.as_millis()
-                ),
-            ));
+        match tokio::time::timeout_at(deadline, metrics.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "raft is not running; leadership stays here",
+                ))
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::NotCaughtUp,
+                    format!(
+                        "node {target} has replicated up to index {} of {} and did not \
+                         catch up within {} ms; leadership stays here",
+                        matched.unwrap_or(0),
+                        last.unwrap_or(0),
+                        within.as_millis()
+                    ),
+                ))
+            }
         }
     }
 }
@@ -136,44 +146,48 @@ async fn new_leader(app: &App, within: Duration) -> Option<NodeId> {
     }
 }
 
-/// Asks `node` to campaign, with the caller's credentials.
-async fn ask_to_campaign(app: &App, node: &NodeInfo, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Asks `node` to campaign, with the caller's credentials. The error says whether the
+/// request may have reached it (so it may be campaigning) and why it failed.
+async fn ask_to_campaign(
+    app: &App,
+    node: &NodeInfo,
+    authorization: Option<&HeaderValue>,
+) -> Result<(), (bool, String)> {
     let url = format!("{}://{}/v1/admin/campaign", app.scheme, node.client_addr);
     let mut request = app
         .client
         .post(url)
-        .timeout(Duration::from_millis(app.timing.election_min_ms));
-    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
-        request = request.header(axum::http::header::AUTHORIZATION, auth);
+        .timeout(Duration::from_millis(app.timing.election_max_ms));
+    if let Some(auth) = authorization {
+        request = request.header(header::AUTHORIZATION, auth);
     }
-    let failed = |why: String| {
-        ApiError::new(
-            ErrorCode::LeaderNotMoved,
-            format!("node at {} did not campaign: {why}", node.client_addr),
-        )
-    };
-    let response = request.send().await.map_err(|e| failed(e.to_string()))?;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| (!e.is_connect(), e.to_string()))?;
     if response.status() != reqwest::StatusCode::ACCEPTED {
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
-        return Err(failed(format!("{status} {body}")));
+        return Err((false, format!("{status} {body}")));
     }
     Ok(())
 }
 
-/// The handover itself, on the leader, holding the membership lock.
+/// The handover itself, on the leader: a task of its own, holding the membership lock,
+/// so a request that goes away does not cut it short.
 async fn hand_over(
-    app: &App,
+    app: Arc<App>,
     target: NodeId,
-    node: &NodeInfo,
-    headers: &HeaderMap,
+    node: NodeInfo,
+    authorization: Option<HeaderValue>,
+    _one_change: OwnedMutexGuard<()>,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let timing = &app.timing;
+    let timing = app.timing.clone();
     let term_before = app.raft.metrics().borrow().current_term;
     // Proposals and confirmations in flight take milliseconds; one that takes longer
     // means a slow disk or quorum, not a time to hand over.
-    let wait = Duration::from_millis(timing.election_max_ms);
+    let wait = Duration::from_millis(timing.election_min_ms);
     let quiet = tokio::time::timeout(wait, app.quiet.hush())
         .await
         .map_err(|_| {
@@ -182,45 +196,54 @@ async fn hand_over(
                 "writes or reads in flight did not finish in time; leadership stays here",
             )
         })?;
-    let heartbeats = HeartbeatsOff::new(app);
-    all_replicated(app, wait).await?;
+    let heartbeats = HeartbeatsOff::new(&app.raft);
+    replicated(&app, target, wait).await?;
     // The last message a follower got left at most a heartbeat ago (one in flight).
     tokio::time::sleep(Duration::from_millis(
         timing.election_max_ms + timing.heartbeat_ms,
     ))
     .await;
-    ask_to_campaign(app, node, headers).await?;
-    let elected = new_leader(app, Duration::from_millis(2 * timing.election_max_ms)).await;
+    if let Err((maybe_campaigning, why)) =
+        ask_to_campaign(&app, &node, authorization.as_ref()).await
+    {
+        if !maybe_campaigning {
+            return Err(not_moved(format!(
+                "node {target} did not campaign: {why}; this node still leads"
+            )));
+        }
+        tracing::warn!(
+            target,
+            "no answer to the campaign request ({why}); waiting for an election"
+        );
+    }
+    let elected = new_leader(&app, Duration::from_millis(2 * timing.election_max_ms)).await;
     drop(heartbeats);
     drop(quiet);
-    let m = app.raft.metrics().borrow().clone();
+    let term = app.raft.metrics().borrow().current_term;
     match elected {
         Some(leader) if leader == target => {
             tracing::info!(
                 from = app.id,
                 to = target,
-                term = m.current_term,
+                term,
                 took_ms = started.elapsed().as_millis() as u64,
                 "leadership handed over"
             );
             Ok(Json(json!({
                 "leader_id": target,
                 "previous_leader_id": app.id,
-                "term": m.current_term,
+                "term": term,
                 "previous_term": term_before,
             }))
             .into_response())
         }
-        other => Err(ApiError::new(
-            ErrorCode::LeaderNotMoved,
-            match other {
-                Some(leader) => format!("node {leader} was elected instead of node {target}"),
-                None => format!(
-                    "no election settled within {} ms; this node still leads",
-                    2 * timing.election_max_ms
-                ),
-            },
-        )),
+        Some(leader) => Err(not_moved(format!(
+            "node {leader} was elected instead of node {target}"
+        ))),
+        None => Err(not_moved(format!(
+            "no election settled within {} ms; this node still leads",
+            2 * timing.election_max_ms
+        ))),
     }
 }
 
@@ -248,10 +271,11 @@ pub(crate) async fn move_leader(
             )
         })?
     };
-    let req = Forwardable::new(Method::POST, &uri, headers.clone(), body, true);
+    let authorization = headers.get(header::AUTHORIZATION).cloned();
+    let req = Forwardable::new(Method::POST, &uri, headers, body, true);
     lead_or_forward(&app, req, || async {
         app.authorize_write(&caller, Need::Admin).await?;
-        let _one_change = app
+        let one_change = app
             .membership
             .clone()
             .try_lock_owned()
@@ -272,16 +296,29 @@ pub(crate) async fn move_leader(
                 .into_response(),
             ));
         }
-        hand_over(&app, target, &node, &headers)
-            .await
-            .map(Local::Done)
+        let task = tokio::spawn(hand_over(
+            app.clone(),
+            target,
+            node,
+            authorization,
+            one_change,
+        ));
+        match task.await {
+            Ok(result) => result.map(Local::Done),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("leadership handover task: {e}"),
+            )),
+        }
     })
     .await
 }
 
-/// `POST /v1/admin/campaign`: this node, a voter that does not lead, starts an election
-/// now. The leader's handover asks for it once the followers' lease has run out; asked
-/// at another time, voters that still hear from their leader refuse it.
+/// `POST /v1/admin/campaign`: this node, a voter that does not lead and has not heard
+/// from a leader for a lease (`election_max_ms`), starts an election now instead of
+/// after its election timeout. The leader's handover asks for it once it has been quiet
+/// that long; asked while a leader is heard from, it is refused, so it cannot depose a
+/// working leader.
 pub(crate) async fn campaign(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -290,7 +327,7 @@ pub(crate) async fn campaign(
 ) -> Result<Response, ApiError> {
     let NoQuery {} = parse_query(&uri)?;
     no_precondition(&headers)?;
-    app.authorize_write(&caller, Need::Admin).await?;
+    app.authorize(&caller, Need::Admin)?;
     let m = app.raft.metrics().borrow().clone();
     if m.current_leader == Some(app.id) {
         return Err(refused(format!("node {} leads already", app.id)));
@@ -303,10 +340,23 @@ pub(crate) async fn campaign(
     {
         return Err(refused(format!("node {} is not a voter", app.id)));
     }
-    app.raft
-        .trigger()
-        .elect()
+    let stopped = |e: openraft::error::Fatal<NodeId>| {
+        ApiError::new(ErrorCode::Unavailable, format!("raft is not running: {e}"))
+    };
+    let heard = app
+        .raft
+        .with_raft_state(|st| st.vote_last_modified())
         .await
-        .map_err(|e| ApiError::new(ErrorCode::Unavailable, format!("raft is not running: {e}")))?;
+        .map_err(stopped)?;
+    let lease = Duration::from_millis(app.timing.election_max_ms);
+    if heard.is_some_and(|at| at.elapsed() <= lease) {
+        return Err(refused(format!(
+            "node {} heard from its leader within the last {} ms; a campaign now would \
+             only disrupt it (POST /v1/admin/leader hands leadership over)",
+            app.id,
+            lease.as_millis()
+        )));
+    }
+    app.raft.trigger().elect().await.map_err(stopped)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "node_id": app.id }))).into_response())
 }
