@@ -535,3 +535,54 @@ async fn leader_move_hands_over_to_the_named_voter_under_load() -> Result<()> {
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_removed_node_still_running_is_not_taken_for_the_node_added_on_its_address() -> Result<()>
+{
+    let c = TestCluster::start(3).await?;
+    let leader = c.leader().await?;
+    let old = c.other_than(leader);
+    remove(&c, leader, old).await?;
+    // The removed node still runs on its addresses with its log; a new node is added
+    // there (its process never started). The leader must not take the old node's
+    // answers for the new one's.
+    let new = 4;
+    let body = json!({
+        "client_addr": c.client_addr(old).to_string(),
+        "raft_addr": c.nodes[(old - 1) as usize].raft_addr.to_string(),
+        "id": new,
+    });
+    let (status, added) = send(
+        c.http
+            .post(c.url(leader, "/v1/admin/members"))
+            .header("content-type", "application/json")
+            .body(body.to_string()),
+    )
+    .await?;
+    ensure!(status == 201, "adding node {new}: {status} {added}");
+    c.put_json(leader, "/v1/kv/after-add", "1").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, listing) = c.get_json(leader, "/v1/admin/members").await?;
+    let matched = listing["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .find(|m| m["id"] == new)
+        .map(|m| m["matched_index"].clone());
+    ensure!(
+        matched == Some(Value::Null),
+        "node {new} never ran, yet replicated: {listing}"
+    );
+    let path = format!("/v1/admin/members/{new}/promote");
+    let (status, body) = send(c.http.post(c.url(leader, &path))).await?;
+    ensure!(
+        status == 409 && body["error"]["code"] == "not_caught_up",
+        "promoting a node that never ran: {status} {body}"
+    );
+    ensure!(
+        c.log_text(old)?.contains(&format!("not node {new}")),
+        "node {old} says why it refused"
+    );
+    c.pass();
+    Ok(())
+}
