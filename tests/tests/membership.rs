@@ -586,3 +586,63 @@ async fn a_removed_node_still_running_is_not_taken_for_the_node_added_on_its_add
     c.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_joint_configuration_left_by_a_dead_leader_is_finished_by_the_next() -> Result<()> {
+    let mut c = TestCluster::start(3).await?;
+    // Node 3 leads, and dies the moment it has applied the joint configuration of a
+    // promotion, before it can propose the final one.
+    let x = 3;
+    c.restart_with_env(x, &[("KV_CRASH_AT", "membership-joint-applied")])?;
+    c.wait_ready(x).await?;
+    let leader = c.leader().await?;
+    if leader != x {
+        let (status, body) = send(
+            c.http
+                .post(c.url(leader, "/v1/admin/leader"))
+                .header("content-type", "application/json")
+                .body(json!({ "to": x }).to_string()),
+        )
+        .await?;
+        ensure!(status == 200, "moving leadership to node {x}: {status} {body}");
+    }
+    let id = c.add_node().await?;
+    let (status, body) = add(&c, 1, id).await?;
+    ensure!(status == 201, "adding node {id}: {status} {body}");
+    c.poll("the learner to catch up", || async {
+        let (_, l) = c.get_json(1, "/v1/admin/members").await?;
+        Ok(l["members"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().any(|m| m["id"] == id && m["lag"] == 0)))
+    })
+    .await?;
+    // The leader crashes while answering: no answer, or an error.
+    let path = format!("/v1/admin/members/{id}/promote");
+    let _ = c.http.post(c.url(x, &path)).send().await;
+    c.poll(&format!("node {x} to crash"), || async {
+        Ok(c.get_json(x, "/healthz").await.is_err())
+    })
+    .await?;
+    c.kill(x);
+    // The next leader finishes the change on its own: node 4 is a voter, and the
+    // configuration is no longer joint.
+    c.poll("a plain configuration with node 4 a voter", || async {
+        let Ok((mut ids, joint)) = voters(&c, 1).await else {
+            return Ok(false);
+        };
+        ids.sort_unstable();
+        Ok(ids == [1, 2, 3, id] && !joint)
+    })
+    .await?;
+    ensure!(
+        c.log_text(x)?
+            .contains("KV_CRASH_AT=membership-joint-applied: aborting here on purpose"),
+        "node {x} crashed where it was meant to"
+    );
+    c.restart(x)?;
+    c.wait_ready_all().await?;
+    c.put_json(1, "/v1/kv/after-joint", "1").await?;
+    same_digest(&c, &[1, 2, 3, id]).await?;
+    c.pass();
+    Ok(())
+}

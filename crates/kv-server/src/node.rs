@@ -271,6 +271,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         quiet,
         timing: config.raft.clone(),
     });
+    tracker.spawn(http::finish_joint_configurations(
+        app.clone(),
+        tasks_stop.clone(),
+    ));
 
     let raft_server = tokio::spawn(raft_network::serve(
         raft_listener,

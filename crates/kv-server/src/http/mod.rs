@@ -25,6 +25,7 @@ use kv_store::StateReader;
 pub use auth::Auth;
 pub use error::ApiError;
 pub use leader::MAX_FORWARDS;
+pub(crate) use members::finish_joint_configurations;
 pub use serve::{serve, ConnectionLimits};
 
 use crate::clock::Clock;
