@@ -604,7 +604,10 @@ async fn a_joint_configuration_left_by_a_dead_leader_is_finished_by_the_next() -
                 .body(json!({ "to": x }).to_string()),
         )
         .await?;
-        ensure!(status == 200, "moving leadership to node {x}: {status} {body}");
+        ensure!(
+            status == 200,
+            "moving leadership to node {x}: {status} {body}"
+        );
     }
     let id = c.add_node().await?;
     let (status, body) = add(&c, 1, id).await?;
