@@ -157,7 +157,8 @@ async fn ask_to_campaign(
     let mut request = app
         .client
         .post(url)
-        .timeout(Duration::from_millis(app.timing.election_max_ms));
+        // The target may wait out up to one more lease before it campaigns.
+        .timeout(Duration::from_millis(3 * app.timing.election_max_ms));
     if let Some(auth) = authorization {
         request = request.header(header::AUTHORIZATION, auth);
     }
@@ -314,11 +315,11 @@ pub(crate) async fn move_leader(
     .await
 }
 
-/// `POST /v1/admin/campaign`: this node, a voter that does not lead and has not heard
-/// from a leader for a lease (`election_max_ms`), starts an election now instead of
+/// `POST /v1/admin/campaign`: this node, a voter that does not lead, starts an election
+/// as soon as it has not heard from a leader for a lease (`election_max_ms`), instead of
 /// after its election timeout. The leader's handover asks for it once it has been quiet
-/// that long; asked while a leader is heard from, it is refused, so it cannot depose a
-/// working leader.
+/// that long; a node that still hears from its leader a lease later refuses, so it
+/// cannot depose a working leader.
 pub(crate) async fn campaign(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -343,19 +344,29 @@ pub(crate) async fn campaign(
     let stopped = |e: openraft::error::Fatal<NodeId>| {
         ApiError::new(ErrorCode::Unavailable, format!("raft is not running: {e}"))
     };
-    let heard = app
-        .raft
-        .with_raft_state(|st| st.vote_last_modified())
-        .await
-        .map_err(stopped)?;
+    // The leader's quiet window can still carry a message the target hears late (a
+    // resend after a backoff, say): wait out the lease from the last one, for at most one
+    // more lease, so a leader that keeps sending is never deposed.
     let lease = Duration::from_millis(app.timing.election_max_ms);
-    if heard.is_some_and(|at| at.elapsed() <= lease) {
-        return Err(refused(format!(
-            "node {} heard from its leader within the last {} ms; a campaign now would \
-             only disrupt it (POST /v1/admin/leader hands leadership over)",
-            app.id,
-            lease.as_millis()
-        )));
+    let deadline = tokio::time::Instant::now() + lease;
+    loop {
+        let heard = app
+            .raft
+            .with_raft_state(|st| st.vote_last_modified())
+            .await
+            .map_err(stopped)?;
+        let Some(left) = heard.and_then(|at| lease.checked_sub(at.elapsed())) else {
+            break;
+        };
+        if tokio::time::Instant::now() + left > deadline {
+            return Err(refused(format!(
+                "node {} still hears from its leader (within the last {} ms); a campaign \
+                 now would only disrupt it (POST /v1/admin/leader hands leadership over)",
+                app.id,
+                lease.as_millis()
+            )));
+        }
+        tokio::time::sleep(left + Duration::from_millis(10)).await;
     }
     app.raft.trigger().elect().await.map_err(stopped)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "node_id": app.id }))).into_response())
