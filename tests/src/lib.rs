@@ -31,8 +31,6 @@ pub struct Tuning {
     pub limits: Vec<String>,
     /// Top-level lines for one node only (e.g. `clock_offset_ms = 1000`).
     pub node_lines: Vec<(u64, String)>,
-    /// One node's election timeout range in ms, instead of 500-1000.
-    pub node_election_ms: Vec<(u64, (u64, u64))>,
     /// Give node N its own loopback address (`node_ip(N)`) for both ports, so
     /// address-based firewall rules can tell nodes apart (the nodes bind their outgoing
     /// connections to it). Otherwise every node listens on 127.0.0.1.
@@ -369,12 +367,19 @@ impl TestCluster {
     /// Starts a new node that joins this cluster (`join` with the cluster's id, no
     /// `members`) on free loopback addresses, with the first node's other settings. The
     /// leader must still add it (`POST /v1/admin/members`). Returns its id; ids follow
-    /// the nodes started before, so none is ever reused. Plain-TCP clusters only.
+    /// the nodes started before, so none is ever reused. With TLS, the cluster's CA
+    /// certifies it first.
     pub async fn add_node(&mut self) -> Result<u64> {
-        ensure!(
-            self.scheme == "http",
-            "a node added to a TLS test cluster would need a certificate"
-        );
+        let addrs = free_addrs(&[std::net::Ipv4Addr::LOCALHOST.into(); 2])?;
+        self.add_node_at(addrs[0], addrs[1]).await
+    }
+
+    /// As `add_node`, on given addresses: those of a node that was removed, to replace it.
+    pub async fn add_node_at(
+        &mut self,
+        client_addr: SocketAddr,
+        raft_addr: SocketAddr,
+    ) -> Result<u64> {
         let id = self.nodes.len() as u64 + 1;
         let asked = *self.live().first().context("no live node to ask")?;
         let (_, status) = self.get_json(asked, "/v1/cluster").await?;
@@ -382,7 +387,7 @@ impl TestCluster {
             .as_str()
             .context("the cluster has no id yet")?
             .to_owned();
-        let addrs = free_addrs(&[std::net::Ipv4Addr::LOCALHOST.into(); 2])?;
+        let addrs = [client_addr, raft_addr];
         let first = &self.nodes[0];
         let template = std::fs::read_to_string(&first.config)?;
         let data_root = template
@@ -392,6 +397,10 @@ impl TestCluster {
             .map(|d| Path::new(d).parent().map(Path::to_owned))
             .context("the first node's configuration has no data_dir")?
             .context("data_dir has no parent")?;
+        if self.scheme == "https" {
+            let dir = self.tls_dir().context("the cluster's folder is gone")?;
+            make_certs(&dir, &[(id, client_addr.ip())], &[])?;
+        }
         let mut text = format!(
             "id = {id}\nclient_addr = \"{}\"\nraft_addr = \"{}\"\ndata_dir = \"{}\"\njoin = \"{cluster_id}\"\n",
             addrs[0],
@@ -408,7 +417,11 @@ impl TestCluster {
                 .iter()
                 .any(|p| line.starts_with(p))
             {
-                text.push_str(line);
+                // The first node's own certificate files become this node's.
+                let line = line
+                    .replace("/node1.pem\"", &format!("/node{id}.pem\""))
+                    .replace("/node1-key.pem\"", &format!("/node{id}-key.pem\""));
+                text.push_str(&line);
                 text.push('\n');
             }
         }
@@ -427,6 +440,11 @@ impl TestCluster {
         self.spawn(id)?;
         self.wait_serving(id).await?;
         Ok(id)
+    }
+
+    /// Node `id`'s own loopback address (both its ports), which firewall rules name.
+    pub fn ip(&self, id: u64) -> std::net::IpAddr {
+        self.node(id).client_addr.ip()
     }
 
     /// Node `id`'s client address.

@@ -46,15 +46,17 @@ async fn short_chaos_runs_stay_linearizable_and_converge() -> Result<()> {
     let history = |n: usize| dir.join(format!("quorum-kv-chaos-{n}-nodes-{seed}.jsonl"));
 
     // Every variant of every fault kind once: kill (leader, minority, all), pause
-    // (leader, follower), partition (isolate the leader, split, bridge), skew, and a
-    // kill in the middle of a snapshot install.
+    // (leader, follower), partition (isolate the leader, split, bridge), skew, a kill
+    // in the middle of a snapshot install, and churn (a dead follower and the leader
+    // each replaced by a new node on an empty disk, a leadership handover).
     let three = ChaosConfig::new(3, Duration::from_secs(0), seed, history(3));
     run_and_check(three).await?;
 
     // With TLS on both ports and tokens: the workers' token over https, mutual TLS
-    // between nodes through the partitions and restarts.
+    // between nodes through the partitions, restarts and replacements (each new node
+    // with a certificate of its own).
     let mut five = ChaosConfig::new(5, Duration::from_secs(0), seed, history(5));
-    five.faults = vec![FaultKind::Partition, FaultKind::Kill];
+    five.faults = vec![FaultKind::Partition, FaultKind::Kill, FaultKind::Churn];
     five.secure = true;
     run_and_check(five).await
 }

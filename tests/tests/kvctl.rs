@@ -335,6 +335,59 @@ async fn kvctl_adds_promotes_lists_and_removes_a_member() -> Result<()> {
         "three members after the removal: {out}"
     );
     c.kill(id);
+    // Leadership moves to the voter that has replicated furthest, or to the one named.
+    let before = c.leader().await?;
+    let (code, out) = kvctl(&eps, &["leader", "move"], None)?;
+    ensure!(code == 0, "leader move: {code} {out}");
+    let moved = json_of(&out)?;
+    ensure!(
+        moved["previous_leader_id"] == before && moved["leader_id"] != before,
+        "{moved}"
+    );
+    let (code, out) = kvctl(&eps, &["leader", "move", &before.to_string()], None)?;
+    ensure!(code == 0, "leader move {before}: {code} {out}");
+    ensure!(json_of(&out)?["leader_id"] == before, "{out}");
+    let (code, out) = kvctl(&eps, &["leader", "move", "9"], None)?;
+    ensure!(
+        code == 2,
+        "moving to a node that is not a member: {code} {out}"
+    );
+    // Node 3 replaced by a node on new addresses: it joins and is promoted before node 3
+    // leaves (handing leadership on first if it leads), so there are never fewer than
+    // three voters.
+    let new = c.add_node().await?;
+    let client = c.client_addr(new).to_string();
+    let raft = c.nodes[(new - 1) as usize].raft_addr.to_string();
+    let (code, out) = kvctl(
+        &eps,
+        &[
+            "--timeout",
+            "60",
+            "member",
+            "replace",
+            "3",
+            "--client-addr",
+            &client,
+            "--raft-addr",
+            &raft,
+        ],
+        None,
+    )?;
+    ensure!(code == 0, "member replace: {code} {out}");
+    let replaced = json_of(&out)?;
+    let mut voters: Vec<u64> = replaced["members"]["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    voters.sort_unstable();
+    ensure!(
+        replaced["replaced_by"] == new && voters == [1, 2, new],
+        "node {new} replaced node 3: {replaced}"
+    );
+    c.kill(3);
     c.pass();
     Ok(())
 }

@@ -35,6 +35,7 @@ export const SERVER_ERROR_CODES = {
   address_in_use: 409,
   not_caught_up: 409,
   membership_refused: 409,
+  leader_not_moved: 409,
   key_exists: 412,
   revision_mismatch: 412,
   value_too_large: 413,

@@ -553,6 +553,20 @@ impl KvClient {
         )
     }
 
+    /// Hands leadership to voter `to`, or to the voter that has replicated furthest (an
+    /// admin's call); answers once it leads, about a lease and an election later.
+    pub async fn move_leader(&self, to: Option<u64>) -> Result<Value, ClientError> {
+        let body = match to {
+            Some(id) => Self::encode(&serde_json::json!({ "to": id }))?,
+            None => Vec::new(),
+        };
+        decode_ok(
+            self.call
+                .run_once(Method::POST, "/v1/admin/leader", body)
+                .await?,
+        )
+    }
+
     /// Downloads a backup of the whole cluster from its leader into `path` (an admin's
     /// call): streamed into `path.tmp`, checked against the SHA-256 it ends with,
     /// fsynced, then renamed, so `path` is only ever a whole, checked backup. Each chunk

@@ -90,6 +90,9 @@ error_codes! {
     NotCaughtUp = "not_caught_up", 409;
     /// The change would leave the cluster unable to work (or is no change).
     MembershipRefused = "membership_refused", 409;
+    /// A leadership handover ended without the named node leading: another node was
+    /// elected, or none in time and the old leader still leads.
+    LeaderNotMoved = "leader_not_moved", 409;
     /// Create-if-absent found the key.
     KeyExists = "key_exists", 412;
     /// The key is not at the expected revision.

@@ -19,6 +19,7 @@ mod http;
 mod metrics;
 pub mod node;
 mod proposer;
+mod quiet;
 mod raft_network;
 mod reads;
 mod slots;

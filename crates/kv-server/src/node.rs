@@ -213,6 +213,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let clock = Clock::new(config.clock_offset_ms);
     let limits = config.limits.clone();
 
+    let quiet = crate::quiet::Quiet::default();
     let proposer = Proposer::start(
         raft.clone(),
         clock,
@@ -224,14 +225,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 max_records: limits.max_records,
             },
         ),
-        limits.max_batch,
-        Duration::from_millis(limits.write_timeout_ms),
+        &limits,
+        quiet.clone(),
         &tracker,
         tasks_stop.clone(),
     );
     let reads = ReadBarrier::start(
         raft.clone(),
         Duration::from_millis(limits.read_timeout_ms),
+        quiet.clone(),
         &tracker,
         tasks_stop.clone(),
     );
@@ -266,7 +268,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         snapshot_progress: snapshot_progress.clone(),
         cluster_id: cluster.clone(),
         membership: Arc::default(),
+        quiet,
+        timing: config.raft.clone(),
     });
+    tracker.spawn(http::finish_joint_configurations(
+        app.clone(),
+        tasks_stop.clone(),
+    ));
 
     let raft_server = tokio::spawn(raft_network::serve(
         raft_listener,

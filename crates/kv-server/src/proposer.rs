@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
+use crate::config::LimitsConfig;
 use crate::disk::{DiskFull, DiskGuard};
+use crate::quiet::Quiet;
 
 /// Writes waiting for a batch before new ones wait to be queued.
 const QUEUED_WRITES: usize = 4096;
@@ -102,19 +104,21 @@ impl Proposer {
         raft: Raft,
         clock: Clock,
         disk: DiskGuard,
-        max_batch: usize,
-        write_timeout: Duration,
+        limits: &LimitsConfig,
+        quiet: Quiet,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
+        let write_timeout = Duration::from_millis(limits.write_timeout_ms);
         // Bounded: under overload, writers wait here (each may hold a value of up to
         // 1 MiB) instead of queueing without limit.
         let (tx, rx) = mpsc::channel(QUEUED_WRITES);
         let batcher = Batcher {
             raft,
             clock,
-            max_batch,
+            max_batch: limits.max_batch,
             write_timeout,
+            quiet,
             rx,
             carry: VecDeque::new(),
         };
@@ -152,6 +156,7 @@ struct Batcher {
     clock: Clock,
     max_batch: usize,
     write_timeout: Duration,
+    quiet: Quiet,
     rx: mpsc::Receiver<Pending>,
     /// Writes deferred to the next batch because their key was already in one.
     carry: VecDeque<Pending>,
@@ -169,6 +174,7 @@ impl Batcher {
             // On this task: one batch in flight, and the next one gathers in the queue
             // meanwhile. Not raced against `cancel`: a batch once proposed is answered
             // (or times out) before the proposer stops.
+            let _sending = self.quiet.traffic().await;
             propose(&self.raft, self.clock, self.write_timeout, batch).await;
         }
     }

@@ -20,6 +20,12 @@
 //!   [`REJECTED`] with a reason and closes the connection: for a wrong secret, or a node
 //!   of another cluster.
 //!   The connecting node refuses a listener of another cluster in turn.
+//! - The connecting node then names the node it means to reach: an [`IDENTIFY`] request
+//!   (id 0) carrying that node id. A listener of another id answers [`REJECTED`] with a
+//!   reason, and the connecting node drops the connection: a new node on a removed
+//!   node's address, or the removed node still running there, is never taken for the
+//!   other (whose acknowledgements would then count toward commits). A listener of an
+//!   older version answers [`BAD_REQUEST`] and is trusted as before.
 //! - Then each request is one frame: a kind byte ([`APPEND`], [`VOTE`], [`SNAPSHOT`]),
 //!   the request's id (big-endian `u64`, unique per sending process) and the postcard
 //!   encoding of openraft's request. Each answer is one frame: [`OK`], the request's id
@@ -35,7 +41,7 @@
 //! request's closes the connection and fails the RPC; it is never believed.
 //!
 //! openraft makes a new client for every linearizable-read round and every election, so
-//! idle connections go back to a small pool per peer address when a client is dropped,
+//! idle connections go back to a small pool per peer (id and address) when a client is dropped,
 //! and the next client takes one from there instead of connecting.
 //!
 //! Snapshot chunks are received here into a file rather than by openraft: the whole
@@ -80,6 +86,8 @@ pub const HELLO: &[u8] = b"quorum-kv-raft/2\n";
 pub const APPEND: u8 = 1;
 pub const VOTE: u8 = 2;
 pub const SNAPSHOT: u8 = 3;
+/// The node id the connecting node means to reach, once per connection.
+pub const IDENTIFY: u8 = 4;
 /// Answer kinds: the first byte of an answer frame.
 pub const OK: u8 = 0;
 pub const BAD_REQUEST: u8 = 1;
@@ -356,13 +364,13 @@ impl Network {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take_idle(&self, addr: &str) -> Option<Conn> {
-        self.idle().get_mut(addr)?.pop()
+    fn take_idle(&self, peer: &str) -> Option<Conn> {
+        self.idle().get_mut(peer)?.pop()
     }
 
-    fn put_idle(&self, addr: &str, conn: Conn) {
+    fn put_idle(&self, peer: &str, conn: Conn) {
         let mut idle = self.idle();
-        let conns = idle.entry(addr.to_owned()).or_default();
+        let conns = idle.entry(peer.to_owned()).or_default();
         if conns.len() < IDLE_PER_PEER {
             conns.push(conn);
         }
@@ -375,6 +383,9 @@ impl Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
+    /// The idle pool's key: a connection identified for one node is never lent to
+    /// another node on the same address.
+    pool_key: String,
     network: Network,
     conn: Option<Conn>,
 }
@@ -382,7 +393,7 @@ pub struct Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.network.put_idle(&self.addr, conn);
+            self.network.put_idle(&self.pool_key, conn);
         }
     }
 }
@@ -394,6 +405,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             addr: node.raft_addr.clone(),
+            pool_key: format!("{target}@{}", node.raft_addr),
             network: self.clone(),
             conn: None,
         }
@@ -485,7 +497,7 @@ impl Peer {
             Some((&OK, theirs)) => {
                 let theirs = String::from_utf8_lossy(theirs);
                 match self.network.cluster.meet(&theirs) {
-                    Ok(Verdict::Accept) => Ok(conn),
+                    Ok(Verdict::Accept) => self.identify(conn).await,
                     Ok(Verdict::OtherCluster { ours, theirs }) => {
                         let reason = other_cluster(self.target, &ours, &theirs);
                         tracing::error!("refused to talk to a peer: {reason}");
@@ -502,6 +514,32 @@ impl Peer {
         }
     }
 
+    /// Names the node this connection is meant for; see the module's protocol notes.
+    async fn identify(&self, mut conn: Conn) -> Result<Conn, CallError> {
+        let mut frame = frame_for(IDENTIFY, 0, 8);
+        frame.extend_from_slice(&self.target.to_be_bytes());
+        write_frame(conn.get_mut(), &mut frame).await?;
+        let answer = read_frame(&mut conn, MAX_HELLO)
+            .await?
+            .ok_or(CallError::Closed)?;
+        match split_frame(&answer) {
+            Some((OK, 0, _)) => Ok(conn),
+            // A node of an older version, which cannot say who it is.
+            Some((BAD_REQUEST, 0, _)) => Ok(conn),
+            Some((REJECTED, 0, reason)) => {
+                let reason = String::from_utf8_lossy(reason).into_owned();
+                tracing::error!(
+                    target = self.target,
+                    addr = %self.addr,
+                    "refused to replicate to the node at this address: {reason}"
+                );
+                Err(CallError::Rejected(reason))
+            }
+            Some((kind, _, _)) => Err(CallError::UnknownAnswer(kind)),
+            None => Err(CallError::Closed),
+        }
+    }
+
     /// Sends request `id` and reads its answer's body, on this client's connection, an
     /// idle one, or a new one. The connection is held by this future alone until the
     /// answer is in: if the future is dropped, so is the connection. A kept connection
@@ -512,7 +550,7 @@ impl Peer {
         let kept = self
             .conn
             .take()
-            .or_else(|| self.network.take_idle(&self.addr));
+            .or_else(|| self.network.take_idle(&self.pool_key));
         if let Some(mut conn) = kept {
             match send(&mut conn, id, frame).await {
                 Err(CallError::Frame(_) | CallError::Closed) => {}
@@ -691,6 +729,23 @@ struct Reassembly {
 }
 
 impl Receiver {
+    /// The answer to an [`IDENTIFY`] request: [`OK`] if `body` names this node.
+    fn identify(&self, id: u64, body: &[u8]) -> Vec<u8> {
+        let me = self.raft.metrics().borrow().id;
+        match body.try_into().map(u64::from_be_bytes) {
+            Ok(meant) if meant == me => frame_for(OK, id, 0),
+            Ok(meant) => {
+                let reason = format!(
+                    "this is node {me}, not node {meant}: the membership names another node at \
+                     this address"
+                );
+                tracing::warn!("refused a raft connection: {reason}");
+                reason_frame(frame_for(REJECTED, id, reason.len()), &reason)
+            }
+            Err(_) => reason_frame(frame_for(BAD_REQUEST, id, 32), "identify needs a node id"),
+        }
+    }
+
     /// A receiver for `raft` in cluster `cluster`, storing received snapshots in
     /// `snapshots`.
     pub fn new(
@@ -980,6 +1035,7 @@ async fn answer(receiver: &Receiver, request: &[u8]) -> Vec<u8> {
     };
     let raft = &receiver.raft;
     let result = match kind {
+        IDENTIFY => return receiver.identify(id, body),
         APPEND => run(id, body, "append", |req| raft.append_entries(req)).await,
         VOTE => run(id, body, "vote", |req| raft.vote(req)).await,
         SNAPSHOT => {
@@ -1029,6 +1085,9 @@ mod tests {
     struct Script {
         delay: fn(usize) -> Duration,
         wrong_id: fn(usize) -> bool,
+        /// The answer kind to the connection's IDENTIFY request: OK, REJECTED (another
+        /// node) or BAD_REQUEST (an older version).
+        identify: u8,
     }
 
     /// A peer that answers each vote request with the request's own vote, so an answer
@@ -1047,6 +1106,15 @@ mod tests {
                     continue;
                 };
                 let _ = write_frame(conn.get_mut(), &mut frame_with(OK, 0)).await;
+                let Ok(Some(identify)) = read_frame(&mut conn, MAX_HELLO).await else {
+                    continue;
+                };
+                assert_eq!(
+                    split_frame(&identify).map(|(kind, _, _)| kind),
+                    Some(IDENTIFY)
+                );
+                let mut answer = reason_frame(frame_for(script.identify, 0, 16), "not node 2");
+                let _ = write_frame(conn.get_mut(), &mut answer).await;
                 while let Ok(Some(request)) = read_frame(&mut conn, MAX_FRAME).await {
                     let (_, id, body) = split_frame(&request).expect("a request");
                     let req: VoteRequest<NodeId> = postcard::from_bytes(body).expect("a vote");
@@ -1114,10 +1182,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_listener_of_another_node_id_is_refused_and_one_of_an_older_version_trusted() {
+        let option = RPCOption::new(Duration::from_secs(5));
+        let another = fake_peer(Script {
+            delay: |_| Duration::ZERO,
+            wrong_id: |_| false,
+            identify: REJECTED,
+        })
+        .await;
+        let mut network = Network::new(test_cluster(), None, None, None);
+        let mut peer = client(&mut network, another).await;
+        let refused = peer.vote(vote(1), option.clone()).await;
+        assert!(
+            matches!(
+                refused,
+                Err(RPCError::Unreachable(_) | RPCError::Network(_))
+            ),
+            "a listener that is another node must not be asked: {refused:?}"
+        );
+        let older = fake_peer(Script {
+            delay: |_| Duration::ZERO,
+            wrong_id: |_| false,
+            identify: BAD_REQUEST,
+        })
+        .await;
+        let mut peer = client(&mut network, older).await;
+        let answer = peer.vote(vote(2), option).await.expect("an answer");
+        assert_eq!(term_of(&answer), 2);
+    }
+
+    #[tokio::test]
     async fn a_call_dropped_mid_exchange_leaves_no_answer_for_the_next_call() {
         let addr = fake_peer(Script {
             delay: |n| Duration::from_millis(if n % 2 == 0 { 300 } else { 0 }),
             wrong_id: |_| false,
+            identify: OK,
         })
         .await;
         let mut network = Network::new(test_cluster(), None, None, None);
@@ -1155,6 +1254,7 @@ mod tests {
         let addr = fake_peer(Script {
             delay: |_| Duration::ZERO,
             wrong_id: |n| n == 1,
+            identify: OK,
         })
         .await;
         let mut network = Network::new(test_cluster(), None, None, None);
@@ -1181,6 +1281,7 @@ mod tests {
         let addr = fake_peer(Script {
             delay: |_| Duration::from_millis(500),
             wrong_id: |_| false,
+            identify: OK,
         })
         .await;
         let mut network = Network::new(test_cluster(), None, None, None);

@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::quiet::Quiet;
+
 /// Why a linearizable read could not be confirmed here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
@@ -42,11 +44,12 @@ impl ReadBarrier {
     pub fn start(
         raft: Raft,
         timeout: Duration,
+        quiet: Quiet,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(64 * 1024);
-        tracker.spawn(confirm_rounds(raft, timeout, rx, cancel));
+        tracker.spawn(confirm_rounds(raft, timeout, quiet, rx, cancel));
         Self { tx }
     }
 
@@ -65,6 +68,7 @@ impl ReadBarrier {
 async fn confirm_rounds(
     raft: Raft,
     timeout: Duration,
+    quiet: Quiet,
     mut rx: mpsc::Receiver<Waiter>,
     cancel: CancellationToken,
 ) {
@@ -73,6 +77,9 @@ async fn confirm_rounds(
             _ = cancel.cancelled() => return,
             w = rx.recv() => match w { Some(w) => w, None => return },
         };
+        // Before gathering: reads that arrive while a handover holds the node quiet
+        // share the round after it.
+        let _sending = quiet.traffic().await;
         let mut waiters = vec![first];
         while let Ok(w) = rx.try_recv() {
             waiters.push(w);

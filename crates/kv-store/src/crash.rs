@@ -14,6 +14,9 @@ pub const PURGE_RECORDED: &str = "purge-recorded";
 /// A purge has removed the segments it covers.
 pub const PURGED: &str = "purged";
 
+/// A joint configuration (the first step of a voter change) has been applied; on the
+/// leader, the final one has not been proposed yet.
+pub const MEMBERSHIP_JOINT_APPLIED: &str = "membership-joint-applied";
 /// Every crash point, for validating `KV_CRASH_AT` at start.
 pub const ALL: &[&str] = &[
     SNAPSHOT_RECEIVED,
@@ -21,6 +24,7 @@ pub const ALL: &[&str] = &[
     SNAPSHOT_INSTALLED,
     PURGE_RECORDED,
     PURGED,
+    MEMBERSHIP_JOINT_APPLIED,
 ];
 
 /// The crash point this process was started with, read once.

@@ -750,6 +750,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .or_raft(ErrorSubject::Apply(log_id), ErrorVerb::Read)?,
                 ),
                 EntryPayload::Membership(m) => {
+                    if m.get_joint_config().len() > 1 {
+                        crate::crash::point(crate::crash::MEMBERSHIP_JOINT_APPLIED);
+                    }
                     membership = StoredMembership::new(Some(log_id), m);
                     let highest = highest_node(&membership);
                     if highest > max_node_id {

@@ -1,6 +1,6 @@
 //! Runs the chaos suite against a fresh local cluster and prints a summary.
 //!
-//! `kv-chaos [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew,install]
+//! `kv-chaos [--nodes 3|5] [--duration 10m] [--faults kill,pause,partition,skew,install,churn]
 //! [--seed N] [--workers 6] [--skew-ms 1000] [--history PATH]`. Exits 1 when a check fails
 //! (a product failure included); the history file and the node logs are kept then.
 
@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     duration: Duration,
     /// Fault kinds, comma-separated.
-    #[arg(long, default_value = "kill,pause,partition,skew,install")]
+    #[arg(long, default_value = "kill,pause,partition,skew,install,churn")]
     faults: String,
     /// Seed of the schedule and the workload (random when absent).
     #[arg(long)]

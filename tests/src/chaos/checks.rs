@@ -9,16 +9,17 @@ use super::workload::Shared;
 use crate::history::OpKind;
 use crate::TestCluster;
 
-/// Waits until every node reports the same applied index and digest; the error says
+/// Waits until every member reports the same applied index and digest; the error says
 /// what was seen last.
 pub(super) async fn converged_digests(
     cluster: &TestCluster,
+    members: &[u64],
 ) -> std::result::Result<Vec<(u64, u64, String)>, String> {
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut last = String::new();
     loop {
         let mut seen = vec![];
-        for id in cluster.live() {
+        for &id in members {
             match cluster.get_json(id, "/v1/admin/digest").await {
                 Ok((200, v)) => seen.push((
                     id,
@@ -28,7 +29,7 @@ pub(super) async fn converged_digests(
                 other => last = format!("n{id}: {other:?}"),
             }
         }
-        if seen.len() == cluster.nodes.len() {
+        if seen.len() == members.len() {
             let same_index = seen.iter().all(|s| s.1 == seen[0].1);
             let same_digest = seen.iter().all(|s| s.2 == seen[0].2);
             if same_index && same_digest {

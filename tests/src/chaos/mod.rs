@@ -131,11 +131,6 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
             .map(|id| (id, format!("clock_offset_ms = {}", config.skew_ms)))
             .into_iter()
             .collect(),
-        // openraft 0.9 draws a node's election timeout once per process
-        // (engine/engine_config.rs): a skewed node that drew the longest never times out
-        // first when the leader is paused. The shortest range lets it win once its log
-        // is current, which the fault waits for.
-        node_election_ms: skewed.map(|id| (id, (300, 500))).into_iter().collect(),
         own_addresses: true,
         auth: config.secure,
         disk_mib: None,
@@ -173,6 +168,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
         counts: BTreeMap::new(),
         installs_interrupted: BTreeMap::new(),
         started,
+        members: (1..=config.nodes as u64).collect(),
     };
     let scheduled = nemesis.schedule(&config).await;
     nemesis.heal_all()?;
@@ -223,13 +219,15 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
     if let Some(leader) = leader {
         let keys: Vec<String> = shared.keys.lock().expect("keys").iter().cloned().collect();
         let final_client = config.workers as u64;
+        let slot = shared
+            .nodes
+            .iter()
+            .position(|a| *a == cluster.client_addr(leader))
+            .context("the leader's slot")?;
         for key in &keys {
             let mut answered = false;
             for _ in 0..5 {
-                if shared
-                    .final_read(final_client, leader as usize - 1, key)
-                    .await?
-                {
+                if shared.final_read(final_client, slot, key).await? {
                     answered = true;
                     break;
                 }
@@ -239,7 +237,7 @@ pub async fn run(config: ChaosConfig) -> Result<ChaosReport> {
                 violations.push(format!("final read of {key} got no answer"));
             }
         }
-        match converged_digests(cluster).await {
+        match converged_digests(cluster, &nemesis.members).await {
             Ok(d) => digests = d,
             Err(e) => violations.push(e),
         }

@@ -5,14 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::firewall::Firewall;
 use super::ChaosConfig;
-use crate::{node_ip, TestCluster};
+use crate::TestCluster;
 
 /// A kind of fault, as named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,16 +28,21 @@ pub enum FaultKind {
     /// A follower kept down until the others purged past it, then killed while it
     /// installs the snapshot it gets.
     Install,
+    /// Membership changes: a node replaced by a new one on an empty disk (a dead
+    /// follower, with the leader killed meanwhile at random, or the leader itself,
+    /// removed while it leads), and leadership handed to another voter.
+    Churn,
 }
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 6] = [
         Self::Kill,
         Self::Pause,
         Self::Partition,
         Self::Skew,
         Self::Install,
+        Self::Churn,
     ];
 
     /// The name on the command line and in the summary.
@@ -48,16 +53,19 @@ impl FaultKind {
             Self::Partition => "partition",
             Self::Skew => "skew",
             Self::Install => "install",
+            Self::Churn => "churn",
         }
     }
 
-    /// Parses `kill,pause,partition,skew,install`.
+    /// Parses `kill,pause,partition,skew,install,churn`.
     pub fn parse_list(s: &str) -> Result<Vec<FaultKind>> {
         let mut kinds = BTreeSet::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match Self::ALL.into_iter().find(|k| k.name() == part) {
                 Some(kind) => kinds.insert(kind),
-                None => bail!("unknown fault {part:?} (kill, pause, partition, skew, install)"),
+                None => {
+                    bail!("unknown fault {part:?} (kill, pause, partition, skew, install, churn)")
+                }
             };
         }
         Ok(kinds.into_iter().collect())
@@ -70,6 +78,11 @@ impl FaultKind {
             Self::Partition => &[Fault::IsolateLeader, Fault::SplitMajority, Fault::Bridge],
             Self::Skew => &[Fault::SkewedLeader],
             Self::Install => &[Fault::KillInInstall],
+            Self::Churn => &[
+                Fault::ReplaceFollower,
+                Fault::ReplaceLeader,
+                Fault::MoveLeader,
+            ],
         }
     }
 }
@@ -87,6 +100,9 @@ enum Fault {
     Bridge,
     SkewedLeader,
     KillInInstall,
+    ReplaceFollower,
+    ReplaceLeader,
+    MoveLeader,
 }
 
 impl Fault {
@@ -102,6 +118,9 @@ impl Fault {
             Fault::Bridge => "bridge",
             Fault::SkewedLeader => "skewed-leader",
             Fault::KillInInstall => "kill-in-install",
+            Fault::ReplaceFollower => "replace-follower",
+            Fault::ReplaceLeader => "replace-leader",
+            Fault::MoveLeader => "move-leader",
         }
     }
 }
@@ -125,6 +144,9 @@ const QUIET_WINDOW: Duration = Duration::from_secs(5);
 /// ... and may rise at most this much in it: a node just healed or restarted may still
 /// start an election of its own, but more is an election storm.
 pub(super) const MAX_QUIET_TERM_RISE: u64 = 2;
+/// How long a membership change may take to be answered, retries included, and a new
+/// node to catch up and be promoted.
+const CHANGE_WITHIN: Duration = Duration::from_secs(60);
 /// How long the other nodes may take to purge their logs past a follower that is down.
 /// At the chaos tuning that is a few hundred entries, seconds of the workload.
 const PURGE_WITHIN: Duration = Duration::from_secs(60);
@@ -157,11 +179,21 @@ pub(super) struct Nemesis {
     pub(super) counts: BTreeMap<&'static str, u64>,
     pub(super) installs_interrupted: BTreeMap<&'static str, u64>,
     pub(super) started: Instant,
+    /// The members, one per slot (a slot's addresses, which the workers and firewall
+    /// rules name, pass to the node that replaces its member).
+    pub(super) members: Vec<u64>,
 }
 
 impl Nemesis {
     fn ids(&self) -> Vec<u64> {
-        (1..=self.cluster.nodes.len() as u64).collect()
+        self.members.clone()
+    }
+
+    fn ipv4(&self, id: u64) -> Result<std::net::Ipv4Addr> {
+        match self.cluster.ip(id) {
+            std::net::IpAddr::V4(ip) => Ok(ip),
+            other => bail!("n{id} listens on {other}, not IPv4"),
+        }
     }
 
     /// The leader, waiting up to [`LEADER_WITHIN`] for one. Every fault starts from a
@@ -351,7 +383,8 @@ impl Nemesis {
     async fn partition(&mut self, side_a: &[u64], side_b: &[u64], hold: Duration) -> Result<()> {
         for a in side_a {
             for b in side_b {
-                self.firewall()?.block(node_ip(*a), node_ip(*b))?;
+                let (a, b) = (self.ipv4(*a)?, self.ipv4(*b)?);
+                self.firewall()?.block(a, b)?;
             }
         }
         tokio::time::sleep(hold).await;
@@ -465,8 +498,270 @@ impl Nemesis {
                 format!("skewed n{target} leads (paused {pauses:?} to get there)")
             }
             Fault::KillInInstall => self.kill_in_install(&ids).await?,
+            Fault::ReplaceFollower => {
+                let l = self.leader().await?;
+                let candidates: Vec<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| *id != l && Some(*id) != self.skewed)
+                    .collect();
+                let old = *candidates.choose(&mut self.rng).context("a follower")?;
+                let kill_leader = self.rng.gen_bool(0.5);
+                self.replace(old, false, kill_leader.then_some(hold))
+                    .await?
+            }
+            Fault::ReplaceLeader => {
+                let mut l = self.leader().await?;
+                let mut moved = String::new();
+                if Some(l) == self.skewed {
+                    // The skew fault needs its node: hand its leadership on first.
+                    let (line, to) = self.move_leader(&ids).await?;
+                    moved = format!("{line}, then ");
+                    l = to;
+                }
+                let line = self.replace(l, true, None).await?;
+                format!("{moved}{line}")
+            }
+            Fault::MoveLeader => self.move_leader(&ids).await?.0,
         };
         Ok(what)
+    }
+
+    /// An admin request to the members in turn until one answers other than `503
+    /// no_leader|unavailable` or `504` (a change that timed out goes on; the caller's
+    /// checks see where it got to).
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let deadline = Instant::now() + CHANGE_WITHIN;
+        let mut turn = 0usize;
+        loop {
+            let ids: Vec<u64> = self
+                .cluster
+                .responsive()
+                .into_iter()
+                .filter(|id| self.members.contains(id))
+                .collect();
+            let last = match ids.get(turn % ids.len().max(1)) {
+                None => "no member is running".to_string(),
+                Some(id) => {
+                    let mut request = self
+                        .cluster
+                        .http
+                        .request(method.clone(), self.cluster.url(*id, path));
+                    if let Some(body) = &body {
+                        request = request
+                            .header("content-type", "application/json")
+                            .body(body.to_string());
+                    }
+                    match request.send().await {
+                        Ok(r) => {
+                            let (status, v) = TestCluster::json(r).await?;
+                            let code = v["error"]["code"].as_str().unwrap_or("");
+                            let retry = status == 504
+                                || (status == 503 && matches!(code, "no_leader" | "unavailable"));
+                            if !retry {
+                                return Ok((status, v));
+                            }
+                            format!("n{id}: {status} {v}")
+                        }
+                        Err(e) => format!("n{id}: {e}"),
+                    }
+                }
+            };
+            turn += 1;
+            if Instant::now() > deadline {
+                return Err(product(format!(
+                    "{method} {path} got no final answer within {CHANGE_WITHIN:?}; last: {last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The voters and whether the configuration is joint, as the leader reports them.
+    async fn voters(&self) -> Result<(BTreeSet<u64>, bool)> {
+        let (status, v) = self
+            .admin(reqwest::Method::GET, "/v1/admin/members", None)
+            .await?;
+        if status != 200 {
+            return Err(product(format!("listing the members: {status} {v}")));
+        }
+        let voters = v["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["voter"] == true)
+            .filter_map(|m| m["id"].as_u64())
+            .collect();
+        Ok((voters, v["joint"] == true))
+    }
+
+    /// Replaces member `old` by a new node (a new id, an empty disk) on `old`'s
+    /// addresses, so the slot's workers and firewall rules go on naming it. A follower
+    /// dies with its disk first and is then removed; a leader is removed while it leads
+    /// (the others elect another) and then dies. With `kill_leader`, the leader is
+    /// killed for that long while the new node catches up. Every step retries until
+    /// its answer is final; the change must end in a plain configuration of the members.
+    async fn replace(
+        &mut self,
+        old: u64,
+        leading: bool,
+        kill_leader: Option<Duration>,
+    ) -> Result<String> {
+        use reqwest::Method;
+        let client_addr = self.cluster.client_addr(old);
+        let raft_addr = self.cluster.nodes[(old - 1) as usize].raft_addr;
+        if !leading {
+            self.cluster.kill(old);
+        }
+        let path = format!("/v1/admin/members/{old}");
+        let (status, v) = self.admin(Method::DELETE, &path, None).await?;
+        // `node_not_found`: an attempt that timed out went through.
+        if !(status == 200 || (status == 404 && v["error"]["code"] == "node_not_found")) {
+            return Err(product(format!("removing n{old}: {status} {v}")));
+        }
+        if leading {
+            let deadline = Instant::now() + LEADER_WITHIN;
+            loop {
+                match self.cluster.leader_now().await {
+                    Some(l) if l != old => break,
+                    _ if Instant::now() > deadline => {
+                        return Err(product(format!(
+                            "no other leader within {LEADER_WITHIN:?} of removing leader n{old}"
+                        )))
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            self.cluster.kill(old);
+        }
+        std::fs::remove_dir_all(self.cluster.data_dir(old)?)?;
+        let new = self.cluster.nodes.len() as u64 + 1;
+        let body = serde_json::json!({
+            "client_addr": client_addr.to_string(),
+            "raft_addr": raft_addr.to_string(),
+            "id": new,
+        });
+        let (status, v) = self
+            .admin(Method::POST, "/v1/admin/members", Some(body))
+            .await?;
+        if status != 201 {
+            // `node_id_used`: an attempt that timed out went through.
+            let listed = self.admin(Method::GET, "/v1/admin/members", None).await?.1;
+            let added = listed["members"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|m| m["id"] == new));
+            if !added {
+                return Err(product(format!("adding n{new}: {status} {v}")));
+            }
+        }
+        let id = self.cluster.add_node_at(client_addr, raft_addr).await?;
+        ensure!(
+            id == new,
+            "the harness numbered the new node n{id}, not n{new}"
+        );
+        let mut killed = String::new();
+        if let Some(hold) = kill_leader {
+            let l = self.leader().await?;
+            self.cluster.kill(l);
+            tokio::time::sleep(hold).await;
+            self.cluster.restart(l)?;
+            killed = format!(
+                ", leader n{l} killed for {:.1} s while n{new} caught up",
+                hold.as_secs_f64()
+            );
+        }
+        let path = format!("/v1/admin/members/{new}/promote");
+        let deadline = Instant::now() + CHANGE_WITHIN;
+        loop {
+            let (status, v) = self.admin(Method::POST, &path, None).await?;
+            let code = v["error"]["code"].as_str().unwrap_or("");
+            match (status, code) {
+                (200, _) => break,
+                // A promotion that timed out went through.
+                (409, "membership_refused")
+                    if v["error"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("voter already")) =>
+                {
+                    break
+                }
+                (409, "not_caught_up" | "membership_change_in_progress")
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                _ => return Err(product(format!("promoting n{new}: {status} {v}"))),
+            }
+        }
+        let slot = self
+            .members
+            .iter()
+            .position(|m| *m == old)
+            .context("the replaced node's slot")?;
+        self.members[slot] = new;
+        let want: BTreeSet<u64> = self.members.iter().copied().collect();
+        let deadline = Instant::now() + LEADER_WITHIN;
+        loop {
+            let (voters, joint) = self.voters().await?;
+            if voters == want && !joint {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(product(format!(
+                    "after replacing n{old} by n{new}: voters {voters:?} (joint: {joint}), not {want:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(format!(
+            "replaced n{old} ({}) by n{new} on an empty disk at its addresses{killed}",
+            if leading {
+                "removed while leading"
+            } else {
+                "killed, disk wiped, removed"
+            }
+        ))
+    }
+
+    /// Hands leadership to another member (`POST /v1/admin/leader`); a target still
+    /// catching up after an earlier fault is asked again. Returns the line and the new
+    /// leader.
+    async fn move_leader(&mut self, ids: &[u64]) -> Result<(String, u64)> {
+        let l = self.leader().await?;
+        let target = self.other_than(ids, l);
+        let deadline = Instant::now() + CHANGE_WITHIN;
+        let started = Instant::now();
+        loop {
+            let body = serde_json::json!({ "to": target });
+            let (status, v) = self
+                .admin(reqwest::Method::POST, "/v1/admin/leader", Some(body))
+                .await?;
+            match (status, v["error"]["code"].as_str()) {
+                (200, _) if v["leader_id"] == target => break,
+                (409, Some("not_caught_up" | "membership_change_in_progress"))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                _ => {
+                    return Err(product(format!(
+                        "handing leadership from n{l} to n{target}: {status} {v}"
+                    )))
+                }
+            }
+        }
+        Ok((
+            format!(
+                "moved leadership n{l} -> n{target} ({} ms)",
+                started.elapsed().as_millis()
+            ),
+            target,
+        ))
     }
 
     /// Undoes whatever a failed fault left behind: heal, resume, restart.
@@ -509,9 +804,14 @@ impl Nemesis {
                 }
             };
             *self.counts.entry(fault.name()).or_insert(0) += 1;
-            // The install fault lasts as long as purging and catching up take.
+            // The install fault lasts as long as purging and catching up take; membership
+            // changes as long as their steps, and a replacement says how long it killed
+            // the leader.
             let held = match fault {
-                Fault::KillInInstall => String::new(),
+                Fault::KillInInstall
+                | Fault::ReplaceFollower
+                | Fault::ReplaceLeader
+                | Fault::MoveLeader => String::new(),
                 _ => format!(" (held {:.1} s)", hold.as_secs_f64()),
             };
             self.log

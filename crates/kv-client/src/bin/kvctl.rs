@@ -95,6 +95,11 @@ enum Cmd {
     /// Download a backup of the whole cluster from its leader into FILE, checked against
     /// its SHA-256 (needs an admin token); `kv-server restore` seeds a node from it.
     Backup { file: std::path::PathBuf },
+    /// Leadership (needs an admin token).
+    Leader {
+        #[command(subcommand)]
+        what: LeaderCmd,
+    },
     /// Cluster membership (needs an admin token).
     Member {
         #[command(subcommand)]
@@ -123,6 +128,31 @@ enum MemberCmd {
     Promote { id: u64 },
     /// Remove a node, voter or learner (the leader too: the others elect another).
     Remove { id: u64 },
+    /// Replace node OLD (say, one whose disk died) with a new node, on OLD's addresses or
+    /// new ones: adds the new node as a learner under a new id, prints its `id` and
+    /// `join` lines on stderr, waits (up to --timeout) until it has been started and
+    /// caught up, promotes it if OLD was a voter, and removes OLD (first instead, when
+    /// the new node takes its addresses). Run again after a timeout to finish.
+    Replace {
+        /// The node to replace.
+        old: u64,
+        /// The new node's client address (ip:port).
+        #[arg(long)]
+        client_addr: String,
+        /// The new node's raft address (ip:port).
+        #[arg(long)]
+        raft_addr: String,
+        /// Its id (default: one above the highest any member ever had).
+        #[arg(long)]
+        id: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LeaderCmd {
+    /// Hand leadership to voter N (default: the one that has replicated furthest), as
+    /// before restarting or removing the leader; writes pause for about a second.
+    Move { to: Option<u64> },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +253,141 @@ fn read_value(raw: &str) -> Result<Value, String> {
         raw.to_owned()
     };
     serde_json::from_str(&text).map_err(|e| format!("the value is not valid JSON: {e}"))
+}
+
+/// Promotes learner `id`, asking again (up to `timeout_s`) while it is catching up in the
+/// background; asking again is harmless.
+async fn promote_when_caught_up(
+    client: &KvClient,
+    id: u64,
+    timeout_s: u64,
+) -> Result<Value, ClientError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        match client.promote_member(id).await {
+            Err(ClientError::Rejected { error, .. })
+                if error.known_code() == Some(kv_core::ErrorCode::NotCaughtUp)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A member as `GET /v1/admin/members` lists it.
+struct Member {
+    id: u64,
+    voter: bool,
+    leader: bool,
+    addrs: [Option<std::net::SocketAddr>; 2],
+}
+
+fn members_of(listing: &Value) -> Vec<Member> {
+    let addr = |m: &Value, field: &str| m[field].as_str().and_then(|a| a.parse().ok());
+    listing["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| Member {
+            id: m["id"].as_u64().unwrap_or_default(),
+            voter: m["voter"] == true,
+            leader: m["leader"] == true,
+            addrs: [addr(m, "client_addr"), addr(m, "raft_addr")],
+        })
+        .collect()
+}
+
+/// Runs a membership call again while another change (say, one a previous run left
+/// going) is still in progress.
+async fn when_no_change_runs<F, Fut>(timeout_s: u64, call: F) -> Result<Value, ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ClientError>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        match call().await {
+            Err(ClientError::Rejected { error, .. })
+                if error.known_code() == Some(kv_core::ErrorCode::MembershipChangeInProgress)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `member replace`: the new node joins as a learner and, if `old` was a voter, is
+/// promoted once it has caught up; `old` leaves. `old` leaves first when the new node
+/// takes one of its addresses (a node whose disk died, restarted empty), otherwise
+/// last, so the cluster never has fewer voters than it had. A leader hands leadership
+/// on before it leaves. Each step is skipped when a previous run did it, so running
+/// it again after a timeout finishes the job.
+async fn replace_member(
+    client: &KvClient,
+    old: u64,
+    client_addr: &str,
+    raft_addr: &str,
+    id: Option<u64>,
+    timeout_s: u64,
+) -> Result<Value, ClientError> {
+    let usage = |what: &str, raw: &str| {
+        raw.parse::<std::net::SocketAddr>()
+            .map_err(|_| ClientError::Codec(format!("{what} {raw:?} is not an ip:port address")))
+    };
+    let wanted = [
+        Some(usage("--client-addr", client_addr)?),
+        Some(usage("--raft-addr", raft_addr)?),
+    ];
+    let listed = members_of(&client.members().await?);
+    let previous = listed.iter().find(|m| m.id == old);
+    // Whether the old node should leave before its replacement comes: it holds an
+    // address the replacement needs.
+    let leaves_first =
+        previous.is_some_and(|m| m.addrs.iter().any(|a| a.is_some() && wanted.contains(a)));
+    let was_voter = previous.is_none_or(|m| m.voter);
+    let leave = |leader: bool| async move {
+        if leader {
+            when_no_change_runs(timeout_s, || client.move_leader(None)).await?;
+        }
+        when_no_change_runs(timeout_s, || client.remove_member(old)).await
+    };
+    let mut removed = false;
+    if leaves_first {
+        leave(previous.is_some_and(|m| m.leader)).await?;
+        removed = true;
+    }
+    let listed = members_of(&client.members().await?);
+    let existing = listed.iter().find(|m| m.addrs == wanted && m.id != old);
+    let added = match existing {
+        Some(m) => m.id,
+        None => {
+            let answer =
+                when_no_change_runs(timeout_s, || client.add_member(client_addr, raft_addr, id))
+                    .await?;
+            let new_id = answer["id"].as_u64().unwrap_or_default();
+            eprintln!(
+                "node {new_id} added as a learner. Start it with\n  id = {new_id}\n  \
+                 client_addr = \"{client_addr}\"\n  raft_addr = \"{raft_addr}\"\n  \
+                 join = \"{}\"\nand an empty data_dir; waiting up to {timeout_s} s for it to catch up",
+                answer["cluster_id"].as_str().unwrap_or_default()
+            );
+            new_id
+        }
+    };
+    if was_voter && !existing.is_some_and(|m| m.voter) {
+        promote_when_caught_up(client, added, timeout_s).await?;
+    }
+    if !removed {
+        let listed = members_of(&client.members().await?);
+        if let Some(m) = listed.iter().find(|m| m.id == old) {
+            leave(m.leader).await?;
+        }
+    }
+    Ok(json!({ "removed": old, "replaced_by": added, "members": client.members().await? }))
 }
 
 async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, ClientError> {
@@ -353,6 +518,9 @@ async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, Cl
                 json!({ "file": file.display().to_string(), "index": backup.index, "bytes": backup.bytes }),
             )
         }
+        Cmd::Leader {
+            what: LeaderCmd::Move { to },
+        } => ok(client.move_leader(to).await?),
         Cmd::Member {
             what: MemberCmd::List,
         } => ok(client.members().await?),
@@ -366,24 +534,19 @@ async fn run(client: &KvClient, command: Cmd, timeout_s: u64) -> Result<Done, Cl
         } => ok(client.add_member(&client_addr, &raft_addr, id).await?),
         Cmd::Member {
             what: MemberCmd::Promote { id },
-        } => {
-            // A learner catches up in the background; asking again is harmless.
-            let deadline = std::time::Instant::now() + Duration::from_secs(timeout_s);
-            loop {
-                match client.promote_member(id).await {
-                    Err(ClientError::Rejected { error, .. })
-                        if error.known_code() == Some(kv_core::ErrorCode::NotCaughtUp)
-                            && std::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    other => break ok(other?),
-                }
-            }
-        }
+        } => ok(promote_when_caught_up(client, id, timeout_s).await?),
         Cmd::Member {
             what: MemberCmd::Remove { id },
         } => ok(client.remove_member(id).await?),
+        Cmd::Member {
+            what:
+                MemberCmd::Replace {
+                    old,
+                    client_addr,
+                    raft_addr,
+                    id,
+                },
+        } => ok(replace_member(client, old, &client_addr, &raft_addr, id, timeout_s).await?),
         Cmd::Token {
             what: TokenCmd::Revoke { id },
         } => ok(to_json(&client.revoke_token(&id).await?)),

@@ -114,7 +114,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidMemberRequest, message)
 }
 
-fn in_progress() -> ApiError {
+pub(super) fn in_progress() -> ApiError {
     ApiError::new(
         ErrorCode::MembershipChangeInProgress,
         "another membership change is in progress; retry when it is done",
@@ -123,7 +123,7 @@ fn in_progress() -> ApiError {
 
 /// How far node `id` has replicated, as the leader sees it: its own last log index for
 /// the leader itself.
-fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
+pub(super) fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
     if id == m.id {
         return m.last_log_index;
     }
@@ -134,7 +134,7 @@ fn matched_index(m: &RaftMetrics, id: NodeId) -> Option<u64> {
 }
 
 /// `404 node_not_found` unless `id` is a member.
-fn require_member(m: &RaftMetrics, id: NodeId) -> Result<(), ApiError> {
+pub(super) fn require_member(m: &RaftMetrics, id: NodeId) -> Result<(), ApiError> {
     match m.membership_config.membership().get_node(&id) {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
@@ -532,6 +532,52 @@ pub(crate) async fn remove(
         .await
     })
     .await
+}
+
+/// How often the leader looks for a joint configuration no change task is finishing.
+const JOINT_CHECK: Duration = Duration::from_secs(1);
+
+/// On the leader, finishes a joint configuration that an earlier leader committed but
+/// did not replace by the final one (it stopped between the two steps of a voter
+/// change): the final configuration is the joint one's last half. A change task of this
+/// node holds the lock through both of its steps, so this never races one.
+pub(crate) async fn finish_joint_configurations(
+    app: Arc<App>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(JOINT_CHECK) => {}
+        }
+        let m = app.raft.metrics().borrow().clone();
+        let configs = m.membership_config.membership().get_joint_config().clone();
+        if m.current_leader != Some(app.id) || configs.len() < 2 {
+            continue;
+        }
+        let Ok(guard) = app.membership.clone().try_lock_owned() else {
+            continue;
+        };
+        let last = configs.last().cloned().unwrap_or_default();
+        let raft = app.raft.clone();
+        // A task of its own, as every change: shutdown must not cut it between steps.
+        let task = tokio::spawn(async move {
+            let _held = guard;
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(last.clone()), false)
+                .await
+                .map(|_| last)
+        });
+        match task.await {
+            Ok(Ok(voters)) => tracing::info!(
+                ?voters,
+                "finished a joint configuration an earlier leader left behind"
+            ),
+            // Not committed yet (this leader commits it with its first entries), or
+            // leadership moved on: the next look tries again.
+            Ok(Err(e)) => tracing::debug!("joint configuration not finished yet: {e}"),
+            Err(e) => tracing::warn!("finishing a joint configuration: {e}"),
+        }
+    }
 }
 
 #[cfg(test)]

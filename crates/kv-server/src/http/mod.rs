@@ -4,6 +4,7 @@ mod admin;
 mod answer;
 mod auth;
 mod error;
+mod handover;
 mod key;
 mod leader;
 mod members;
@@ -24,6 +25,7 @@ use kv_store::StateReader;
 pub use auth::Auth;
 pub use error::ApiError;
 pub use leader::MAX_FORWARDS;
+pub(crate) use members::finish_joint_configurations;
 pub use openapi::document as openapi_document;
 pub use serve::{serve, ConnectionLimits};
 
@@ -62,8 +64,12 @@ pub struct App {
     pub snapshot_progress: Arc<crate::raft_network::SnapshotProgress>,
     /// This node's cluster id.
     pub cluster_id: crate::cluster_id::ClusterId,
-    /// Held by the membership change under way: one at a time.
+    /// Held by the membership change or leadership handover under way: one at a time.
     pub membership: Arc<tokio::sync::Mutex<()>>,
+    /// Held exclusively while a leadership handover keeps this leader quiet.
+    pub quiet: crate::quiet::Quiet,
+    /// Raft timings: a handover waits out the followers' leader lease.
+    pub timing: crate::config::RaftConfig,
 }
 
 /// Who leads, as far as this node knows.
@@ -119,6 +125,8 @@ fn routes() -> openapi::Routes {
         .add::<members::__path_add, _, _>(members::add)
         .add::<members::__path_remove, _, _>(members::remove)
         .add::<members::__path_promote, _, _>(members::promote)
+        .add::<handover::__path_move_leader, _, _>(handover::move_leader)
+        .add::<handover::__path_campaign, _, _>(handover::campaign)
         .add::<admin::__path_metrics, _, _>(admin::metrics)
         .add::<admin::__path_healthz, _, _>(admin::healthz)
         .add::<admin::__path_readyz, _, _>(admin::readyz)

@@ -21,7 +21,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder
 use utoipa::OpenApi;
 
 use super::error::{Error401, Error405, Error414, Error431, Error500};
-use super::{admin, key, members, prefix, session, tokens, App};
+use super::{admin, handover, key, members, prefix, session, tokens, App};
 
 /// The description of API v1. Every operation is listed here; `every_route_is_described`
 /// keeps this list equal to the router's.
@@ -57,6 +57,8 @@ use super::{admin, key, members, prefix, session, tokens, App};
         members::add,
         members::promote,
         members::remove,
+        handover::move_leader,
+        handover::campaign,
         admin::metrics,
         admin::healthz,
         admin::readyz,
