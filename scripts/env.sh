@@ -117,10 +117,18 @@ ensure_node() {
 
 # schemathesis, to fuzz the client API against its OpenAPI description
 # (scripts/fuzz-api.sh): one pinned version in a Python virtual environment of its own,
-# installed from PyPI with pip when missing. Prints the path of its command.
+# installed from PyPI with pip when missing, and the tools the script runs besides.
+# Prints the path of its command.
 SCHEMATHESIS_VERSION=4.32.5
 ensure_schemathesis() {
     local venv="$HOME/.cache/quorum-kv/tools/schemathesis-$SCHEMATHESIS_VERSION"
+    # fuzz-api.sh also runs the node in a network namespace (unshare, ip) and asks it
+    # with curl.
+    local missing=()
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}" >&2 || return 1; fi
     if [ -x "$venv/bin/schemathesis" ]; then echo "$venv/bin/schemathesis"; return; fi
     command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv || return 1
     echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv ..." >&2
