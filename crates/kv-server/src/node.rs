@@ -247,6 +247,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
     crate::metrics::handle();
     tracker.spawn(crate::metrics::upkeep(tasks_stop.clone()));
+    tracker.spawn(snapshot_when_due(
+        raft.clone(),
+        config.raft.snapshot_every,
+        tasks_stop.clone(),
+    ));
     let snapshot_progress = Arc::new(raft_network::SnapshotProgress::default());
     let app = Arc::new(App {
         id: config.id,
@@ -327,6 +332,27 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
 /// The process's one HTTP client, which forwards requests to the leader (over TLS with
 /// `tls`, trusting the cluster CA alone and presenting this node's certificate).
+/// openraft weighs `snapshot_every` only as entries are applied, and not while a build
+/// runs: a build that ends after the last write leaves up to as many entries again
+/// unsnapshotted, and their log unpurged, until the next write. Looks again every second
+/// (openraft ignores the trigger while a build runs).
+async fn snapshot_when_due(raft: Raft, every: u64, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let (applied, snapshot) = {
+            let m = raft.metrics().borrow().clone();
+            (m.last_applied.map(|l| l.index), m.snapshot.map(|l| l.index))
+        };
+        let since = applied.unwrap_or(0).saturating_sub(snapshot.unwrap_or(0));
+        if applied.is_some() && since >= every && raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
 fn forwarding_client(
     config: &NodeConfig,
     tls: Option<&Tls>,
