@@ -32,7 +32,8 @@ if [ "${KV_FUZZ_IN_NETNS:-}" != 1 ]; then
     source scripts/env.sh
     schemathesis=$(ensure_schemathesis)
     if [ -z "${KV_SERVER_BIN:-}" ]; then
-        cargo build --profile checked -p kv-server --bin kv-server --locked
+        # The same profile and selection as test.sh and cluster.sh, so they share one build.
+        cargo build --profile checked --workspace --bins --locked
         KV_SERVER_BIN="$CARGO_TARGET_DIR/checked/kv-server"
     fi
     report="$CARGO_TARGET_DIR/fuzz-api"
