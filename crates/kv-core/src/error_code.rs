@@ -90,8 +90,8 @@ error_codes! {
     NotCaughtUp = "not_caught_up", 409;
     /// The change would leave the cluster unable to work (or is no change).
     MembershipRefused = "membership_refused", 409;
-    /// A leadership handover ended without the named node leading: another node was
-    /// elected, or none in time and the old leader still leads.
+    /// A leadership handover ended without the named node leading: it did not campaign,
+    /// another node was elected, or none was in time and the old leader still leads.
     LeaderNotMoved = "leader_not_moved", 409;
     /// Create-if-absent found the key.
     KeyExists = "key_exists", 412;

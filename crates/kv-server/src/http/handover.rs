@@ -235,7 +235,7 @@ async fn hand_over(
     {
         if !maybe_campaigning {
             return Err(not_moved(format!(
-                "node {target} did not campaign: {why}; this node still leads"
+                "node {target} did not campaign: {why}; see GET /v1/cluster for who leads"
             )));
         }
         tracing::warn!(
@@ -268,7 +268,7 @@ async fn hand_over(
             "node {leader} was elected instead of node {target}"
         ))),
         None => Err(not_moved(format!(
-            "no election settled within {} ms; this node still leads",
+            "no other node was elected within {} ms; this node still leads",
             2 * timing.election_max_ms
         ))),
     }
