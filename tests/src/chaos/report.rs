@@ -349,7 +349,10 @@ pub(super) async fn watch_cluster(
             if let Ok(r) = ask {
                 if let Ok(v) = r.json::<serde_json::Value>().await {
                     let at = started.elapsed().as_secs_f64();
-                    watch.lock().expect("watch lock").see(i as u64 + 1, at, &v);
+                    // By the answering node's id: after a churn fault a slot's address
+                    // belongs to a new node.
+                    let id = v["node_id"].as_u64().unwrap_or(i as u64 + 1);
+                    watch.lock().expect("watch lock").see(id, at, &v);
                 }
             }
         }
